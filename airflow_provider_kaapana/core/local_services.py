@@ -1,0 +1,224 @@
+"""Local stand-ins for the production services: Orthanc (PACS) and osmem-server (OpenSearch API).
+
+Used by the test fixtures, the demo and the benchmarks. Each service runs as a child process on free
+ports, is waited for until it answers, and is ended by its own pid.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+INSTALL_HINTS = {
+    "Orthanc": "apt-get install orthanc orthanc-dicomweb (or run scripts/bootstrap.sh as root)",
+    "osmem-server": "pip install osmem-server (part of the package's [test] extra)",
+    "storescu": "apt-get install dcmtk",
+    "storescp": "apt-get install dcmtk",
+    "findscu": "apt-get install dcmtk",
+    "dcm2niix": "apt-get install dcm2niix",
+    "dciodvfy": "apt-get install dicom3tools",
+    "docker-compose": "apt-get install docker-compose",
+}
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started."""
+
+
+def find_tool(name: str) -> str:
+    """Full path of an executable, or :class:`ServiceError` saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        # console scripts of the running interpreter's venv are not always on PATH
+        candidate = Path(sys.executable).parent / name
+        if candidate.exists():
+            return str(candidate)
+        hint = INSTALL_HINTS.get(name, "install it")
+        raise ServiceError(f"{name} not found on PATH: {hint}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float, auth: tuple[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{proc.args[0]} exited with {proc.returncode} before answering {url}")
+        try:
+            if requests.get(url, timeout=1, auth=auth).status_code < 500:
+                return
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.02)
+    raise ServiceError(f"{url} did not answer within {timeout} s: {last}")
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"{proc.args[0]} exited with {proc.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise ServiceError(f"port {port} did not open within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc with the DICOMweb plugin: DIMSE on ``dicom_port``, REST + DICOMweb on ``http_port``."""
+
+    workdir: Path
+    aet: str = "ORTHANC"
+    username: str | None = None
+    password: str | None = None
+    modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # name -> (AET, host, port)
+    http_port: int = 0
+    dicom_port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return (self.username, self.password) if self.username and self.password else None
+
+    def config(self) -> dict:
+        return {
+            "Name": "kaapana-test",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "DicomCheckCalledAet": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(self.auth),
+            "RegisteredUsers": {self.username: self.password} if self.auth else {},
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "UnknownSopClassAccepted": True,
+            "OverwriteInstances": True,
+            "StorageCompression": False,
+            "StableAge": 2,
+            "SaveJobs": False,
+            "HttpTimeout": 30,
+            "DicomScpTimeout": 30,
+            "DicomModalities": {name: list(v) for name, v in self.modalities.items()},
+            "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "StudiesMetadata": "Full",
+            },
+        }
+
+    def start(self, timeout: float = 15.0) -> Orthanc:
+        binary = find_tool("Orthanc")
+        if not Path(ORTHANC_DICOMWEB_PLUGIN).exists():
+            raise ServiceError(f"Orthanc DICOMweb plugin missing: {INSTALL_HINTS['Orthanc']}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(self.config(), indent=2))
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+        _wait_http(f"{self.url}/system", self.proc, timeout, self.auth)
+        _wait_port(self.dicom_port, self.proc, timeout)
+        return self
+
+    def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
+        """Register a C-MOVE destination at run time (Orthanc only moves to known modalities)."""
+        r = requests.put(f"{self.url}/modalities/{name}", json=[aet, host, port], auth=self.auth, timeout=10)
+        r.raise_for_status()
+
+    def clear(self) -> None:
+        """Delete every patient, so a test starts from an empty PACS."""
+        for pid in requests.get(f"{self.url}/patients", auth=self.auth, timeout=10).json():
+            requests.delete(f"{self.url}/patients/{pid}", auth=self.auth, timeout=30)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __enter__(self) -> Orthanc:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Osmem:
+    """A running osmem-server: an OpenSearch-compatible search server in one binary."""
+
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> Osmem:
+        try:
+            from osmem_server import resolve_binary
+
+            binary = resolve_binary()
+        except ImportError:
+            binary = find_tool("osmem-server")
+        self.port = self.port or free_port()
+        self.proc = subprocess.Popen(
+            [binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_http(self.url, self.proc, timeout)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __enter__(self) -> Osmem:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""DAG factories; the files in the top-level ``dags/`` folder call these with defaults."""

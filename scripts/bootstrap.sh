@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything the tests and the demo need on a fresh Debian machine, then get out of the way.
+# Idempotent: a second run checks a stamp and returns within seconds.
+#   - system packages (when root and missing): orthanc, orthanc-dicomweb, dcmtk, dcm2niix, dicom3tools, docker-compose
+#   - a virtual environment in .venv (override with KAAPANA_VENV)
+#   - torch==2.13.0 (CPU) first, then this package with its extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${KAAPANA_VENV:-$PWD/.venv}"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+for pair in Orthanc:orthanc storescu:dcmtk dcm2niix:dcm2niix dciodvfy:dicom3tools docker-compose:docker-compose; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+done
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "bootstrap: missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2
+  fi
+fi
+
+stamp="$VENV/.kaapana-stamp"
+want="$(cat setup.cfg pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+# torch first: the CPU wheel on disk. A plain 'torch' requirement would pull GBs of CUDA wheels.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q torch==2.13.0
+# the constraint keeps torch at the CPU build: timm (via nnU-Net) wants torchvision, whose newest release
+# would otherwise replace torch with a CUDA build of several GB.
+"$VENV/bin/pip" install -q -c scripts/constraints.txt -e ".[test,docs,all]"
+echo "$want" > "$stamp"
