@@ -1,0 +1,98 @@
+"""``kaapana listen``: run the DICOM listener (storage SCP + landing zone + DAG trigger)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+
+NAME = "listen"
+HELP = "receive DICOM by C-STORE into a landing zone and trigger a DAG run per completed series"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, required=True, help="DIMSE port to listen on (0: any free port)")
+    parser.add_argument("--ae-title", default="KAAPANA", help="our (called) AE title (default KAAPANA)")
+    parser.add_argument("--landing", required=True, help="landing zone directory")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default all)")
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=20.0, help="a series is complete after S s without instances"
+    )
+    parser.add_argument(
+        "--allow-calling", nargs="+", default=[], metavar="AET", help="accept only these calling AE titles"
+    )
+    parser.add_argument(
+        "--min-free-mb", type=float, default=1024.0, help="refuse associations below this free disk space"
+    )
+    parser.add_argument("--max-pdu", type=int, default=0, help="maximum receive PDU size (0: unlimited)")
+    parser.add_argument("--max-associations", type=int, default=10, help="concurrent associations")
+    parser.add_argument("--no-fsync", action="store_true", help="do not fsync before answering (unsafe)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--airflow-url", help="Airflow base URL, e.g. http://airflow:8080")
+    target.add_argument("--no-trigger", action="store_true", help="only write the landing zone and manifests")
+    parser.add_argument("--dag-id", default="kaapana_ingest", help="DAG to trigger (default kaapana_ingest)")
+    parser.add_argument(
+        "--airflow-token-env",
+        default="KAAPANA_AIRFLOW_TOKEN",
+        help="environment variable holding a bearer token (default KAAPANA_AIRFLOW_TOKEN)",
+    )
+    parser.add_argument(
+        "--airflow-user", default=None, help="user for POST /auth/token when no token is given"
+    )
+    parser.add_argument(
+        "--airflow-password-env",
+        default="KAAPANA_AIRFLOW_PASSWORD",
+        help="environment variable holding that user's password (default KAAPANA_AIRFLOW_PASSWORD)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from airflow_provider_kaapana.core.listener import AirflowTrigger, DicomListener
+
+    trigger = None
+    if args.airflow_url:
+        token = os.environ.get(args.airflow_token_env) or None
+        password = os.environ.get(args.airflow_password_env) or None
+        if not token and not (args.airflow_user and password):
+            print(
+                f"kaapana listen: give a token in ${args.airflow_token_env} or --airflow-user with "
+                f"${args.airflow_password_env}"
+            )
+            return 2
+        trigger = AirflowTrigger(
+            args.airflow_url, args.dag_id, token=token, username=args.airflow_user, password=password
+        )
+    listener = DicomListener(
+        args.landing,
+        port=args.port,
+        ae_title=args.ae_title,
+        host=args.host,
+        quiet_seconds=args.quiet_seconds,
+        allow_calling=args.allow_calling,
+        min_free_bytes=int(args.min_free_mb * 1024 * 1024),
+        on_series_complete=trigger,
+        max_pdu=args.max_pdu,
+        max_associations=args.max_associations,
+        fsync=not args.no_fsync,
+    )
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    listener.start()
+    # one line on stdout so scripts and tests know where we listen
+    print(
+        f"kaapana listen: {listener.ae_title} on {listener.host}:{listener.port} -> {listener.landing_dir}",
+        flush=True,
+    )
+    try:
+        listener.wait()  # until SIGINT/SIGTERM
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        listener.stop()
+    return 0
