@@ -261,12 +261,30 @@ def test_killing_the_listener_leaves_no_partial_file(tmp_path, synthetic_series,
     by_uid = {pydicom.dcmread(p).SOPInstanceUID: p for p in sent.values()}
     for f in files:  # every visible file is complete and equal to what was sent
         assert pydicom.dcmread(f) == pydicom.dcmread(by_uid[f.stem])
-    # a restart clears hidden temporaries and announces what arrived
+    # a restart promotes complete hidden temporaries, removes partial ones, announces what arrived
     announced = []
     with DicomListener(landing, port=0, quiet_seconds=0.1, on_series_complete=announced.append):
         wait_for(lambda: announced)
     assert not list(landing.rglob("*.part"))
-    assert announced[0].instance_count == len(files)
+    after = landed(landing)
+    assert len(files) <= len(after) <= len(files) + 1
+    assert announced[0].instance_count == len(after)
+    for f in after:
+        assert pydicom.dcmread(f) == pydicom.dcmread(by_uid[f.stem])
+
+
+def test_recover_partial_files_promotes_only_complete_temporaries(tmp_path, synthetic_series):
+    from airflow_provider_kaapana.core.rawdicom import recover_partial_files
+
+    series = synthetic_series(slices=2, rows=16, columns=16)
+    tmp_path = tmp_path / "landing"
+    tmp_path.mkdir()
+    complete = tmp_path / f".{series.sop_instance_uids[0]}.dcm.abc123.part"
+    complete.write_bytes(series.files[0].read_bytes())
+    partial = tmp_path / f".{series.sop_instance_uids[1]}.dcm.xyz789.part"
+    partial.write_bytes(series.files[1].read_bytes()[:-100])
+    assert recover_partial_files(tmp_path) == (1, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{series.sop_instance_uids[0]}.dcm"]
 
 
 class _FakeAirflow(BaseHTTPRequestHandler):

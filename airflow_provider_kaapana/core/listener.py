@@ -34,7 +34,7 @@ from airflow_provider_kaapana.core.dimse import (
     STATUS_SUCCESS,
     write_received,
 )
-from airflow_provider_kaapana.core.rawdicom import remove_partial_files, write_atomic
+from airflow_provider_kaapana.core.rawdicom import fsync_dir, recover_partial_files, write_atomic
 from airflow_provider_kaapana.core.uids import is_valid_uid
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError, KaapanaError
 
@@ -258,9 +258,13 @@ class DicomListener:
         """Recover state from the landing zone, then listen (non-blocking)."""
         self.landing_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        removed = remove_partial_files(self.landing_dir)
-        if removed:
-            log.warning("removed %d partial files left by an interrupted listener", removed)
+        recovered, removed = recover_partial_files(self.landing_dir)
+        if recovered or removed:
+            log.warning(
+                "interrupted writes: %d complete instances recovered, %d partial files removed",
+                recovered,
+                removed,
+            )
         self._recover()
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
@@ -352,7 +356,10 @@ class DicomListener:
             self.refused += 1
             return STATUS_OUT_OF_RESOURCES
         try:
-            received = write_received(event, self._path_for, fsync=self.fsync)
+            # The file's data is fsynced before success is answered. Its directory entry is made
+            # durable per batch (see check()): until then a crash leaves at worst the complete hidden
+            # temporary, which start() promotes (recover_partial_files).
+            received = write_received(event, self._path_for, fsync=self.fsync, fsync_directory=False)
         except (InvalidDicomError, InvalidUIDError) as exc:
             self.refused += 1
             log.error("refused instance %s from %s: %s", event.request.AffectedSOPInstanceUID, calling, exc)
@@ -449,6 +456,9 @@ class DicomListener:
                     series.pending = {}
                     cut.append(batch)
         announced: list[SeriesBatch] = []
+        if self.fsync:
+            for directory in {b.series_dir for b in cut}:
+                fsync_dir(directory)
         for batch in cut:
             manifest_dir = self._manifest_dir(batch.series_instance_uid)
             manifest_dir.mkdir(parents=True, exist_ok=True)

@@ -244,3 +244,45 @@ def remove_partial_files(root: str | Path) -> int:
         except OSError:
             pass
     return count
+
+
+def final_name_of_partial(tmp: Path) -> str:
+    """``.<name>.<random>.part`` (from :func:`write_atomic`) -> ``<name>``."""
+    return tmp.name[1:].rsplit(".", 2)[0]
+
+
+def is_complete_dicom_file(path: str | Path) -> bool:
+    """True if ``path`` holds file meta plus a structurally complete dataset (see :func:`scan_dataset`)."""
+    from pydicom.filereader import read_preamble, _read_file_meta_info
+
+    try:
+        with open(path, "rb") as f:
+            read_preamble(f, force=False)
+            meta = _read_file_meta_info(f)
+            data = f.read()
+        scan_dataset(data, str(meta.TransferSyntaxUID))
+    except Exception:  # noqa: BLE001 - anything unreadable is incomplete
+        return False
+    return True
+
+
+def recover_partial_files(root: str | Path) -> tuple[int, int]:
+    """After a crash: promote complete temporaries of :func:`write_atomic` to their final name (when
+    that name does not exist yet), delete the rest. Returns ``(recovered, removed)``.
+
+    A temporary is only complete once it was fsynced, so a promoted file is one whose data was on
+    disk before its rename was; incomplete ones are never visible.
+    """
+    recovered = removed = 0
+    for tmp in Path(root).rglob(".*.part"):
+        target = tmp.with_name(final_name_of_partial(tmp))
+        try:
+            if target.suffix == ".dcm" and not target.exists() and is_complete_dicom_file(tmp):
+                os.replace(tmp, target)
+                recovered += 1
+            else:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return recovered, removed

@@ -1,0 +1,137 @@
+"""Receive throughput: dcmtk ``storescu`` sends N synthetic 512x512 CT instances over one association to
+(a) ``kaapana listen`` (fsync before every success), (b) dcmtk ``storescp`` and (c) Orthanc.
+
+Run: ``python benchmarks/bench_listener.py [--count 1000] [--workdir DIR]``. Prints instances/s and
+MB/s of each receiver and the ratios, all measured in the same run on the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from airflow_provider_kaapana.core.local_services import Orthanc, _wait_port, find_tool, free_port
+from airflow_provider_kaapana.core.synthetic import generate_series
+
+
+def send(files_dir: Path, port: int, called: str) -> float:
+    """Seconds for storescu to send every file in ``files_dir`` over one association."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [
+            find_tool("storescu"),
+            "-aet",
+            "BENCH",
+            "-aec",
+            called,
+            "+sd",
+            "127.0.0.1",
+            str(port),
+            str(files_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu to {called} failed: {result.stderr[-2000:]}")
+    return elapsed
+
+
+def count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def bench_kaapana(files_dir: Path, work: Path, fsync: bool = True) -> float:
+    landing = work / ("kaapana" if fsync else "kaapana-nofsync")
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "airflow_provider_kaapana",
+        "listen",
+        "--port",
+        str(port),
+        "--landing",
+        str(landing),
+    ]
+    cmd += ["--no-trigger", "--quiet-seconds", "600", "--min-free-mb", "1"]
+    if not fsync:
+        cmd.append("--no-fsync")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, proc, 30)
+        return send(files_dir, port, "KAAPANA")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_storescp(files_dir: Path, work: Path) -> float:
+    out = work / "storescp"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_tool("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc, 30)
+        return send(files_dir, port, "STORESCP")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_orthanc(files_dir: Path, work: Path) -> float:
+    with Orthanc(workdir=work / "orthanc") as pacs:
+        return send(files_dir, pacs.dicom_port, pacs.aet)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000, help="instances to send (default 1000)")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir, removed)")
+    parser.add_argument("--skip-orthanc", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-listener-"))
+    try:
+        t0 = time.perf_counter()
+        series = generate_series(work / "input", slices=args.count, rows=512, columns=512, noise_sd=20)
+        size_mb = sum(f.stat().st_size for f in series.files) / 1e6
+        print(
+            f"generated {args.count} CT instances 512x512 ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s"
+        )
+        results: dict[str, float] = {}
+        results["kaapana listen (fsync)"] = bench_kaapana(series.series_dir, work)
+        results["kaapana listen (no fsync)"] = bench_kaapana(series.series_dir, work, fsync=False)
+        results["dcmtk storescp"] = bench_storescp(series.series_dir, work)
+        if not args.skip_orthanc:
+            results["Orthanc"] = bench_orthanc(series.series_dir, work)
+        received = count_files(work / "kaapana")
+        if received != args.count:
+            raise RuntimeError(f"kaapana listen stored {received} of {args.count} instances")
+        print(f"{'receiver':28s} {'seconds':>8s} {'inst/s':>8s} {'MB/s':>8s} {'ms/inst':>8s}")
+        for name, seconds in results.items():
+            print(
+                f"{name:28s} {seconds:8.2f} {args.count / seconds:8.1f} {size_mb / seconds:8.1f} "
+                f"{1000 * seconds / args.count:8.2f}"
+            )
+        ours = results["kaapana listen (fsync)"]
+        for name, seconds in results.items():
+            if not name.startswith("kaapana"):
+                print(f"kaapana listen (fsync) vs {name}: {seconds / ours:.1f}x faster")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
