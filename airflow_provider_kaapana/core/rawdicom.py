@@ -253,7 +253,7 @@ def final_name_of_partial(tmp: Path) -> str:
 
 def is_complete_dicom_file(path: str | Path) -> bool:
     """True if ``path`` holds file meta plus a structurally complete dataset (see :func:`scan_dataset`)."""
-    from pydicom.filereader import read_preamble, _read_file_meta_info
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
         with open(path, "rb") as f:
