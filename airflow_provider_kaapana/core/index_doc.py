@@ -1,0 +1,649 @@
+"""One search document per DICOM series, built from the headers of ALL its instances.
+
+Field names are DICOM keywords and values are typed from the VR (see :mod:`.search_template` for the
+matching index template). Bulk binary values (pixel data, OB/OW/UN...) are never read into a document.
+A malformed value never fails the document: its raw text goes to ``kaapana.invalid.<Keyword>`` and a
+problem naming the file and keyword is returned. Derived fields live under ``kaapana.*``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+
+from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+# Values of these VRs are bulk binary data (or of unknown encoding): never indexed.
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
+FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+INT_VRS = frozenset({"IS", "SL", "SS", "UL", "US", "SV", "UV", "US or SS"})
+# ASCII-only VRs we parse from the raw bytes ourselves (cheap, and a bad value cannot raise in pydicom)
+_RAW_TEXT_VRS = frozenset({"DA", "DT", "TM", "DS", "IS", "AS"})
+
+DEFAULT_PRIVATE_KEY = "private"
+MAX_SEQUENCE_DEPTH = 4
+MAX_SEQUENCE_ITEMS = 64
+MAX_TEXT_CHARS = 4096
+
+# Curated modality from the SOP class, where Modality is missing or generic.
+_SOP_CLASS_MODALITY = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RTPLAN",
+    "1.2.840.10008.5.1.4.1.1.2": "CT",
+    "1.2.840.10008.5.1.4.1.1.2.1": "CT",
+    "1.2.840.10008.5.1.4.1.1.4": "MR",
+    "1.2.840.10008.5.1.4.1.1.4.1": "MR",
+    "1.2.840.10008.5.1.4.1.1.128": "PT",
+    "1.2.840.10008.5.1.4.1.1.130": "PT",
+    "1.2.840.10008.5.1.4.1.1.20": "NM",
+    "1.2.840.10008.5.1.4.1.1.1": "CR",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX",
+    "1.2.840.10008.5.1.4.1.1.1.2": "MG",
+    "1.2.840.10008.5.1.4.1.1.6.1": "US",
+    "1.2.840.10008.5.1.4.1.1.88.22": "SR",
+    "1.2.840.10008.5.1.4.1.1.88.33": "SR",
+    "1.2.840.10008.5.1.4.1.1.104.1": "DOC",
+}
+_MODALITY_ALIASES = {"PET": "PT", "MRI": "MR", "CTA": "CT", "RTSS": "RTSTRUCT"}
+
+_DA_RE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
+_TM_RE = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
+_DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
+_AS_RE = re.compile(r"^(\d{3})([DWMY])$")
+
+
+@dataclass
+class SeriesDocument:
+    """A built document: ``doc_id`` is the SeriesInstanceUID, ``problems`` name file and keyword."""
+
+    doc_id: str
+    document: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# value conversion
+
+
+def _iso_date(text: str) -> str:
+    m = _DA_RE.match(text)
+    if not m:
+        raise ValueError("not a DICOM date (YYYYMMDD)")
+    year, month, day = (int(x) for x in m.groups())
+    return _dt.date(year, month, day).isoformat()
+
+
+def _iso_time(text: str) -> str:
+    m = _TM_RE.match(text)
+    if not m:
+        raise ValueError("not a DICOM time (HHMMSS.FFFFFF)")
+    hh, mm, ss, frac = m.groups()
+    hour, minute, second = int(hh), int(mm or 0), int(ss or 0)
+    if hour > 23 or minute > 59 or second > 60:
+        raise ValueError("time out of range")
+    out = f"{hour:02d}:{minute:02d}:{min(second, 59):02d}"
+    return f"{out}.{frac}" if frac else out
+
+
+def _iso_datetime(text: str) -> str:
+    m = _DT_RE.match(text)
+    if not m:
+        raise ValueError("not a DICOM date-time (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
+    year, month, day, hour, minute, second, frac, offset = m.groups()
+    value = _dt.datetime(
+        int(year),
+        int(month or 1),
+        int(day or 1),
+        int(hour or 0),
+        int(minute or 0),
+        min(int(second or 0), 59),
+        int((frac or "0").ljust(6, "0")),
+    )
+    out = value.isoformat(timespec="milliseconds")
+    if offset:
+        out += f"{offset[:3]}:{offset[3:]}"
+    return out
+
+
+def _number(text: str, vr: str) -> float | int:
+    if vr in INT_VRS:
+        value = float(text) if vr == "IS" and "." in text else int(text)
+        if vr == "IS" and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("IS value is not an integer")
+            value = int(value)
+        return value
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+_CONVERTERS = {"DA": _iso_date, "TM": _iso_time, "DT": _iso_datetime}
+
+
+def _split_raw(raw: bytes) -> list[str]:
+    text = raw.decode("latin-1").strip("\x00 ")
+    return [part.strip("\x00 ") for part in text.split("\\")]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value]
+
+
+def _collapse(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else values
+
+
+class _Converter:
+    """Turns one dataset into a JSON object; collects invalid raw values and problems."""
+
+    def __init__(self, source_name: str, private_key: str) -> None:
+        self.source_name = source_name
+        self.private_key = private_key
+        self.invalid: dict[str, str] = {}
+        self.problems: list[str] = []
+
+    def problem(self, keyword: str, message: str) -> None:
+        self.problems.append(f"{self.source_name}: {keyword}: {message}")
+
+    def element_value(self, ds: Dataset, tag: Any, vr: str, keyword: str, path: str, depth: int) -> Any:
+        """The JSON value of one element, or ``None`` when it is empty, binary or invalid."""
+        if vr in _RAW_TEXT_VRS:
+            raw = ds.get_item(tag)
+            raw_value = getattr(raw, "value", None)
+            if raw_value is None:
+                return None
+            if isinstance(raw_value, bytes):
+                parts = [p for p in _split_raw(raw_value) if p != ""]
+            else:  # already converted by pydicom (e.g. a dataset built in memory)
+                parts = [str(p).strip() for p in _as_list(raw_value) if str(p).strip() != ""]
+            if not parts:
+                return None
+            out: list[Any] = []
+            for part in parts:
+                try:
+                    if vr in _CONVERTERS:
+                        out.append(_CONVERTERS[vr](part))
+                    elif vr in ("DS", "IS"):
+                        out.append(_number(part, vr))
+                    else:  # AS
+                        if not _AS_RE.match(part):
+                            raise ValueError("not a DICOM age string (nnnD/W/M/Y)")
+                        out.append(part)
+                except (ValueError, OverflowError) as exc:
+                    raw_text = "\\".join(parts)
+                    self.invalid[path] = raw_text[:MAX_TEXT_CHARS]
+                    self.problem(path, f"invalid {vr} value {raw_text[:64]!r}: {exc}")
+                    return None
+            return _collapse(out)
+
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # pydicom could not decode the value at all
+            raw = ds.get_item(tag)
+            raw_value = getattr(raw, "value", b"")
+            if isinstance(raw_value, bytes):
+                self.invalid[path] = raw_value.decode("latin-1", "replace")[:MAX_TEXT_CHARS]
+            self.problem(path, f"undecodable {vr} value: {exc}")
+            return None
+        value = elem.value
+        if value is None or value == "" or value == b"":
+            return None
+        actual_vr = elem.VR or vr
+        if actual_vr in BINARY_VRS or isinstance(value, (bytes, bytearray)):
+            return None
+        if actual_vr == "SQ":
+            if depth >= MAX_SEQUENCE_DEPTH:
+                return None
+            items = [self.dataset_object(item, path, depth + 1) for item in list(value)[:MAX_SEQUENCE_ITEMS]]
+            items = [item for item in items if item]
+            return items or None
+        values = _as_list(value)
+        if actual_vr in FLOAT_VRS or actual_vr in INT_VRS:
+            out_numbers: list[Any] = []
+            for v in values:
+                try:
+                    number = float(v) if actual_vr in FLOAT_VRS else int(v)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    self.invalid[path] = str(value)[:MAX_TEXT_CHARS]
+                    self.problem(path, f"invalid {actual_vr} value {str(v)[:64]!r}: {exc}")
+                    return None
+                if isinstance(number, float) and not math.isfinite(number):
+                    self.invalid[path] = str(value)[:MAX_TEXT_CHARS]
+                    self.problem(path, f"non-finite {actual_vr} value {v!r}")
+                    return None
+                out_numbers.append(number)
+            return _collapse(out_numbers)
+        if actual_vr == "AT":
+            return _collapse([f"{int(v):08X}" for v in values])
+        texts = [str(v).strip("\x00 ")[:MAX_TEXT_CHARS] for v in values]
+        texts = [t for t in texts if t != ""]
+        return _collapse(texts) if texts else None
+
+    def dataset_object(self, ds: Dataset, prefix: str, depth: int) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        private: dict[str, Any] = {}
+        for tag in ds.keys():
+            if tag.element == 0 or tag.group in (0x0002, 0xFFFE) or tag == 0x7FE00010:
+                continue  # group lengths, file meta, item delimiters, pixel data
+            raw = ds.get_item(tag)
+            vr = getattr(raw, "VR", None)
+            keyword = "" if tag.is_private else keyword_for_tag(tag)
+            if not vr or vr == "UN":
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "UN"
+            if vr in BINARY_VRS:
+                continue
+            tag_key = f"{tag:08X}"
+            path = f"{prefix}.{keyword or tag_key}" if prefix else (keyword or tag_key)
+            value = self.element_value(ds, tag, vr, keyword or tag_key, path, depth)
+            if value is None:
+                continue
+            if keyword:
+                obj[keyword] = value
+            else:
+                # private and unknown tags: stored as text, keyed by tag, under one object
+                if vr == "SQ":
+                    # private sequences: kept as JSON text so the private object stays flat text
+                    private[tag_key] = json.dumps(value, sort_keys=True)[:MAX_TEXT_CHARS]
+                else:
+                    private[tag_key] = [str(v) for v in value] if isinstance(value, list) else str(value)
+        if private:
+            obj[self.private_key] = private
+        return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def read_header(path: Path) -> Dataset:
+    """The header of one DICOM file (no pixel data); raises :class:`InvalidDicomError` naming it."""
+    try:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024)
+        except PydicomInvalidDicomError:
+            # no preamble/file meta (raw dataset): accepted only if it carries a SeriesInstanceUID
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024, force=True)
+    except (PydicomInvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidDicomError(f"{path}: not readable as DICOM: {exc}") from exc
+    except Exception as exc:  # pydicom raises assorted errors on corrupt files
+        raise InvalidDicomError(f"{path}: not readable as DICOM: {type(exc).__name__}: {exc}") from exc
+    if "SeriesInstanceUID" not in ds:
+        raise InvalidDicomError(f"{path}: has no SeriesInstanceUID (0020,000E)")
+    return ds
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+        else:
+            files.append(p)
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# aggregates
+
+
+def _safe_get(ds: Dataset, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and str(value).strip() != "" else None
+    except (TypeError, ValueError):
+        try:
+            f = float(value)
+            return int(f) if f.is_integer() else None
+        except (TypeError, ValueError):
+            return None
+
+
+def _floats(value: Any, n: int) -> list[float] | None:
+    try:
+        out = [float(v) for v in _as_list(value)]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+
+def _instance_number_summary(numbers: list[int | None]) -> dict[str, Any]:
+    present = sorted(n for n in numbers if n is not None)
+    summary: dict[str, Any] = {"missing_value_count": len(numbers) - len(present)}
+    if present:
+        lo, hi = present[0], present[-1]
+        unique = set(present)
+        missing: list[int] = []
+        if hi - lo <= 100_000:
+            missing = [n for n in range(lo, hi + 1) if n not in unique]
+        summary.update(
+            {
+                "min": lo,
+                "max": hi,
+                "missing": missing[:1000],
+                "missing_count": len(missing),
+                "duplicate_count": len(present) - len(unique),
+            }
+        )
+        summary["complete"] = (
+            not missing and summary["duplicate_count"] == 0 and summary["missing_value_count"] == 0
+        )
+    else:
+        summary["complete"] = False
+    return summary
+
+
+def _slice_spacing_summary(datasets: Sequence[Dataset]) -> dict[str, Any] | None:
+    iop = None
+    positions: list[float] = []
+    mixed = False
+    for ds in datasets:
+        o = _floats(_safe_get(ds, "ImageOrientationPatient"), 6)
+        p = _floats(_safe_get(ds, "ImagePositionPatient"), 3)
+        if o is None or p is None:
+            continue
+        if iop is None:
+            iop = o
+        elif max(abs(a - b) for a, b in zip(o, iop, strict=True)) > 1e-4:
+            mixed = True
+        r, c = iop[:3], iop[3:]
+        normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+        positions.append(sum(a * b for a, b in zip(p, normal, strict=True)))
+    if not positions:
+        return None
+    positions.sort()
+    gaps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+    summary: dict[str, Any] = {"positions": len(positions), "mixed_orientation": mixed}
+    if gaps:
+        nonzero = [g for g in gaps if g > 1e-3]
+        summary["duplicate_positions"] = len(gaps) - len(nonzero)
+        if nonzero:
+            summary.update(
+                {
+                    "min": round(min(nonzero), 4),
+                    "max": round(max(nonzero), 4),
+                    "mean": round(sum(nonzero) / len(nonzero), 4),
+                }
+            )
+            summary["uniform"] = (max(nonzero) - min(nonzero)) <= max(0.01, 0.01 * min(nonzero))
+        summary["extent"] = round(positions[-1] - positions[0], 4)
+    return summary
+
+
+def _acquisition_datetime(ds: Dataset) -> str | None:
+    dt = _safe_get(ds, "AcquisitionDateTime")
+    try:
+        if dt:
+            return _iso_datetime(str(dt).strip())[:23]
+        date = _safe_get(ds, "AcquisitionDate") or _safe_get(ds, "ContentDate")
+        time = _safe_get(ds, "AcquisitionTime") or _safe_get(ds, "ContentTime")
+        if date and time:
+            return f"{_iso_date(str(date).strip())}T{_iso_time(str(time).strip())[:12]}"
+    except ValueError:
+        return None
+    return None
+
+
+def _age_years(document: Mapping[str, Any]) -> float | None:
+    age = document.get("PatientAge")
+    if isinstance(age, str):
+        m = _AS_RE.match(age)
+        if m:
+            n, unit = int(m.group(1)), m.group(2)
+            return round(n / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit], 2)
+    birth, study = document.get("PatientBirthDate"), document.get("StudyDate")
+    if isinstance(birth, str) and isinstance(study, str):
+        days = (_dt.date.fromisoformat(study) - _dt.date.fromisoformat(birth)).days
+        if days >= 0:
+            return round(days / 365.25, 2)
+    return None
+
+
+def curated_modality(modality: Any, sop_class_uids: Sequence[str]) -> str | None:
+    """One modality per series: the upper-cased Modality, else derived from the SOP class."""
+    if isinstance(modality, list):
+        modality = modality[0] if modality else None
+    value = str(modality).strip().upper() if modality else ""
+    value = _MODALITY_ALIASES.get(value, value)
+    if value and value not in ("OT",):
+        return value
+    for uid in sop_class_uids:
+        if uid in _SOP_CLASS_MODALITY:
+            return _SOP_CLASS_MODALITY[uid]
+    return value or None
+
+
+def segment_labels(ds: Dataset) -> list[str]:
+    """SEG SegmentSequence labels and RTSTRUCT StructureSetROISequence ROI names."""
+    labels: list[str] = []
+    for seq_kw, label_kw in (("SegmentSequence", "SegmentLabel"), ("StructureSetROISequence", "ROIName")):
+        for item in _safe_get(ds, seq_kw) or []:
+            label = _safe_get(item, label_kw)
+            if label and str(label).strip():
+                labels.append(str(label).strip())
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------
+# documents
+
+
+def _datetime_iso(value: _dt.datetime | str | None) -> str:
+    if value is None:
+        value = _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.timezone.utc)
+    return value.isoformat(timespec="milliseconds")
+
+
+def _series_document(
+    series_uid: str,
+    members: list[tuple[Path, Dataset]],
+    *,
+    received_at: _dt.datetime | str | None,
+    source: Mapping[str, Any] | None,
+    location: Mapping[str, Any] | None,
+    private_key: str,
+    extra_problems: list[str],
+) -> SeriesDocument:
+    numbers = [_int_or_none(_safe_get(ds, "InstanceNumber")) for _, ds in members]
+    order = sorted(
+        range(len(members)), key=lambda i: (numbers[i] is None, numbers[i] or 0, str(members[i][0]))
+    )
+    members = [members[i] for i in order]
+    first_path, first = members[0]
+
+    # which attributes differ between instances: compare raw value bytes before any conversion
+    varying: set[str] = set()
+    first_raw = {tag: getattr(first.get_item(tag), "value", None) for tag in first.keys()}
+    for _, ds in members[1:]:
+        for tag in ds.keys():
+            if tag.is_private or tag.element == 0:
+                continue
+            raw = ds.get_item(tag)
+            if getattr(raw, "value", None) != first_raw.get(tag, b"\x00missing"):
+                kw = keyword_for_tag(tag)
+                if kw:
+                    varying.add(kw)
+
+    converter = _Converter(str(first_path), private_key)
+    document = converter.dataset_object(first, "", 0)
+    document.pop("PixelData", None)
+
+    sop_classes = sorted(
+        {str(_safe_get(ds, "SOPClassUID")) for _, ds in members if _safe_get(ds, "SOPClassUID")}
+    )
+    acq = sorted(a for a in (_acquisition_datetime(ds) for _, ds in members) if a)
+    transfer_syntaxes = sorted(
+        {
+            str(ds.file_meta.TransferSyntaxUID)
+            for _, ds in members
+            if getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta
+        }
+    )
+    labels: list[str] = []
+    for _, ds in members:
+        for label in segment_labels(ds):
+            if label not in labels:
+                labels.append(label)
+
+    kaapana: dict[str, Any] = {
+        "received_at": _datetime_iso(received_at),
+        "indexed_at": _datetime_iso(None),
+        "instance_count": len(members),
+        "instance_number": _instance_number_summary(numbers),
+        "sop_class_uids": sop_classes,
+        "transfer_syntax_uids": transfer_syntaxes,
+        "varying_keywords": sorted(varying),
+    }
+    modality = curated_modality(document.get("Modality"), sop_classes)
+    if modality:
+        kaapana["modality"] = modality
+    age = None
+    try:
+        age = _age_years(document)
+    except ValueError:
+        age = None
+    if age is not None:
+        kaapana["patient_age_years"] = age
+    spacing = _slice_spacing_summary([ds for _, ds in members])
+    if spacing:
+        kaapana["slice_spacing"] = spacing
+    if acq:
+        kaapana["acquisition"] = {"start": acq[0], "end": acq[-1]}
+    if isinstance(document.get("StudyDate"), str):
+        study_dt = document["StudyDate"]
+        if isinstance(document.get("StudyTime"), str):
+            study_dt += "T" + document["StudyTime"][:12]
+        kaapana["study_datetime"] = study_dt
+    if labels:
+        kaapana["segment_labels"] = labels
+    if source:
+        src = {k: str(v) for k, v in source.items() if v is not None and str(v) != ""}
+        kaapana["source"] = src
+        aes = [v for k, v in src.items() if k.endswith("ae_title") or k.endswith("_ae")]
+        if aes:
+            kaapana["source_aes"] = sorted(set(aes))
+    loc = {k: str(v) for k, v in (location or {}).items() if v is not None}
+    if loc:
+        kaapana["location"] = loc
+    problems = extra_problems + converter.problems
+    if converter.invalid:
+        kaapana["invalid"] = converter.invalid
+    if problems:
+        kaapana["problems"] = problems[:100]
+    kaapana["problem_count"] = len(problems)
+    document["kaapana"] = kaapana
+    return SeriesDocument(series_uid, document, problems, [p for p, _ in members])
+
+
+def build_series_documents(
+    paths: Iterable[str | Path],
+    *,
+    received_at: _dt.datetime | str | None = None,
+    source: Mapping[str, Any] | None = None,
+    location: Mapping[str, Any] | None = None,
+    private_key: str = DEFAULT_PRIVATE_KEY,
+) -> tuple[list[SeriesDocument], list[str]]:
+    """Documents for every series found in ``paths`` (files or folders, grouped by SeriesInstanceUID).
+
+    Returns ``(documents, file_errors)``: a file that is not DICOM or has no SeriesInstanceUID is
+    reported in ``file_errors`` (message names the file) and the rest goes on.
+    """
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    file_errors: list[str] = []
+    for path in _expand(paths):
+        try:
+            ds = read_header(path)
+            uid = str(ds.SeriesInstanceUID).strip()
+            if not uid:
+                raise InvalidDicomError(f"{path}: empty SeriesInstanceUID")
+        except InvalidDicomError as exc:
+            file_errors.append(str(exc))
+            continue
+        groups.setdefault(uid, []).append((path, ds))
+    loc_default = dict(location or {})
+    documents = []
+    for uid, members in groups.items():
+        loc = dict(loc_default)
+        if "series_dir" not in loc:
+            parents = {str(p.parent) for p, _ in members}
+            if len(parents) == 1:
+                loc["series_dir"] = parents.pop()
+        documents.append(
+            _series_document(
+                uid,
+                members,
+                received_at=received_at,
+                source=source,
+                location=loc,
+                private_key=private_key,
+                extra_problems=[],
+            )
+        )
+    return documents, file_errors
+
+
+def build_series_document(
+    files_or_series_dir: str | Path | Sequence[str | Path],
+    *,
+    received_at: _dt.datetime | str | None = None,
+    source: Mapping[str, Any] | None = None,
+    location: Mapping[str, Any] | None = None,
+    private_key: str = DEFAULT_PRIVATE_KEY,
+) -> tuple[str, dict[str, Any], list[str]]:
+    """``(doc_id, document, problems)`` for ONE series (a folder or a list of its files).
+
+    Unreadable files become problems; raises :class:`InvalidDicomError` when no file is usable or the
+    files belong to more than one series.
+    """
+    paths = (
+        [files_or_series_dir] if isinstance(files_or_series_dir, (str, Path)) else list(files_or_series_dir)
+    )
+    documents, file_errors = build_series_documents(
+        paths, received_at=received_at, source=source, location=location, private_key=private_key
+    )
+    if not documents:
+        detail = "; ".join(file_errors[:5]) or "no files"
+        raise InvalidDicomError(f"{', '.join(map(str, paths[:3]))}: no usable DICOM instance ({detail})")
+    if len(documents) > 1:
+        uids = ", ".join(d.doc_id for d in documents[:5])
+        raise InvalidDicomError(
+            f"{', '.join(map(str, paths[:3]))}: files of {len(documents)} series ({uids}); index them "
+            "with build_series_documents"
+        )
+    doc = documents[0]
+    problems = file_errors + doc.problems
+    if file_errors:
+        doc.document["kaapana"]["problems"] = problems[:100]
+        doc.document["kaapana"]["problem_count"] = len(problems)
+    return doc.doc_id, doc.document, problems
