@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from airflow_provider_kaapana.core.nifti import VOXEL_AXES, convert_series, read_sidecar
 from airflow_provider_kaapana.core.synthetic import SyntheticSeries
@@ -356,3 +356,62 @@ def test_gzip_output_is_deterministic_and_standard(ct_series, tmp_path):
     assert a.nifti_path.read_bytes() == b.nifti_path.read_bytes()
     (raw,) = convert_series(ct_series.series_dir, tmp_path / "raw", name="ct", compress=False)
     assert gzip.decompress(a.nifti_path.read_bytes()) == raw.nifti_path.read_bytes()
+
+
+def _slice_fields(slices) -> list[dict]:
+    keep = ("pixel_offset",)
+    out = []
+    for s in slices:
+        fields = {k: v for k, v in vars(s).items() if k not in keep}
+        fields["orientation"] = list(fields["orientation"])
+        fields["position"] = list(fields["position"])
+        out.append(fields)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm"]
+)
+def test_fast_header_parser_agrees_with_pydicom(name, monkeypatch, tmp_path):
+    from airflow_provider_kaapana.core import nifti
+
+    path = Path(get_testdata_file(name))
+    fast = nifti.read_slices(path)
+    assert nifti._fast_header(path) is not None
+    monkeypatch.setattr(nifti, "_fast_header", lambda p: None)
+    assert _slice_fields(fast) == _slice_fields(nifti.read_slices(path))
+
+
+def test_implicit_vr_series_with_sequences_converts_like_explicit(synthetic_series, tmp_path):
+    from pydicom.sequence import Sequence
+
+    def add_sequence(k, ds):
+        # an undefined-length sequence before PixelData must be skipped by the fast parser
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = generate_uid()
+        ds.ReferencedImageSequence = Sequence([item])
+
+    series = synthetic_series(orientation="oblique", per_instance=add_sequence)
+    explicit = nib.load(convert_series(series.series_dir, tmp_path / "explicit")[0].nifti_path)
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(series.files[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    implicit = nib.load(convert_series(series.series_dir, tmp_path / "implicit")[0].nifti_path)
+    np.testing.assert_array_equal(np.asanyarray(implicit.dataobj), np.asanyarray(explicit.dataobj))
+    np.testing.assert_array_equal(implicit.affine, explicit.affine)
+    assert_matches_truth(implicit, series)
+
+
+@pytest.mark.parametrize("orientation", ["oblique", "sagittal", "coronal"])
+def test_qform_agrees_with_sform_and_dcm2niix(orientation, synthetic_series, tmp_path, tool):
+    series = synthetic_series(orientation=orientation, pixel_spacing=(0.8, 1.1), slices=5)
+    ours = nib.load(convert_series(series.series_dir, tmp_path / "ours")[0].nifti_path)
+    ref = run_dcm2niix(tool, series.series_dir, tmp_path / "ref")
+    assert int(ours.header["qform_code"]) == 1 and int(ours.header["sform_code"]) == 1
+    np.testing.assert_allclose(ours.header.get_qform(), ours.header.get_sform(), atol=1e-4)
+    np.testing.assert_allclose(ours.header.get_qform(), ref.header.get_qform(), atol=1e-3)
+    np.testing.assert_allclose(ours.header.get_zooms(), (1.1, 0.8, 2.0), atol=1e-5)
+    assert ours.header.get_xyzt_units() == ("mm", "sec")

@@ -61,15 +61,16 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class SliceInfo:
     file_size: int = 0
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
-    split: dict[str, object] = field(default_factory=dict)
+    pixel_offset: int | None = None  # byte offset of (uncompressed) PixelData, when known from the header
 
 
 @dataclass
@@ -199,7 +200,7 @@ def non_image_reason(sop_class_uid: str) -> str | None:
     """Why a SOP class is not converted (SEG, SR, PR, RTSTRUCT...), or None for an image class."""
     for prefix in sorted(_NON_IMAGE_PREFIXES, key=len, reverse=True):
         if sop_class_uid == prefix or sop_class_uid.startswith(prefix + "."):
-            name = pydicom.uid.UID(sop_class_uid).name
+            name = _uid_name(sop_class_uid)
             return f"{_NON_IMAGE_PREFIXES[prefix]} (SOP class {name})"
     return None
 
@@ -251,22 +252,182 @@ def _first(seq: object) -> Dataset | None:
         return None
 
 
+# Tags read by the fast header parser: tag -> (keyword, "US" for binary unsigned short, else "str")
+_WANTED: dict[int, tuple[str, str]] = {
+    0x00080016: ("SOPClassUID", "str"),
+    0x00080018: ("SOPInstanceUID", "str"),
+    0x00080060: ("Modality", "str"),
+    0x00180050: ("SliceThickness", "str"),
+    0x00180081: ("EchoTime", "str"),
+    0x00180086: ("EchoNumbers", "str"),
+    0x00180088: ("SpacingBetweenSlices", "str"),
+    0x0020000D: ("StudyInstanceUID", "str"),
+    0x0020000E: ("SeriesInstanceUID", "str"),
+    0x00200012: ("AcquisitionNumber", "str"),
+    0x00200013: ("InstanceNumber", "str"),
+    0x00200032: ("ImagePositionPatient", "str"),
+    0x00200037: ("ImageOrientationPatient", "str"),
+    0x00200052: ("FrameOfReferenceUID", "str"),
+    0x00200100: ("TemporalPositionIdentifier", "str"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "str"),
+    0x00280008: ("NumberOfFrames", "str"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "str"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00281052: ("RescaleIntercept", "str"),
+    0x00281053: ("RescaleSlope", "str"),
+}
+# Enhanced multi-frame files carry their geometry in these sequences: pydicom reads those.
+_FUNCTIONAL_GROUPS = {0x52009229, 0x52009230}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _FastHeader(dict):
+    """The few attributes conversion needs, keyed by DICOM keyword (``get`` / ``in`` like a Dataset)."""
+
+    transfer_syntax_uid: str = "1.2.840.10008.1.2.1"
+    pixel_offset: int | None = None
+
+
+def _skip_undefined(data: bytes, pos: int, explicit: bool) -> int:
+    """Position after an undefined-length sequence or item whose content starts at ``pos``."""
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group == 0xFFFE:
+            length = struct.unpack_from("<I", data, pos + 4)[0]
+            if elem in (0xE0DD, 0xE00D):  # sequence / item delimiter
+                return pos + 8
+            pos += 8  # an item
+            pos = _skip_undefined(data, pos, explicit) if length == _UNDEFINED else pos + length
+            continue
+        if explicit:
+            vr = data[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                length, hdr = struct.unpack_from("<I", data, pos + 8)[0], 12
+            else:
+                length, hdr = struct.unpack_from("<H", data, pos + 6)[0], 8
+        else:
+            length, hdr = struct.unpack_from("<I", data, pos + 4)[0], 8
+        pos += hdr
+        pos = _skip_undefined(data, pos, explicit) if length == _UNDEFINED else pos + length
+    raise ValueError("sequence runs past the end of the header")
+
+
+def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
+    """Parse a Part-10 file's header up to PixelData without pydicom (~20x faster for a series).
+
+    Handles implicit and explicit VR little endian datasets (also those of encapsulated transfer syntaxes);
+    returns None for anything else (no preamble, big endian, deflated, functional groups), which then
+    goes to pydicom.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(chunk)
+        if len(data) < 144 or data[128:132] != b"DICM":
+            return None
+        out = _FastHeader()
+        pos = 132
+        transfer_syntax = None
+        while pos + 8 <= len(data):  # file meta: always explicit VR little endian
+            group, elem = struct.unpack_from("<HH", data, pos)
+            if group != 0x0002:
+                break
+            if data[pos + 4 : pos + 6] in _LONG_VRS:
+                length, hdr = struct.unpack_from("<I", data, pos + 8)[0], 12
+            else:
+                length, hdr = struct.unpack_from("<H", data, pos + 6)[0], 8
+            if elem == 0x0010:
+                transfer_syntax = data[pos + hdr : pos + hdr + length].decode("ascii").strip("\x00 ")
+            pos += hdr + length
+        if transfer_syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", None):
+            return None
+        out.transfer_syntax_uid = transfer_syntax
+        explicit = transfer_syntax != "1.2.840.10008.1.2"
+        everything = False
+        while True:
+            if pos + 12 > len(data) and not everything:
+                data += fh.read()
+                everything = True
+            if pos + 8 > len(data):
+                break
+            group, elem = struct.unpack_from("<HH", data, pos)
+            tag = group << 16 | elem
+            if explicit:
+                vr = data[pos + 4 : pos + 6]
+                if vr in _LONG_VRS:
+                    length, hdr = struct.unpack_from("<I", data, pos + 8)[0], 12
+                else:
+                    length, hdr = struct.unpack_from("<H", data, pos + 6)[0], 8
+            else:
+                length, hdr = struct.unpack_from("<I", data, pos + 4)[0], 8
+            if tag == 0x7FE00010:
+                out.pixel_offset = pos + hdr if length != _UNDEFINED else None
+                break
+            if tag in _FUNCTIONAL_GROUPS:
+                return None
+            if length == _UNDEFINED:
+                data += fh.read()
+                pos = _skip_undefined(data, pos + hdr, explicit)
+                continue
+            end = pos + hdr + length
+            if end > len(data):
+                data += fh.read()
+                if end > len(data):
+                    raise ValueError(f"element {tag:08X} runs past the end of the file")
+            wanted = _WANTED.get(tag)
+            if wanted is not None:
+                keyword, kind = wanted
+                raw = data[pos + hdr : end]
+                if kind == "US":
+                    out[keyword] = struct.unpack_from("<H", raw)[0]
+                else:
+                    values = raw.decode("latin-1").strip("\x00 ").split("\\")
+                    out[keyword] = values[0].strip() if len(values) == 1 else [v.strip() for v in values]
+            pos = end
+        return out
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name
+
+
 def read_slices(path: Path) -> list[SliceInfo]:
     """Headers of one file as slices (one per frame of a multi-frame instance).
 
     Raises :class:`InvalidDicomError` for an image that cannot be placed (missing geometry tags...), and
     the internal ``_NotAnImage`` with the reason when the file is to be skipped (non-DICOM, SEG, SR...).
+    Little-endian files are parsed by :func:`_fast_header`; everything else (big endian, deflated,
+    enhanced multi-frame) by pydicom.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (PydicomInvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
-        raise _NotAnImage(f"not a readable DICOM file ({exc})") from exc
+        ds: Any = _fast_header(path)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        ds = None
+    if ds is None:
+        import pydicom
+        from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (PydicomInvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
+            raise _NotAnImage(f"not a readable DICOM file ({exc})") from exc
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+        pixel_offset = None
+    else:
+        transfer_syntax = ds.transfer_syntax_uid
+        pixel_offset = ds.pixel_offset
     sop_class = str(ds.get("SOPClassUID", ""))
     reason = non_image_reason(sop_class)
     if reason:
         raise _NotAnImage(reason)
     if "Rows" not in ds or "Columns" not in ds:
-        raise _NotAnImage(f"no image pixel module (SOP class {pydicom.uid.UID(sop_class).name or '?'})")
+        raise _NotAnImage(f"no image pixel module (SOP class {_uid_name(sop_class) or '?'})")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise _NotAnImage(
@@ -281,9 +442,9 @@ def read_slices(path: Path) -> list[SliceInfo]:
         "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
         "modality": str(ds.get("Modality", "")),
-        "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
+        "transfer_syntax_uid": transfer_syntax,
+        "rows": int(ds.get("Rows")),
+        "columns": int(ds.get("Columns")),
         "bits_allocated": int(ds.get("BitsAllocated", 16) or 16),
         "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
         "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
@@ -292,6 +453,7 @@ def read_slices(path: Path) -> list[SliceInfo]:
         "file_size": path.stat().st_size,
         "slice_thickness": _opt_float(ds.get("SliceThickness")),
         "spacing_between_slices": _opt_float(ds.get("SpacingBetweenSlices")),
+        "pixel_offset": pixel_offset,
     }
     if not base["sop_instance_uid"] or not base["series_instance_uid"]:
         raise InvalidDicomError(f"{path}: missing SOPInstanceUID or SeriesInstanceUID")
@@ -301,7 +463,7 @@ def read_slices(path: Path) -> list[SliceInfo]:
     if n_frames > 1:
         raise InvalidDicomError(
             f"{path}: multi-frame instance ({n_frames} frames) without per-frame functional groups "
-            f"(SOP class {pydicom.uid.UID(sop_class).name}); cannot place its frames"
+            f"(SOP class {_uid_name(sop_class)}); cannot place its frames"
         )
     iop, ipp, spacing = _geometry_from(ds)
     _check_geometry_tags(path, iop, ipp, spacing)
@@ -558,6 +720,11 @@ def _raw_frame_offset(s: SliceInfo, nbytes: int, fh) -> int | None:
     """Offset of the frame's bytes when PixelData is the last element, uncompressed LE; else None."""
     if s.transfer_syntax_uid not in _UNCOMPRESSED_LE:
         return None
+    frame_offset = (s.frame_number - 1 if s.frame_number else 0) * nbytes
+    if s.pixel_offset is not None:
+        return (
+            s.pixel_offset + frame_offset if s.pixel_offset + frame_offset + nbytes <= s.file_size else None
+        )
     total = nbytes * s.number_of_frames
     padded = total + (total & 1)
     start = s.file_size - padded
@@ -570,7 +737,7 @@ def _raw_frame_offset(s: SliceInfo, nbytes: int, fh) -> int | None:
     implicit = head[4:8] == _PIXEL_TAG and head[8:12] == length
     if not (explicit or implicit):
         return None
-    return start + (s.frame_number - 1 if s.frame_number else 0) * nbytes
+    return start + frame_offset
 
 
 def _fix_bits(frame: np.ndarray, s: SliceInfo) -> np.ndarray:
@@ -620,11 +787,13 @@ def _read_stored(slices: list[SliceInfo]) -> np.ndarray:
 
 
 def _decode_with_pydicom(s: SliceInfo) -> np.ndarray:
+    import pydicom
+
     try:
         ds = pydicom.dcmread(s.path)
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing/failed decoders
-        name = pydicom.uid.UID(s.transfer_syntax_uid).name or s.transfer_syntax_uid
+        name = _uid_name(s.transfer_syntax_uid) or s.transfer_syntax_uid
         raise InvalidDicomError(
             f"{s.path}: cannot decode pixel data (transfer syntax {name}): {exc}. Install a pydicom "
             "pixel-data plugin for it (pylibjpeg, pylibjpeg-openjpeg or gdcm) or send it uncompressed."
@@ -668,20 +837,116 @@ def _rescale(stored: np.ndarray, slices: list[SliceInfo]) -> tuple[np.ndarray, d
 # --------------------------------------------------------------------------- writing
 
 
-def _nifti_header(shape: tuple[int, int, int], dtype: np.dtype, affine: np.ndarray) -> bytes:
-    import nibabel as nib
+_NIFTI_DTYPES = {
+    np.dtype(np.uint8): 2,
+    np.dtype(np.int16): 4,
+    np.dtype(np.int32): 8,
+    np.dtype(np.float32): 16,
+    np.dtype(np.int8): 256,
+    np.dtype(np.uint16): 512,
+    np.dtype(np.uint32): 768,
+}
+_NIFTI1_HEADER = np.dtype(
+    [
+        ("sizeof_hdr", "<i4"),
+        ("data_type", "S10"),
+        ("db_name", "S18"),
+        ("extents", "<i4"),
+        ("session_error", "<i2"),
+        ("regular", "S1"),
+        ("dim_info", "u1"),
+        ("dim", "<i2", (8,)),
+        ("intent_p", "<f4", (3,)),
+        ("intent_code", "<i2"),
+        ("datatype", "<i2"),
+        ("bitpix", "<i2"),
+        ("slice_start", "<i2"),
+        ("pixdim", "<f4", (8,)),
+        ("vox_offset", "<f4"),
+        ("scl_slope", "<f4"),
+        ("scl_inter", "<f4"),
+        ("slice_end", "<i2"),
+        ("slice_code", "u1"),
+        ("xyzt_units", "u1"),
+        ("cal_max", "<f4"),
+        ("cal_min", "<f4"),
+        ("slice_duration", "<f4"),
+        ("toffset", "<f4"),
+        ("glmax", "<i4"),
+        ("glmin", "<i4"),
+        ("descrip", "S80"),
+        ("aux_file", "S24"),
+        ("qform_code", "<i2"),
+        ("sform_code", "<i2"),
+        ("quatern", "<f4", (3,)),
+        ("qoffset", "<f4", (3,)),
+        ("srow", "<f4", (3, 4)),
+        ("intent_name", "S16"),
+        ("magic", "S4"),
+    ]
+)
+assert _NIFTI1_HEADER.itemsize == 348
 
-    hdr = nib.Nifti1Header()
-    hdr.set_data_dtype(dtype)
-    hdr.set_data_shape(shape)
-    hdr.set_qform(affine, code=1)
-    hdr.set_sform(affine, code=1)
-    hdr.set_xyzt_units("mm", "sec")
-    hdr["scl_slope"] = 1.0
-    hdr["scl_inter"] = 0.0
+
+def _quaternion(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """NIfTI qform parameters (b, c, d), voxel sizes and qfac of an affine (nifti1.h's algorithm)."""
+    rzs = affine[:3, :3]
+    zooms = np.sqrt(np.sum(rzs * rzs, axis=0))
+    rot = rzs / zooms
+    u, _, vt = np.linalg.svd(rot)  # nearest orthonormal matrix: IOP is stored with limited precision
+    rot = u @ vt
+    qfac = 1.0
+    if np.linalg.det(rot) < 0:
+        qfac = -1.0
+        rot[:, 2] *= -1
+    (r11, r12, r13), (r21, r22, r23), (r31, r32, r33) = rot
+    a = r11 + r22 + r33 + 1.0
+    if a > 0.5:
+        a = 0.5 * np.sqrt(a)
+        b, c, d = 0.25 * (r32 - r23) / a, 0.25 * (r13 - r31) / a, 0.25 * (r21 - r12) / a
+    else:
+        xd, yd, zd = 1.0 + r11 - (r22 + r33), 1.0 + r22 - (r11 + r33), 1.0 + r33 - (r11 + r22)
+        if xd > 1.0:
+            b = 0.5 * np.sqrt(xd)
+            c, d, a = 0.25 * (r12 + r21) / b, 0.25 * (r13 + r31) / b, 0.25 * (r32 - r23) / b
+        elif yd > 1.0:
+            c = 0.5 * np.sqrt(yd)
+            b, d, a = 0.25 * (r12 + r21) / c, 0.25 * (r23 + r32) / c, 0.25 * (r13 - r31) / c
+        else:
+            d = 0.5 * np.sqrt(zd)
+            b, c, a = 0.25 * (r13 + r31) / d, 0.25 * (r23 + r32) / d, 0.25 * (r21 - r12) / d
+        if a < 0:
+            b, c, d = -b, -c, -d
+    return np.array([b, c, d]), zooms, qfac
+
+
+def _nifti_header(shape: tuple[int, int, int], dtype: np.dtype, affine: np.ndarray) -> bytes:
+    """A NIfTI-1 single-file header (+ empty extension flag) with qform = sform = ``affine`` (code 1).
+
+    Written directly (no nibabel import on the conversion path); the tests read it back with nibabel.
+    """
+    code = _NIFTI_DTYPES.get(np.dtype(dtype))
+    if code is None:
+        raise ValueError(f"no NIfTI-1 datatype for {dtype}")
+    hdr = np.zeros((), dtype=_NIFTI1_HEADER)
+    hdr["sizeof_hdr"] = 348
+    hdr["regular"] = b"r"
+    hdr["dim"] = [3, *shape, 1, 1, 1, 1]
+    hdr["datatype"] = code
+    hdr["bitpix"] = np.dtype(dtype).itemsize * 8
+    quatern, zooms, qfac = _quaternion(affine)
+    hdr["pixdim"] = [qfac, *zooms, 1.0, 1.0, 1.0, 1.0]
     hdr["vox_offset"] = 352
+    hdr["scl_slope"] = 1.0
+    hdr["xyzt_units"] = 2 | 8  # mm, s
     hdr["descrip"] = b"airflow-provider-kaapana"
-    return hdr.binaryblock + b"\x00\x00\x00\x00"  # no extensions
+    hdr["qform_code"] = 1  # scanner
+    hdr["sform_code"] = 1
+    hdr["quatern"] = quatern
+    hdr["qoffset"] = affine[:3, 3]
+    hdr["srow"] = affine[:3, :]
+    hdr["magic"] = b"n+1"
+    return hdr.tobytes() + b"\x00\x00\x00\x00"
 
 
 def _threads() -> int:
@@ -691,13 +956,26 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _deflater(level: int) -> tuple[Any, int]:
+    """ISA-L's zlib-compatible deflate when the ``isal`` package is installed (about 4x faster), else zlib.
+
+    ISA-L has levels 0-3; zlib levels 1-9 map onto them (1 -> 1, 2-5 -> 2, 6-9 -> 3).
+    """
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib, level
+    return isal_zlib, 0 if level <= 0 else 1 if level == 1 else 2 if level <= 5 else 3
+
+
 def write_gzip(
     path: Path, parts: Sequence[bytes | memoryview], *, level: int = 1, threads: int | None = None
 ) -> None:
     """Write ``parts`` as one gzip member, deflating blocks in parallel (pigz-style).
 
     Each block is raw deflate primed with the previous 32 KiB as dictionary and ended with a sync
-    flush, so the concatenation is one valid deflate stream that any gzip reader accepts.
+    flush, so the concatenation is one valid deflate stream that any gzip reader accepts. Deflate is
+    ISA-L's when ``isal`` is installed (see :func:`_deflater`), else zlib's.
     """
     block = 1 << 22
     views = [memoryview(p).cast("B") for p in parts]
@@ -711,12 +989,14 @@ def write_gzip(
         if len(view):
             prev = view[max(0, len(view) - 32768) :]
 
+    deflater, level = _deflater(level)
+
     def deflate(index: int) -> bytes:
         chunk, dictionary = jobs[index]
         if dictionary is not None and len(dictionary):
-            comp = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, dictionary)
+            comp = deflater.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, dictionary)
         else:
-            comp = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
+            comp = deflater.compressobj(level, zlib.DEFLATED, -15, 9)
         last = index == len(jobs) - 1
         return comp.compress(chunk) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
