@@ -156,3 +156,18 @@ def pydicom_test_files() -> list[Path]:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
+# --- issue 6 fixtures ---
+@pytest.fixture(scope="session")
+def tiny_nnunet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real nnU-Net model (fold 0, labels background/sphere) trained on synthetic spheres, on CPU.
+
+    Cached in ``$KAAPANA_TINY_MODEL_CACHE`` or ``~/.cache/kaapana/tiny-model``: the first session trains
+    for about 1.5 minutes, later sessions reuse it.
+    """
+    from airflow_provider_kaapana.core.tiny_model import train_tiny_model
+
+    return train_tiny_model(
+        tmp_path_factory.mktemp("tiny-model-work"), cache_dir=os.environ.get("KAAPANA_TINY_MODEL_CACHE")
+    )

@@ -1,0 +1,293 @@
+"""``NnUNetPredictOperator``: ``kaapana predict`` as a GPU pod (stock KubernetesPodOperator) or locally.
+
+In ``mode="kubernetes"`` the operator is a KubernetesPodOperator whose build step fills in the image, the
+``kaapana predict`` command, GPU resources and the workspace/model-store volumes; running, logs,
+deferral and clean-up are the parent's. In ``mode="local"`` the same command runs as a subprocess on
+the worker. Both return the same XCom::
+
+    {"series_instance_uid", "case_id", "prediction_dir", "label_map_path", "labels_path"}
+
+The workspace and the model store are mounted in the pod at the same paths the worker uses, so every
+path in XCom means the same file on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import models as k8s
+
+from airflow_provider_kaapana import __version__
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
+from airflow_provider_kaapana.exceptions import KaapanaError
+
+DEFAULT_IMAGE = f"ghcr.io/kaapana-provider/kaapana-nnunet-predict:{__version__}"
+DEFAULT_MODELS_DIR = "/models"
+MODES = ("kubernetes", "local")
+STEP = "nnunet"
+LABELS_FILE = "labels.json"  # as written by core.nnunet beside the predictions
+PROVENANCE_FILE = "prediction.json"
+
+
+def _volume(name: str, claim: str | None, host_path: str | None) -> k8s.V1Volume | None:
+    if claim and host_path:
+        raise ValueError(f"{name}: give a PVC claim or a hostPath, not both")
+    if claim:
+        return k8s.V1Volume(
+            name=name, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim)
+        )
+    if host_path:
+        return k8s.V1Volume(
+            name=name, host_path=k8s.V1HostPathVolumeSource(path=host_path, type="DirectoryOrCreate")
+        )
+    return None
+
+
+class NnUNetPredictOperator(KubernetesPodOperator):
+    """Run an nnU-Net model on one series' NIfTI files (see ``docs/operators/nnunet_predict.rst``).
+
+    :param model: trainer folder, or dataset name/id installed in ``models_dir`` (templated).
+    :param series: the NIfTI step's XCom ``{"series_instance_uid", "case_id", "nifti_dir", ...}``
+        (templated; pass the upstream task's output).
+    :param input_dir: explicit input folder instead of ``series["nifti_dir"]`` (templated).
+    :param output_dir: where the label maps go; default ``<workspace>/<dag>/<run>/batch/<uid>/nnunet``.
+    :param configuration, folds, checkpoint, device, tta, step_size: as ``kaapana predict``.
+        ``device`` None means ``cuda`` for a pod with GPUs, ``cpu`` without, ``auto`` locally.
+    :param mode: ``"kubernetes"`` (a pod) or ``"local"`` (a subprocess on the worker).
+    :param models_dir: the model store path (worker and pod).
+    :param workspace_base: the run workspace base path (worker and pod).
+    :param workspace_claim, workspace_host_path: PVC claim name or hostPath holding the workspace.
+    :param models_claim, models_host_path: PVC claim name or hostPath holding the model store.
+    :param gpus: ``nvidia.com/gpu`` limit of the pod (0: CPU pod).
+    :param memory_request, memory_limit, cpu_request: pod resources unless ``container_resources`` given.
+    :param shm_size: size of the memory-backed ``/dev/shm`` (nnU-Net's worker processes share tensors).
+    Every other KubernetesPodOperator argument (``node_selector``, ``tolerations``, ``affinity``,
+    ``priority_class_name``, ``deferrable``, ``namespace`` ...) passes through.
+    """
+
+    template_fields: Sequence[str] = (
+        *KubernetesPodOperator.template_fields,
+        "model",
+        "series",
+        "input_dir",
+        "output_dir",
+        "series_instance_uid",
+        "case_id",
+        "configuration",
+        "folds",
+        "checkpoint",
+        "device",
+        "models_dir",
+        "workspace_base",
+    )
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        series: dict[str, Any] | None = None,
+        input_dir: str | None = None,
+        output_dir: str | None = None,
+        series_instance_uid: str | None = None,
+        case_id: str | None = None,
+        configuration: str | None = None,
+        folds: Sequence[int | str] | None = None,
+        checkpoint: str = "checkpoint_final.pth",
+        device: str | None = None,
+        tta: bool = True,
+        step_size: float = 0.5,
+        mode: str = "kubernetes",
+        models_dir: str = DEFAULT_MODELS_DIR,
+        workspace_base: str = DEFAULT_WORKSPACE_BASE,
+        workspace_claim: str | None = None,
+        workspace_host_path: str | None = None,
+        models_claim: str | None = None,
+        models_host_path: str | None = None,
+        gpus: int = 1,
+        memory_request: str = "8Gi",
+        memory_limit: str = "24Gi",
+        cpu_request: str = "2",
+        shm_size: str = "4Gi",
+        image: str | None = None,
+        container_resources: k8s.V1ResourceRequirements | None = None,
+        volumes: list[k8s.V1Volume] | None = None,
+        volume_mounts: list[k8s.V1VolumeMount] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if gpus < 0:
+            raise ValueError("gpus must be >= 0")
+        if container_resources is None:
+            limits: dict[str, str] = {"memory": memory_limit}
+            if gpus:
+                limits["nvidia.com/gpu"] = str(gpus)
+            container_resources = k8s.V1ResourceRequirements(
+                requests={"memory": memory_request, "cpu": cpu_request}, limits=limits
+            )
+        volumes = list(volumes or [])
+        volume_mounts = list(volume_mounts or [])
+        for name, claim, host_path, mount_path, read_only in (
+            ("kaapana-workspace", workspace_claim, workspace_host_path, workspace_base, False),
+            ("kaapana-models", models_claim, models_host_path, models_dir, True),
+        ):
+            volume = _volume(name, claim, host_path)
+            if volume is not None:
+                volumes.append(volume)
+                volume_mounts.append(k8s.V1VolumeMount(name=name, mount_path=mount_path, read_only=read_only))
+        if shm_size:
+            volumes.append(
+                k8s.V1Volume(
+                    name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=shm_size)
+                )
+            )
+            volume_mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+        kwargs.setdefault("name", "nnunet-predict")
+        # The parent's do_xcom_push also means "add an XCom sidecar to the pod"; our XCom is the small
+        # result dict returned by execute(), so the sidecar stays off and the flag is restored below.
+        push_result = kwargs.pop("do_xcom_push", True)
+        super().__init__(
+            image=image or DEFAULT_IMAGE,
+            container_resources=container_resources,
+            volumes=volumes,
+            volume_mounts=volume_mounts,
+            do_xcom_push=False,
+            **kwargs,
+        )
+        self.do_xcom_push = push_result
+        self.model = model
+        self.series = series
+        self.input_dir = input_dir
+        self.output_dir = output_dir
+        self.series_instance_uid = series_instance_uid
+        self.case_id = case_id
+        self.configuration = configuration
+        self.folds = list(folds) if folds is not None else None
+        self.checkpoint = checkpoint
+        self.device = device
+        self.tta = tta
+        self.step_size = step_size
+        self.mode = mode
+        self.models_dir = models_dir
+        self.workspace_base = workspace_base
+        self.gpus = gpus
+
+    # -- what to predict, where to -------------------------------------------------------------------
+    def _series_field(self, key: str) -> Any:
+        return self.series.get(key) if isinstance(self.series, dict) else None
+
+    def _resolved(self, context: Any) -> dict[str, Any]:
+        """Input/output folders and identifiers from the rendered arguments and the run."""
+        if self.series is not None and not isinstance(self.series, dict):
+            raise KaapanaError(f"series must be the NIfTI step's XCom dict, got {type(self.series).__name__}")
+        uid = self.series_instance_uid or self._series_field("series_instance_uid")
+        case_id = self.case_id or self._series_field("case_id")
+        input_dir = self.input_dir or self._series_field("nifti_dir")
+        if not input_dir:
+            raise KaapanaError("no input: give series (with nifti_dir) or input_dir")
+        output_dir = self.output_dir
+        if not output_dir:
+            if not uid or not context:
+                raise KaapanaError(
+                    "no output_dir, and no series_instance_uid/run to place it in the workspace"
+                )
+            workspace = RunWorkspace(Path(self.workspace_base), context["ti"].dag_id, context["run_id"])
+            output_dir = str(workspace.step_dir(uid, STEP, create=self.mode == "local"))
+        return {
+            "series_instance_uid": uid,
+            "case_id": case_id,
+            "input_dir": input_dir,
+            "output_dir": output_dir,
+        }
+
+    def _device(self) -> str:
+        if self.device:
+            return str(self.device)
+        if self.mode == "local":
+            return "auto"
+        return "cuda" if self.gpus else "cpu"
+
+    def predict_arguments(self, input_dir: str, output_dir: str) -> list[str]:
+        """The ``kaapana predict`` arguments, identical for the pod and the local subprocess."""
+        args = ["--model", str(self.model), "-i", str(input_dir), "-o", str(output_dir)]
+        args += ["--models-dir", str(self.models_dir), "--device", self._device()]
+        if self.configuration:
+            args += ["--configuration", str(self.configuration)]
+        if self.folds:
+            args += ["--folds", *(str(f) for f in self.folds)]
+        args += ["--checkpoint", str(self.checkpoint), "--step-size", str(self.step_size)]
+        if not self.tta:
+            args.append("--no-tta")
+        return args
+
+    # -- kubernetes mode: only the build step is ours ------------------------------------------------
+    @contextlib.contextmanager
+    def _no_sidecar(self) -> Iterator[None]:
+        push_result, self.do_xcom_push = self.do_xcom_push, False
+        try:
+            yield
+        finally:
+            self.do_xcom_push = push_result
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        where = self._resolved(context)
+        self.cmds = ["kaapana", "predict"]
+        self.arguments = self.predict_arguments(where["input_dir"], where["output_dir"])
+        with self._no_sidecar():
+            return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if self.mode == "local":
+            return self._execute_local(context)
+        with self._no_sidecar():
+            super().execute(context)  # deferrable: defers here and comes back in trigger_reentry
+        return self._result(context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        with self._no_sidecar():
+            super().trigger_reentry(context, event)
+        return self._result(context)
+
+    # -- local mode: the same CLI as a subprocess ----------------------------------------------------
+    def _execute_local(self, context: Any) -> dict[str, Any]:
+        where = self._resolved(context)
+        command = [sys.executable, "-m", "airflow_provider_kaapana", "predict"]
+        command += self.predict_arguments(where["input_dir"], where["output_dir"])
+        self.log.info("running %s", " ".join(command))
+        process = subprocess.run(command, capture_output=True, text=True)
+        for line in (process.stdout + process.stderr).splitlines()[-200:]:
+            self.log.info("%s", line)
+        if process.returncode != 0:
+            tail = process.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise KaapanaError(f"kaapana predict failed with exit code {process.returncode}: {tail[0]}")
+        return self._result(context)
+
+    def _result(self, context: Any) -> dict[str, Any]:
+        where = self._resolved(context)
+        prediction_dir = Path(where["output_dir"])
+        case_id = where["case_id"]
+        label_map_path: str | None = None
+        provenance = prediction_dir / PROVENANCE_FILE
+        cases: dict[str, str] = {}
+        if provenance.is_file():  # the worker may not see the pod's volume; then fall back to the naming
+            cases = json.loads(provenance.read_text()).get("cases", {})
+        if case_id and case_id in cases:
+            label_map_path = cases[case_id]
+        elif case_id:
+            label_map_path = str(prediction_dir / f"{case_id}.nii.gz")
+        elif len(cases) == 1:
+            case_id, label_map_path = next(iter(cases.items()))
+        return {
+            "series_instance_uid": where["series_instance_uid"],
+            "case_id": case_id,
+            "prediction_dir": str(prediction_dir),
+            "label_map_path": label_map_path,
+            "labels_path": str(prediction_dir / LABELS_FILE),
+        }
