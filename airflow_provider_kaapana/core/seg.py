@@ -479,19 +479,18 @@ def resample_to_source(
             start = np.rint(base).astype(int)
             (ca, cs), (ra, rs) = col_axis, row_axis  # type: ignore[misc]
             slice_axis = 3 - ca - ra
-            c_idx = start[ca] + cs * np.arange(cols)
-            r_idx = start[ra] + rs * np.arange(rows)
             s = start[slice_axis]
             if 0 <= s < shape[slice_axis]:
-                r_ok = (r_idx >= 0) & (r_idx < shape[ra])
-                c_ok = (c_idx >= 0) & (c_idx < shape[ca])
-                if r_ok.any() and c_ok.any():
-                    plane = np.take(labels, s, axis=slice_axis)  # remaining axes in order
-                    # plane axes are the two remaining voxel axes in increasing order
-                    first, _second = sorted((ca, ra))
-                    plane_rc = plane if first == ra else plane.T  # -> (row axis, column axis)
-                    r_sel, c_sel = r_idx[r_ok], c_idx[c_ok]
-                    out[k][np.ix_(r_ok, c_ok)] = plane_rc[np.ix_(r_sel, c_sel)]
+                r_range = _clipped_progression(start[ra], rs, rows, shape[ra])
+                c_range = _clipped_progression(start[ca], cs, cols, shape[ca])
+                if r_range is not None and c_range is not None:
+                    index: list[int | slice] = [slice(None)] * 3
+                    index[slice_axis] = s
+                    index[ra], index[ca] = r_range[1], c_range[1]
+                    plane = labels[tuple(index)]  # a view: remaining axes in increasing order
+                    if ca < ra:
+                        plane = plane.T  # -> (source row, source column)
+                    out[k, r_range[0], c_range[0]] = plane
             continue
         coords = []
         inside = np.ones((rows, cols), dtype=bool)
@@ -504,6 +503,20 @@ def resample_to_source(
         if inside.any():
             out[k][inside] = labels[coords[0][inside], coords[1][inside], coords[2][inside]]
     return out, resampled
+
+
+def _clipped_progression(start: int, step: int, count: int, size: int) -> tuple[slice, slice] | None:
+    """Source positions ``0..count-1`` map to voxels ``start + step * n``; the in-bounds part as
+    (slice of source positions, slice of voxel indices), or ``None`` when none is inside."""
+    n = np.arange(count)
+    voxels = start + step * n
+    ok = np.nonzero((voxels >= 0) & (voxels < size))[0]
+    if ok.size == 0:
+        return None
+    first, last = int(ok[0]), int(ok[-1])
+    v_first, v_last = int(voxels[first]), int(voxels[last])
+    stop = v_last + step
+    return slice(first, last + 1), slice(v_first, stop if stop >= 0 else None, step)
 
 
 def _grids_coincide(labels_shape: Sequence[int], affine_ras: np.ndarray, source: SourceSeries) -> bool:
