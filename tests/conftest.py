@@ -171,3 +171,49 @@ def tiny_nnunet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_model(
         tmp_path_factory.mktemp("tiny-model-work"), cache_dir=os.environ.get("KAAPANA_TINY_MODEL_CACHE")
     )
+
+
+# --- issue 8 fixtures ---
+
+E2E_LISTENER_USER = ("listener", "listener-pw")  # role USER: may trigger DAG runs
+E2E_VIEWER_USER = ("viewer", "viewer-pw")  # role VIEWER: may read, may not trigger
+
+
+@pytest.fixture(scope="session")
+def airflow_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Airflow 3 (api-server + scheduler + dag-processor, LocalExecutor) on a fresh PostgreSQL DB.
+
+    DAG bundles: the repo's ``dags/`` (``dags-folder``) and ``tests/dags/``. Call
+    ``airflow_cluster.wait_for_dag(dag_id)`` (parsed + unpaused) before ``trigger(dag_id, conf)``; then
+    ``wait_for_run(dag_id, run_id)``. Besides the admin (``airflow_cluster.token``) it knows the users
+    ``E2E_LISTENER_USER`` (role USER) and ``E2E_VIEWER_USER`` (role VIEWER). The database is dropped
+    afterwards.
+    """
+    from airflow_provider_kaapana.core.local_airflow import (
+        LocalAirflow,
+        create_postgres_database,
+        drop_postgres_database,
+    )
+
+    try:
+        db_url = create_postgres_database()
+    except Exception as exc:  # psycopg2.OperationalError and friends
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (user postgres) is needed for the e2e Airflow: {exc}")
+    cluster = LocalAirflow(
+        home=tmp_path_factory.mktemp("airflow-e2e"),
+        dags_folder=[REPO_ROOT / "dags", REPO_ROOT / "tests" / "dags"],
+        db_url=db_url,
+        users={
+            E2E_LISTENER_USER[0]: ("user", E2E_LISTENER_USER[1]),
+            E2E_VIEWER_USER[0]: ("viewer", E2E_VIEWER_USER[1]),
+        },
+    )
+    try:
+        try:
+            cluster.start()
+        except ServiceError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield cluster
+    finally:
+        cluster.stop()
+        drop_postgres_database(db_url)
