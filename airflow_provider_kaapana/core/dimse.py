@@ -179,7 +179,13 @@ def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
     except OSError as exc:
         raise _Transient(f"cannot connect: {exc}") from exc
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        why = (
+            "rejected"
+            if assoc.is_rejected
+            else "aborted (refused connection or no answer)"
+            if assoc.is_aborted
+            else "not established"
+        )
         raise _Transient(f"association {why}")
     return assoc
 
