@@ -379,3 +379,48 @@ def test_airflow_trigger_gives_up_with_a_clear_error(fake_airflow):
     with pytest.raises(KaapanaError, match="kaapana_ingest.*after 3 attempts.*503"):
         trigger.trigger({"series_instance_uid": "1.2.3"})
     assert len(handler.requests) == 3
+
+
+def test_dimse_over_tls_between_hook_core_and_listener(tmp_path, synthetic_series):
+    import shutil
+    import ssl
+
+    from airflow_provider_kaapana.core import dimse
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl CLI needed to make a test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    series = synthetic_series(slices=2, rows=16, columns=16)
+    with DicomListener(tmp_path / "landing", port=0, quiet_seconds=60, ssl_context=server) as lst:
+        peer = dimse.DimsePeer("127.0.0.1", lst.port, "KAAPANA", tls=client, retries=0)
+        dimse.echo(peer)
+        assert all(r.ok for r in dimse.store(peer, series.files))
+        plain = dimse.DimsePeer("127.0.0.1", lst.port, "KAAPANA", retries=0)
+        with pytest.raises(Exception, match="C-ECHO with PACS KAAPANA@127.0.0.1"):
+            dimse.echo(plain)  # no TLS: refused
+    assert len(landed(tmp_path / "landing")) == 2

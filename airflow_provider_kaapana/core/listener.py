@@ -463,7 +463,14 @@ class DicomListener:
             manifest_dir = self._manifest_dir(batch.series_instance_uid)
             manifest_dir.mkdir(parents=True, exist_ok=True)
             batch.manifest = str(manifest_dir / f"{batch.batch:06d}.json")
-            batch.save()  # durable before anyone is told: a crash from here on re-announces it
+            try:
+                batch.save()  # durable before anyone is told: a crash from here on re-announces it
+            except OSError as exc:  # e.g. disk full: give the instances back, cut them again later
+                log.error("cannot write batch manifest %s: %s", batch.manifest, exc)
+                with self._lock:
+                    series = self._series[batch.series_instance_uid]
+                    series.pending = {Path(f).stem: f for f in batch.files} | series.pending
+                continue
             if self._announce(batch):
                 announced.append(batch)
         for manifest, (due, _delay) in list(self._retry.items()):

@@ -124,8 +124,8 @@ class PacsHook(BaseHook):
     """A PACS reached by DIMSE (host, port, AE titles) and DICOMweb (base URL, basic/bearer auth).
 
     :param pacs_conn_id: connection of type ``kaapana_pacs``
-    :param retries: retries of each operation (default 3)
-    :param backoff: seconds before the first retry, doubled each time (default 1)
+    :param retries: retries of each operation (default: extra ``retries``, else 3)
+    :param backoff: seconds before the first retry, doubled each time (default: extra ``backoff``, else 1)
     """
 
     conn_name_attr = "pacs_conn_id"
@@ -134,12 +134,26 @@ class PacsHook(BaseHook):
     hook_name = "Kaapana PACS (DIMSE + DICOMweb)"
 
     def __init__(
-        self, pacs_conn_id: str = default_conn_name, retries: int = 3, backoff: float = 1.0, **kwargs: Any
+        self,
+        pacs_conn_id: str = default_conn_name,
+        retries: int | None = None,
+        backoff: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.pacs_conn_id = pacs_conn_id
-        self.retries = retries
-        self.backoff = backoff
+        self._retries = retries
+        self._backoff = backoff
+
+    @property
+    def retries(self) -> int:
+        """Retries per operation: the argument, else the connection's ``retries`` extra, else 3."""
+        return int(self._retries if self._retries is not None else self._extra("retries", 3))
+
+    @property
+    def backoff(self) -> float:
+        """Seconds before the first retry (doubled each time): argument, ``backoff`` extra, else 1."""
+        return float(self._backoff if self._backoff is not None else self._extra("backoff", 1.0))
 
     # --- connection form -------------------------------------------------------------------------
 
