@@ -424,3 +424,39 @@ def test_dimse_over_tls_between_hook_core_and_listener(tmp_path, synthetic_serie
         with pytest.raises(Exception, match="C-ECHO with PACS KAAPANA@127.0.0.1"):
             dimse.echo(plain)  # no TLS: refused
     assert len(landed(tmp_path / "landing")) == 2
+
+
+def test_listen_cli_triggers_airflow_with_a_token_from_the_environment(
+    tmp_path, synthetic_series, tool, fake_airflow
+):
+    handler, url = fake_airflow
+    series = synthetic_series(slices=2, rows=16, columns=16)
+    landing = tmp_path / "landing"
+    cmd = [sys.executable, "-m", "airflow_provider_kaapana", "listen", "--port", "0", "--ae-title", "KLISTEN"]
+    cmd += [
+        "--landing",
+        str(landing),
+        "--quiet-seconds",
+        "0.3",
+        "--min-free-mb",
+        "1",
+        "--allow-calling",
+        "CT01",
+    ]
+    cmd += ["--airflow-url", url, "--dag-id", "kaapana_ingest"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "KAAPANA_AIRFLOW_TOKEN": "tok-123"}
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "kaapana listen: KLISTEN on" in line, line
+        port = int(line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        assert storescu(tool, port, series.files, calling="CT01", called="KLISTEN").returncode == 0
+        wait_for(lambda: handler.runs, what="a DAG run")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    (post,) = [r for r in handler.requests if r[1] == "/api/v2/dags/kaapana_ingest/dagRuns"]
+    assert post[3]["conf"]["instance_count"] == 2 and post[3]["conf"]["called_ae"] == "KLISTEN"
+    assert "tok-123" not in line

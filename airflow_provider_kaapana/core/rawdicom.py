@@ -200,6 +200,9 @@ def file_header(
     return b"\x00" * 128 + b"DICM" + _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 def fsync_dir(directory: str | Path) -> None:
     """Make a rename inside ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -217,7 +220,7 @@ def write_atomic(
 ) -> Path:
     """Write ``chunks`` to ``path`` so that ``path`` either does not exist or is complete.
 
-    The data goes to a hidden temporary file in the same directory, is fsynced, and renamed over
+    The data goes to a hidden temporary file in the same directory, is fdatasynced, and renamed over
     ``path``; the directory is fsynced too, so the name survives a crash. Readers never see a partial
     file, and temporary leftovers of a killed writer start with ``.`` and end with ``.part``.
     """
@@ -230,7 +233,9 @@ def write_atomic(
                 f.write(chunk)
             f.flush()
             if fsync:
-                os.fsync(f.fileno())
+                # fdatasync: the data and the metadata needed to read it back (size, blocks); on a
+                # journalling file system this commits the temporary's creation too
+                _datasync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
