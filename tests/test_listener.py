@@ -460,3 +460,26 @@ def test_listen_cli_triggers_airflow_with_a_token_from_the_environment(
     (post,) = [r for r in handler.requests if r[1] == "/api/v2/dags/kaapana_ingest/dagRuns"]
     assert post[3]["conf"]["instance_count"] == 2 and post[3]["conf"]["called_ae"] == "KLISTEN"
     assert "tok-123" not in line
+
+
+def test_a_failed_manifest_write_keeps_the_instances_pending(tmp_path, synthetic_series, tool, monkeypatch):
+    series = synthetic_series(slices=3, rows=16, columns=16)
+    real_save = SeriesBatch.save
+    failures = []
+
+    def flaky_save(self):
+        if not failures:
+            failures.append(self.batch)
+            raise OSError(28, "No space left on device")
+        real_save(self)
+
+    monkeypatch.setattr(SeriesBatch, "save", flaky_save)
+    announced: list[SeriesBatch] = []
+    with DicomListener(
+        tmp_path / "landing", port=0, quiet_seconds=0.2, on_series_complete=announced.append
+    ) as lst:
+        assert storescu(tool, lst.port, series.files).returncode == 0
+        wait_for(lambda: announced, what="announcement after the failed manifest write")
+    assert failures == [1]
+    (batch,) = announced
+    assert batch.instance_count == 3
