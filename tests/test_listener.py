@@ -108,6 +108,7 @@ def _corrupt(
     return dst
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_bad_payloads_are_refused_and_the_association_goes_on(tmp_path, synthetic_series, caplog):
     series = synthetic_series(slices=3, rows=64, columns=64)
     truncated = _corrupt(series.files[1], tmp_path / "truncated.dcm", keep_dataset_bytes=5000)
