@@ -22,7 +22,6 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,  # noqa: F401 - documented alternative model
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
