@@ -108,6 +108,7 @@ def _corrupt(
     return dst
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_bad_payloads_are_refused_and_the_association_goes_on(tmp_path, synthetic_series, caplog):
     series = synthetic_series(slices=3, rows=64, columns=64)
     truncated = _corrupt(series.files[1], tmp_path / "truncated.dcm", keep_dataset_bytes=5000)
@@ -379,3 +380,107 @@ def test_airflow_trigger_gives_up_with_a_clear_error(fake_airflow):
     with pytest.raises(KaapanaError, match="kaapana_ingest.*after 3 attempts.*503"):
         trigger.trigger({"series_instance_uid": "1.2.3"})
     assert len(handler.requests) == 3
+
+
+def test_dimse_over_tls_between_hook_core_and_listener(tmp_path, synthetic_series):
+    import shutil
+    import ssl
+
+    from airflow_provider_kaapana.core import dimse
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl CLI needed to make a test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    series = synthetic_series(slices=2, rows=16, columns=16)
+    with DicomListener(tmp_path / "landing", port=0, quiet_seconds=60, ssl_context=server) as lst:
+        peer = dimse.DimsePeer("127.0.0.1", lst.port, "KAAPANA", tls=client, retries=0)
+        dimse.echo(peer)
+        assert all(r.ok for r in dimse.store(peer, series.files))
+        plain = dimse.DimsePeer("127.0.0.1", lst.port, "KAAPANA", retries=0)
+        with pytest.raises(Exception, match="C-ECHO with PACS KAAPANA@127.0.0.1"):
+            dimse.echo(plain)  # no TLS: refused
+    assert len(landed(tmp_path / "landing")) == 2
+
+
+def test_listen_cli_triggers_airflow_with_a_token_from_the_environment(
+    tmp_path, synthetic_series, tool, fake_airflow
+):
+    handler, url = fake_airflow
+    series = synthetic_series(slices=2, rows=16, columns=16)
+    landing = tmp_path / "landing"
+    cmd = [sys.executable, "-m", "airflow_provider_kaapana", "listen", "--port", "0", "--ae-title", "KLISTEN"]
+    cmd += [
+        "--landing",
+        str(landing),
+        "--quiet-seconds",
+        "0.3",
+        "--min-free-mb",
+        "1",
+        "--allow-calling",
+        "CT01",
+    ]
+    cmd += ["--airflow-url", url, "--dag-id", "kaapana_ingest"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "KAAPANA_AIRFLOW_TOKEN": "tok-123"}
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "kaapana listen: KLISTEN on" in line, line
+        port = int(line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        assert storescu(tool, port, series.files, calling="CT01", called="KLISTEN").returncode == 0
+        wait_for(lambda: handler.runs, what="a DAG run")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    (post,) = [r for r in handler.requests if r[1] == "/api/v2/dags/kaapana_ingest/dagRuns"]
+    assert post[3]["conf"]["instance_count"] == 2 and post[3]["conf"]["called_ae"] == "KLISTEN"
+    assert "tok-123" not in line
+
+
+def test_a_failed_manifest_write_keeps_the_instances_pending(tmp_path, synthetic_series, tool, monkeypatch):
+    series = synthetic_series(slices=3, rows=16, columns=16)
+    real_save = SeriesBatch.save
+    failures = []
+
+    def flaky_save(self):
+        if not failures:
+            failures.append(self.batch)
+            raise OSError(28, "No space left on device")
+        real_save(self)
+
+    monkeypatch.setattr(SeriesBatch, "save", flaky_save)
+    announced: list[SeriesBatch] = []
+    with DicomListener(
+        tmp_path / "landing", port=0, quiet_seconds=0.2, on_series_complete=announced.append
+    ) as lst:
+        assert storescu(tool, lst.port, series.files).returncode == 0
+        wait_for(lambda: announced, what="announcement after the failed manifest write")
+    assert failures == [1]
+    (batch,) = announced
+    assert batch.instance_count == 3

@@ -22,7 +22,6 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,  # noqa: F401 - documented alternative model
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -179,7 +178,13 @@ def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
     except OSError as exc:
         raise _Transient(f"cannot connect: {exc}") from exc
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        why = (
+            "rejected"
+            if assoc.is_rejected
+            else "aborted (refused connection or no answer)"
+            if assoc.is_aborted
+            else "not established"
+        )
         raise _Transient(f"association {why}")
     return assoc
 

@@ -440,6 +440,15 @@ class DicomListener:
         now = time.monotonic()
         cut: list[SeriesBatch] = []
         with self._lock:
+            # forget long-idle series whose batches are all cut (their manifests were saved by an
+            # earlier call): a later instance recreates the entry, numbering on from the manifests
+            idle = [
+                uid
+                for uid, series in self._series.items()
+                if not series.pending and now - series.last_arrival > max(60.0, 3 * self.quiet_seconds)
+            ]
+            for uid in idle:
+                self._known_dirs.discard(self._series.pop(uid).series_dir)
             for series in self._series.values():
                 if series.pending and (force or now - series.last_arrival >= self.quiet_seconds):
                     batch = SeriesBatch(
@@ -463,7 +472,23 @@ class DicomListener:
             manifest_dir = self._manifest_dir(batch.series_instance_uid)
             manifest_dir.mkdir(parents=True, exist_ok=True)
             batch.manifest = str(manifest_dir / f"{batch.batch:06d}.json")
-            batch.save()  # durable before anyone is told: a crash from here on re-announces it
+            try:
+                batch.save()  # durable before anyone is told: a crash from here on re-announces it
+            except OSError as exc:  # e.g. disk full: give the instances back, cut them again later
+                log.error("cannot write batch manifest %s: %s", batch.manifest, exc)
+                with self._lock:
+                    series = self._series.setdefault(
+                        batch.series_instance_uid,
+                        _Series(
+                            batch.study_instance_uid,
+                            batch.series_instance_uid,
+                            Path(batch.series_dir),
+                            next_batch=batch.batch + 1,
+                        ),
+                    )
+                    series.pending = {Path(f).stem: f for f in batch.files} | series.pending
+                    series.last_arrival = now
+                continue
             if self._announce(batch):
                 announced.append(batch)
         for manifest, (due, _delay) in list(self._retry.items()):
