@@ -9,6 +9,12 @@ from airflow_provider_kaapana import __version__
 # Each hook module that defines a connection type is listed here; Airflow uses it for the
 # connection form and ``airflow providers hooks``.
 CONNECTION_TYPES: list[dict[str, str]] = []
+CONNECTION_TYPES.append(
+    {
+        "connection-type": "kaapana_search",
+        "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook",
+    }
+)
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -9,6 +9,7 @@ problem naming the file and keyword is returned. Derived fields live under ``kaa
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
@@ -288,7 +289,7 @@ def read_header(path: Path) -> Dataset:
         raise InvalidDicomError(f"{path}: not readable as DICOM: {exc}") from exc
     except Exception as exc:  # pydicom raises assorted errors on corrupt files
         raise InvalidDicomError(f"{path}: not readable as DICOM: {type(exc).__name__}: {exc}") from exc
-    if "SeriesInstanceUID" not in ds:
+    if 0x0020000E not in ds:
         raise InvalidDicomError(f"{path}: has no SeriesInstanceUID (0020,000E)")
     return ds
 
@@ -306,6 +307,31 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------------
 # aggregates
+
+
+@functools.cache
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+def _raw(ds: Dataset, keyword: str) -> Any:
+    """A value read straight from the raw element bytes (text VRs), without pydicom's conversion.
+
+    The aggregates read a handful of attributes of every instance; converting them through pydicom
+    costs more than parsing the whole header. Returns a str, a list of str for multi-values, the
+    already-converted value when pydicom converted it before, or None.
+    """
+    tag = _tag(keyword)
+    if tag not in ds:
+        return None
+    value = getattr(ds.get_item(tag), "value", None)
+    if isinstance(value, bytes):
+        parts = _split_raw(value)
+        return parts[0] if len(parts) == 1 else parts
+    return value
 
 
 def _safe_get(ds: Dataset, keyword: str) -> Any:
@@ -365,8 +391,8 @@ def _slice_spacing_summary(datasets: Sequence[Dataset]) -> dict[str, Any] | None
     positions: list[float] = []
     mixed = False
     for ds in datasets:
-        o = _floats(_safe_get(ds, "ImageOrientationPatient"), 6)
-        p = _floats(_safe_get(ds, "ImagePositionPatient"), 3)
+        o = _floats(_raw(ds, "ImageOrientationPatient"), 6)
+        p = _floats(_raw(ds, "ImagePositionPatient"), 3)
         if o is None or p is None:
             continue
         if iop is None:
@@ -398,12 +424,12 @@ def _slice_spacing_summary(datasets: Sequence[Dataset]) -> dict[str, Any] | None
 
 
 def _acquisition_datetime(ds: Dataset) -> str | None:
-    dt = _safe_get(ds, "AcquisitionDateTime")
+    dt = _raw(ds, "AcquisitionDateTime")
     try:
         if dt:
             return _iso_datetime(str(dt).strip())[:23]
-        date = _safe_get(ds, "AcquisitionDate") or _safe_get(ds, "ContentDate")
-        time = _safe_get(ds, "AcquisitionTime") or _safe_get(ds, "ContentTime")
+        date = _raw(ds, "AcquisitionDate") or _raw(ds, "ContentDate")
+        time = _raw(ds, "AcquisitionTime") or _raw(ds, "ContentTime")
         if date and time:
             return f"{_iso_date(str(date).strip())}T{_iso_time(str(time).strip())[:12]}"
     except ValueError:
@@ -444,6 +470,8 @@ def segment_labels(ds: Dataset) -> list[str]:
     """SEG SegmentSequence labels and RTSTRUCT StructureSetROISequence ROI names."""
     labels: list[str] = []
     for seq_kw, label_kw in (("SegmentSequence", "SegmentLabel"), ("StructureSetROISequence", "ROIName")):
+        if _tag(seq_kw) not in ds:
+            continue
         for item in _safe_get(ds, seq_kw) or []:
             label = _safe_get(item, label_kw)
             if label and str(label).strip():
@@ -475,7 +503,7 @@ def _series_document(
     private_key: str,
     extra_problems: list[str],
 ) -> SeriesDocument:
-    numbers = [_int_or_none(_safe_get(ds, "InstanceNumber")) for _, ds in members]
+    numbers = [_int_or_none(_raw(ds, "InstanceNumber")) for _, ds in members]
     order = sorted(
         range(len(members)), key=lambda i: (numbers[i] is None, numbers[i] or 0, str(members[i][0]))
     )
@@ -499,9 +527,7 @@ def _series_document(
     document = converter.dataset_object(first, "", 0)
     document.pop("PixelData", None)
 
-    sop_classes = sorted(
-        {str(_safe_get(ds, "SOPClassUID")) for _, ds in members if _safe_get(ds, "SOPClassUID")}
-    )
+    sop_classes = sorted({str(_raw(ds, "SOPClassUID")) for _, ds in members if _raw(ds, "SOPClassUID")})
     acq = sorted(a for a in (_acquisition_datetime(ds) for _, ds in members) if a)
     transfer_syntaxes = sorted(
         {
@@ -584,7 +610,8 @@ def build_series_documents(
     for path in _expand(paths):
         try:
             ds = read_header(path)
-            uid = str(ds.SeriesInstanceUID).strip()
+            uid = _raw(ds, "SeriesInstanceUID")
+            uid = (uid if isinstance(uid, str) else str(uid or "")).strip()
             if not uid:
                 raise InvalidDicomError(f"{path}: empty SeriesInstanceUID")
         except InvalidDicomError as exc:
