@@ -78,6 +78,9 @@ def test_series_inputs_accepts_xcom_dicts_and_paths(tmp_path):
         (str(tmp_path), {"received_at": None, "source": {"calling_ae_title": "CT1"}}),
         ("/x/y", {}),
     ]
+    ((_, kwargs),) = series_inputs([{"series_dir": "/s", "pacs": "KAAPANA", "called_ae_title": "KAAPANA"}])
+    assert kwargs["location"] == {"series_dir": "/s", "pacs": "KAAPANA"}
+    assert kwargs["source"] == {"called_ae_title": "KAAPANA"}
     with pytest.raises(ValueError, match="series_dir"):
         series_inputs([{"series_instance_uid": "1.2.3"}])
 

@@ -15,7 +15,8 @@ from airflow_provider_kaapana.exceptions import SearchIndexError
 from airflow_provider_kaapana.hooks.search import SearchHook
 
 # keys of an upstream XCom item that become derived fields of the series document
-_SOURCE_KEYS = ("calling_ae_title", "called_ae_title", "pacs", "source")
+_SOURCE_KEYS = ("calling_ae_title", "called_ae_title", "source")
+_LOCATION_KEYS = ("pacs", "pacs_url", "series_url")
 
 
 def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -23,7 +24,8 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
 
     Accepts one path, a list of paths, or the receive step's XCom: a list of dicts with
     ``series_dir`` (and optionally ``series_instance_uid``, ``received_at``, ``calling_ae_title``,
-    ``called_ae_title``, ``pacs``). A dict without ``series_dir`` is an error naming it.
+    ``called_ae_title`` → ``kaapana.source``; ``pacs``, ``pacs_url``, ``series_url`` →
+    ``kaapana.location``). A dict without ``series_dir`` is an error naming it.
     """
     if series_dirs is None:
         return []
@@ -38,6 +40,9 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
             kwargs: dict[str, Any] = {"received_at": item.get("received_at")}
             if source:
                 kwargs["source"] = source
+            location = {k: item[k] for k in _LOCATION_KEYS if item.get(k)}
+            if location:
+                kwargs["location"] = {"series_dir": str(item["series_dir"]), **location}
             out.append((str(item["series_dir"]), kwargs))
         else:
             out.append((str(item), {}))
