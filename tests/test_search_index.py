@@ -284,6 +284,18 @@ def test_bulk_retries_429_then_succeeds(es_proxy, synthetic_series):
     es_proxy.fail_next = 0
 
 
+def test_bulk_retries_only_the_documents_answered_429(es_proxy, synthetic_series):
+    client = make_search_client(es_proxy.url, "opensearch")
+    index = unique_index()
+    ensure_index_template(client, index)
+    docs, _ = build_series_documents([synthetic_series(seed=s, slices=2).series_dir for s in (33, 34, 35)])
+    es_proxy.item_fail_next = 1
+    result = bulk_index(client, index, [(d.doc_id, d.document) for d in docs], refresh=True, backoff_s=0.01)
+    assert result.retries == 1 and result.requests == 2
+    assert sorted(result.indexed) == sorted(d.doc_id for d in docs) and result.failed == {}
+    assert client.count(index) == 3
+
+
 def test_bulk_reports_rejected_documents(osmem, synthetic_series):
     client = make_search_client(osmem.url, "opensearch")
     index = unique_index()
@@ -316,3 +328,24 @@ def test_every_pydicom_test_file_indexes_or_is_named(osmem, pydicom_test_files):
 def test_cohort_filter_rejects_unknown_keys():
     with pytest.raises(ValueError, match="modalty"):
         CohortFilter.from_dict({"modalty": "CT"})
+
+
+def test_index_series_in_worker_processes_matches_one_process(osmem, synthetic_series, tmp_path):
+    from airflow_provider_kaapana.core.search import index_series
+
+    dirs = [synthetic_series(seed=s, slices=3).series_dir for s in (81, 82, 83)]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 200)
+    client = make_search_client(osmem.url, "opensearch")
+    reports = []
+    for workers in (1, 2):
+        index = unique_index()
+        report = index_series(client, index, [*dirs, junk], workers=workers, refresh=True,
+                              source={"called_ae_title": "KAAPANA"})  # fmt: skip
+        reports.append(report)
+        assert client.count(index) == 3
+        assert client.get(index, report.indexed[0])["kaapana"]["source_aes"] == ["KAAPANA"]
+    one, two = reports
+    assert sorted(one.indexed) == sorted(two.indexed) and len(one.indexed) == 3
+    assert one.instances == two.instances == 9
+    assert len(one.file_errors) == len(two.file_errors) == 1 and "junk.dcm" in two.file_errors[0]
