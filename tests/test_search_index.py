@@ -349,3 +349,42 @@ def test_index_series_in_worker_processes_matches_one_process(osmem, synthetic_s
     assert sorted(one.indexed) == sorted(two.indexed) and len(one.indexed) == 3
     assert one.instances == two.instances == 9
     assert len(one.file_errors) == len(two.file_errors) == 1 and "junk.dcm" in two.file_errors[0]
+
+
+def test_partial_arrivals_merge_into_one_document(osmem, synthetic_series, tmp_path):
+    import shutil
+
+    from airflow_provider_kaapana.core.search import index_series
+
+    series = synthetic_series(seed=91, slices=6)
+    first, second = tmp_path / "arrival1", tmp_path / "arrival2"
+    for target, files in ((first, series.files[:3]), (second, series.files[3:])):
+        target.mkdir()
+        for f in files:
+            shutil.copy(f, target / f.name)
+    client = make_search_client(osmem.url, "opensearch")
+    index = unique_index()
+    index_series(client, index, [(first, {"received_at": "2026-11-26T05:00:00+00:00"})], refresh=True)
+    partial = client.get(index, series.series_instance_uid)["kaapana"]
+    assert partial["instance_count"] == 3 and partial["instance_number"]["max"] == 3
+
+    for _ in range(2):  # merging the same arrival twice changes nothing
+        report = index_series(
+            client,
+            index,
+            [(second, {"received_at": "2026-11-26T05:01:00+00:00"})],
+            refresh=True,
+            merge_instances=True,
+        )
+        assert report.indexed == [series.series_instance_uid]
+        merged = client.get(index, series.series_instance_uid)["kaapana"]
+        assert merged["instance_count"] == 6
+        assert (merged["instance_number"]["min"], merged["instance_number"]["max"]) == (1, 6)
+        assert merged["instance_number"]["missing"] == []
+        assert merged["instance_number"]["complete"] is True
+        assert merged["slice_spacing"]["positions"] == 6 and merged["slice_spacing"]["uniform"] is True
+        assert merged["received_at"] == "2026-11-26T05:00:00+00:00"  # first arrival kept
+    assert client.count(index) == 1
+    # without merging, re-indexing replaces the document
+    index_series(client, index, [first], refresh=True)
+    assert client.get(index, series.series_instance_uid)["kaapana"]["instance_count"] == 3

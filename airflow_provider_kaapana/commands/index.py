@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-verify-certs", action="store_true", help="do not verify TLS certificates")
     parser.add_argument("--workers", type=int, default=1, help="processes parsing headers")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge into already indexed series (partial arrivals) instead of replacing",
+    )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 
@@ -34,7 +39,14 @@ def run(args: argparse.Namespace) -> int:
     auth = (args.user, os.environ.get("KAAPANA_SEARCH_PASSWORD", "")) if args.user else None
     try:
         client = make_search_client(args.url, args.flavor, auth=auth, verify_certs=not args.no_verify_certs)
-        report = index_series(client, args.index, args.paths, workers=args.workers, refresh="wait_for")
+        report = index_series(
+            client,
+            args.index,
+            args.paths,
+            workers=args.workers,
+            refresh="wait_for",
+            merge_instances=args.merge,
+        )
     except KaapanaError as exc:
         print(f"kaapana index: {exc}", file=sys.stderr)
         return 2

@@ -398,25 +398,50 @@ def _instance_number_summary(numbers: list[int | None]) -> dict[str, Any]:
     return summary
 
 
-def _slice_spacing_summary(datasets: Sequence[Dataset]) -> dict[str, Any] | None:
-    iop = None
-    positions: list[float] = []
+def _normal(iop: Sequence[float]) -> tuple[float, float, float]:
+    r, c = iop[:3], iop[3:]
+    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+
+
+def _instance_facts(datasets: Sequence[Dataset]) -> tuple[list[dict[str, Any]], list[float] | None, bool]:
+    """Per-instance facts the aggregates need, the reference orientation, and mixed orientation.
+
+    Each fact: ``sop`` (SOPInstanceUID), ``n`` (InstanceNumber), ``z`` (position along the slice
+    normal of the first instance's orientation, mm), ``t`` (acquisition date-time), ``c`` (SOP class).
+    Kept in the document (``kaapana.instances``, stored, not indexed) so partial arrivals can be merged.
+    """
+    iop: list[float] | None = None
+    normal: tuple[float, float, float] | None = None
     mixed = False
+    facts: list[dict[str, Any]] = []
     for ds in datasets:
         o = _floats(_raw(ds, "ImageOrientationPatient"), 6)
         p = _floats(_raw(ds, "ImagePositionPatient"), 3)
-        if o is None or p is None:
-            continue
-        if iop is None:
-            iop = o
-        elif max(abs(a - b) for a, b in zip(o, iop, strict=True)) > 1e-4:
-            mixed = True
-        r, c = iop[:3], iop[3:]
-        normal = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-        positions.append(sum(a * b for a, b in zip(p, normal, strict=True)))
+        z = None
+        if o is not None and p is not None:
+            if iop is None:
+                iop, normal = o, _normal(o)
+            elif max(abs(a - b) for a, b in zip(o, iop, strict=True)) > 1e-4:
+                mixed = True
+            z = round(sum(a * b for a, b in zip(p, normal, strict=True)), 4)  # type: ignore[arg-type]
+        sop = _raw(ds, "SOPInstanceUID")
+        sop_class = _raw(ds, "SOPClassUID")
+        facts.append(
+            {
+                "sop": str(sop).strip() if sop else None,
+                "n": _int_or_none(_raw(ds, "InstanceNumber")),
+                "z": z,
+                "t": _acquisition_datetime(ds),
+                "c": str(sop_class).strip() if sop_class else None,
+            }
+        )
+    return facts, iop, mixed
+
+
+def _slice_spacing_summary(positions: list[float], mixed: bool) -> dict[str, Any] | None:
     if not positions:
         return None
-    positions.sort()
+    positions = sorted(positions)
     gaps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
     summary: dict[str, Any] = {"positions": len(positions), "mixed_orientation": mixed}
     if gaps:
@@ -433,6 +458,22 @@ def _slice_spacing_summary(datasets: Sequence[Dataset]) -> dict[str, Any] | None
             summary["uniform"] = (max(nonzero) - min(nonzero)) <= max(0.01, 0.01 * min(nonzero))
         summary["extent"] = round(positions[-1] - positions[0], 4)
     return summary
+
+
+def _aggregates(facts: list[dict[str, Any]], mixed: bool) -> dict[str, Any]:
+    """The ``kaapana.*`` aggregates over all instances of a series."""
+    out: dict[str, Any] = {
+        "instance_count": len(facts),
+        "instance_number": _instance_number_summary([f["n"] for f in facts]),
+        "sop_class_uids": sorted({f["c"] for f in facts if f["c"]}),
+    }
+    spacing = _slice_spacing_summary([f["z"] for f in facts if f["z"] is not None], mixed)
+    if spacing:
+        out["slice_spacing"] = spacing
+    times = sorted(f["t"] for f in facts if f["t"])
+    if times:
+        out["acquisition"] = {"start": times[0], "end": times[-1]}
+    return out
 
 
 def _acquisition_datetime(ds: Dataset) -> str | None:
@@ -542,8 +583,9 @@ def _series_document(
     document = converter.dataset_object(first, "", 0)
     document.pop("PixelData", None)
 
-    sop_classes = sorted({str(_raw(ds, "SOPClassUID")) for _, ds in members if _raw(ds, "SOPClassUID")})
-    acq = sorted(a for a in (_acquisition_datetime(ds) for _, ds in members) if a)
+    facts, orientation, mixed = _instance_facts([ds for _, ds in members])
+    aggregates = _aggregates(facts, mixed)
+    sop_classes = aggregates["sop_class_uids"]
     transfer_syntaxes = sorted(
         {
             str(uid)
@@ -562,9 +604,7 @@ def _series_document(
     kaapana: dict[str, Any] = {
         "received_at": _datetime_iso(received_at),
         "indexed_at": _datetime_iso(None),
-        "instance_count": len(members),
-        "instance_number": _instance_number_summary(numbers),
-        "sop_class_uids": sop_classes,
+        **aggregates,
         "transfer_syntax_uids": transfer_syntaxes,
         "varying_keywords": sorted(varying),
     }
@@ -578,11 +618,9 @@ def _series_document(
         age = None
     if age is not None:
         kaapana["patient_age_years"] = age
-    spacing = _slice_spacing_summary([ds for _, ds in members])
-    if spacing:
-        kaapana["slice_spacing"] = spacing
-    if acq:
-        kaapana["acquisition"] = {"start": acq[0], "end": acq[-1]}
+    if orientation is not None:
+        kaapana["orientation"] = orientation
+    kaapana["instances"] = facts
     if isinstance(document.get("StudyDate"), str):
         study_dt = document["StudyDate"]
         if isinstance(document.get("StudyTime"), str):
@@ -691,3 +729,54 @@ def build_series_document(
         doc.document["kaapana"]["problems"] = problems[:100]
         doc.document["kaapana"]["problem_count"] = len(problems)
     return doc.doc_id, doc.document, problems
+
+
+def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """One document for a series that arrived in parts: ``new`` merged into the indexed ``existing``.
+
+    Instances are united by SOPInstanceUID (the newer facts win), so merging the same files again
+    changes nothing; the aggregates are recomputed over the union. Attribute values come from
+    ``new``; ``received_at`` keeps the first arrival; varying keywords, labels and problems are united.
+    A document without ``kaapana.instances`` (or of another series) is simply replaced by ``new``.
+    """
+    old_k, new_k = existing.get("kaapana") or {}, new.get("kaapana") or {}
+    if (
+        not isinstance(old_k.get("instances"), list)
+        or not isinstance(new_k.get("instances"), list)
+        or existing.get("SeriesInstanceUID") != new.get("SeriesInstanceUID")
+    ):
+        return dict(new)
+    by_sop: dict[str, dict[str, Any]] = {}
+    anonymous: list[dict[str, Any]] = []
+    for fact in [*old_k["instances"], *new_k["instances"]]:
+        if fact.get("sop"):
+            by_sop[fact["sop"]] = fact
+        else:
+            anonymous.append(fact)
+    facts = [*by_sop.values(), *anonymous]
+    old_o, new_o = old_k.get("orientation"), new_k.get("orientation")
+    mixed = bool((old_k.get("slice_spacing") or {}).get("mixed_orientation")) or bool(
+        (new_k.get("slice_spacing") or {}).get("mixed_orientation")
+    )
+    if old_o and new_o and max(abs(a - b) for a, b in zip(old_o, new_o, strict=False)) > 1e-4:
+        mixed = True  # positions along different normals cannot be compared
+    merged = dict(new)
+    kaapana = dict(new_k)
+    for key in ("slice_spacing", "acquisition"):
+        kaapana.pop(key, None)
+    kaapana.update(_aggregates(facts, mixed))
+    kaapana["instances"] = facts
+    kaapana["received_at"] = min(
+        str(old_k.get("received_at") or new_k["received_at"]), str(new_k["received_at"])
+    )
+    for key in ("varying_keywords", "segment_labels", "transfer_syntax_uids", "source_aes"):
+        values = [*(old_k.get(key) or []), *(new_k.get(key) or [])]
+        if values:
+            kaapana[key] = sorted(set(values)) if key != "segment_labels" else list(dict.fromkeys(values))
+    problems = list(dict.fromkeys([*(old_k.get("problems") or []), *(new_k.get("problems") or [])]))
+    if problems:
+        kaapana["problems"] = problems[:100]
+    kaapana["problem_count"] = len(problems)
+    kaapana["merged_arrivals"] = int(old_k.get("merged_arrivals") or 1) + 1
+    merged["kaapana"] = kaapana
+    return merged

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import requests
 
+from airflow_provider_kaapana.core.index_doc import merge_series_documents
 from airflow_provider_kaapana.core.search_template import DEFAULT_INDEX, build_index_template
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
@@ -513,8 +514,13 @@ def index_series(
     max_retries: int = 5,
     backoff_s: float = 0.5,
     refresh: bool | str = False,
+    merge_instances: bool = False,
 ) -> IndexReport:
     """Index series folders (or files) into ``index``: one document per SeriesInstanceUID.
+
+    ``merge_instances=True`` merges each document into the one already indexed for its series
+    (:func:`~airflow_provider_kaapana.core.index_doc.merge_series_documents`: instances united by
+    SOPInstanceUID, aggregates recomputed) — for series that arrive in parts. Default: replace.
 
     ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
     give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
@@ -539,7 +545,17 @@ def index_series(
             for doc in docs:
                 report.instances += len(doc.files)
                 report.problems.extend(doc.problems)
-                yield doc.doc_id, doc.document
+                document = doc.document
+                if merge_instances:
+                    try:
+                        existing = client.get(index, doc.doc_id)
+                    except Exception as exc:
+                        raise SearchIndexError(
+                            f"{client.url}: reading {doc.doc_id} to merge failed: {exc}"
+                        ) from exc
+                    if existing is not None:
+                        document = merge_series_documents(existing, document)
+                yield doc.doc_id, document
 
     result = bulk_index(
         client,

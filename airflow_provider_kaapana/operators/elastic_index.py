@@ -61,6 +61,8 @@ class ElasticIndexOperator(BaseOperator):
     :param fail_on_rejected: fail the task (after all other series were indexed) when the server
         rejected a document; unreadable files never fail the task, they are reported.
     :param max_bytes: size of one bulk request; ``max_retries``/``backoff_s`` for 429/5xx answers.
+    :param merge_instances: merge into the already indexed document of the series (partial
+        arrivals: instances united by SOPInstanceUID) instead of replacing it.
 
     Returns ``{"index", "indexed": [series UIDs], "failed": {uid: reason}, "file_errors": [...],
     "problems": [...], "instances"}``.
@@ -81,6 +83,7 @@ class ElasticIndexOperator(BaseOperator):
         max_retries: int = 5,
         backoff_s: float = 0.5,
         refresh: bool | str = "wait_for",
+        merge_instances: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +96,7 @@ class ElasticIndexOperator(BaseOperator):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.refresh = refresh
+        self.merge_instances = merge_instances
 
     @cached_property
     def hook(self) -> SearchHook:
@@ -109,6 +113,7 @@ class ElasticIndexOperator(BaseOperator):
             max_retries=self.max_retries,
             backoff_s=self.backoff_s,
             refresh=self.refresh,
+            merge_instances=self.merge_instances,
         )
         for error in report.file_errors:
             self.log.warning("not indexed: %s", error)
