@@ -87,7 +87,8 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--slices-per-series", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--peer-files", type=int, default=400)
+    parser.add_argument("--peer-files", type=int, default=300)
+    parser.add_argument("--max-bytes", type=int, default=8 * 1024 * 1024, help="bulk request size")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "kaapana-bench-index"))
     args = parser.parse_args()
 
@@ -105,7 +106,9 @@ def main() -> int:
             index = f"bench-{uuid.uuid4().hex[:8]}"
             ensure_index_template(client, index)
             cpu0, t0 = cpu_seconds(), time.perf_counter()
-            report = index_series(client, index, series_dirs, workers=workers, ensure_template=False)
+            report = index_series(
+                client, index, series_dirs, workers=workers, ensure_template=False, max_bytes=args.max_bytes
+            )
             client.refresh(index)
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
             assert not report.failed and not report.file_errors, (report.failed, report.file_errors[:3])
