@@ -8,10 +8,10 @@ from airflow_provider_kaapana import __version__
 
 # Each hook module that defines a connection type is listed here; Airflow uses it for the
 # connection form and ``airflow providers hooks``.
-CONNECTION_TYPES: list[dict[str, str]] = []
-CONNECTION_TYPES.append(  # issue 3: PACS (DIMSE + DICOMweb)
-    {"connection-type": "kaapana_pacs", "hook-class-name": "airflow_provider_kaapana.hooks.pacs.PacsHook"}
-)
+CONNECTION_TYPES: list[dict[str, str]] = [
+    {"connection-type": "kaapana_pacs", "hook-class-name": "airflow_provider_kaapana.hooks.pacs.PacsHook"},
+    {"connection-type": "kaapana_search", "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook"},
+]
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -5,12 +5,14 @@
   what an Elasticsearch server itself accepts — so the official ``elasticsearch`` client runs over
   real HTTP against a real server. Nothing else in the requests or answers is changed.
 * It can answer the first ``fail_next`` requests whose path contains ``fail_path`` with
-  ``fail_status`` (e.g. 429) to exercise retries against real HTTP behaviour.
+  ``fail_status`` (e.g. 429), or mark the first item of the next ``item_fail_next`` bulk answers as
+  rejected with 429, to exercise retries against real HTTP behaviour.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +29,7 @@ class SearchProxy:
         self.fail_path = ""
         self.fail_next = 0
         self.fail_status = 429
+        self.item_fail_next = 0  # answer the first item of that many _bulk responses with 429
         self.seen_content_types: list[str] = []
         self.request_count = 0
         proxy = self
@@ -68,6 +71,15 @@ class SearchProxy:
                     data = response.read()
                 finally:
                     conn.close()
+                if proxy.item_fail_next > 0 and "_bulk" in self.path and response.status == 200:
+                    proxy.item_fail_next -= 1
+                    answer = json.loads(data)
+                    first = answer["items"][0]
+                    op = first.get("index") or first.get("create")
+                    op["status"] = 429
+                    op["error"] = {"type": "es_rejected_execution_exception", "reason": "injected item 429"}
+                    answer["errors"] = True
+                    data = json.dumps(answer).encode()
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() in ("content-length", "connection", "transfer-encoding"):

@@ -284,6 +284,18 @@ def test_bulk_retries_429_then_succeeds(es_proxy, synthetic_series):
     es_proxy.fail_next = 0
 
 
+def test_bulk_retries_only_the_documents_answered_429(es_proxy, synthetic_series):
+    client = make_search_client(es_proxy.url, "opensearch")
+    index = unique_index()
+    ensure_index_template(client, index)
+    docs, _ = build_series_documents([synthetic_series(seed=s, slices=2).series_dir for s in (33, 34, 35)])
+    es_proxy.item_fail_next = 1
+    result = bulk_index(client, index, [(d.doc_id, d.document) for d in docs], refresh=True, backoff_s=0.01)
+    assert result.retries == 1 and result.requests == 2
+    assert sorted(result.indexed) == sorted(d.doc_id for d in docs) and result.failed == {}
+    assert client.count(index) == 3
+
+
 def test_bulk_reports_rejected_documents(osmem, synthetic_series):
     client = make_search_client(osmem.url, "opensearch")
     index = unique_index()
@@ -316,3 +328,63 @@ def test_every_pydicom_test_file_indexes_or_is_named(osmem, pydicom_test_files):
 def test_cohort_filter_rejects_unknown_keys():
     with pytest.raises(ValueError, match="modalty"):
         CohortFilter.from_dict({"modalty": "CT"})
+
+
+def test_index_series_in_worker_processes_matches_one_process(osmem, synthetic_series, tmp_path):
+    from airflow_provider_kaapana.core.search import index_series
+
+    dirs = [synthetic_series(seed=s, slices=3).series_dir for s in (81, 82, 83)]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 200)
+    client = make_search_client(osmem.url, "opensearch")
+    reports = []
+    for workers in (1, 2):
+        index = unique_index()
+        report = index_series(client, index, [*dirs, junk], workers=workers, refresh=True,
+                              source={"called_ae_title": "KAAPANA"})  # fmt: skip
+        reports.append(report)
+        assert client.count(index) == 3
+        assert client.get(index, report.indexed[0])["kaapana"]["source_aes"] == ["KAAPANA"]
+    one, two = reports
+    assert sorted(one.indexed) == sorted(two.indexed) and len(one.indexed) == 3
+    assert one.instances == two.instances == 9
+    assert len(one.file_errors) == len(two.file_errors) == 1 and "junk.dcm" in two.file_errors[0]
+
+
+def test_partial_arrivals_merge_into_one_document(osmem, synthetic_series, tmp_path):
+    import shutil
+
+    from airflow_provider_kaapana.core.search import index_series
+
+    series = synthetic_series(seed=91, slices=6)
+    first, second = tmp_path / "arrival1", tmp_path / "arrival2"
+    for target, files in ((first, series.files[:3]), (second, series.files[3:])):
+        target.mkdir()
+        for f in files:
+            shutil.copy(f, target / f.name)
+    client = make_search_client(osmem.url, "opensearch")
+    index = unique_index()
+    index_series(client, index, [(first, {"received_at": "2026-11-26T05:00:00+00:00"})], refresh=True)
+    partial = client.get(index, series.series_instance_uid)["kaapana"]
+    assert partial["instance_count"] == 3 and partial["instance_number"]["max"] == 3
+
+    for _ in range(2):  # merging the same arrival twice changes nothing
+        report = index_series(
+            client,
+            index,
+            [(second, {"received_at": "2026-11-26T05:01:00+00:00"})],
+            refresh=True,
+            merge_instances=True,
+        )
+        assert report.indexed == [series.series_instance_uid]
+        merged = client.get(index, series.series_instance_uid)["kaapana"]
+        assert merged["instance_count"] == 6
+        assert (merged["instance_number"]["min"], merged["instance_number"]["max"]) == (1, 6)
+        assert merged["instance_number"]["missing"] == []
+        assert merged["instance_number"]["complete"] is True
+        assert merged["slice_spacing"]["positions"] == 6 and merged["slice_spacing"]["uniform"] is True
+        assert merged["received_at"] == "2026-11-26T05:00:00+00:00"  # first arrival kept
+    assert client.count(index) == 1
+    # without merging, re-indexing replaces the document
+    index_series(client, index, [first], refresh=True)
+    assert client.get(index, series.series_instance_uid)["kaapana"]["instance_count"] == 3

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import requests
 
+from airflow_provider_kaapana.core.index_doc import merge_series_documents
 from airflow_provider_kaapana.core.search_template import DEFAULT_INDEX, build_index_template
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
@@ -444,3 +445,127 @@ def select_cohort(
         if not search_after:
             break
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole step: headers -> documents -> bulk
+
+
+@dataclass
+class IndexReport:
+    """Outcome of :func:`index_series`; ``as_dict()`` is the operator's XCom and the CLI's output."""
+
+    index: str
+    indexed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    file_errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    instances: int = 0
+    requests: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "file_errors": self.file_errors,
+            "problems": self.problems[:200],
+            "instances": self.instances,
+        }
+
+
+def _build_one(args: tuple[str, dict[str, Any]]) -> tuple[list[Any], list[str]]:
+    from airflow_provider_kaapana.core.index_doc import build_series_documents
+
+    path, kwargs = args
+    return build_series_documents([path], **kwargs)
+
+
+def iter_series_documents(
+    inputs: Sequence[tuple[str | Any, dict[str, Any]]], *, workers: int = 1
+) -> Iterator[tuple[list[Any], list[str]]]:
+    """``(documents, file_errors)`` per input ``(path, build kwargs)``; ``workers`` > 1 uses processes."""
+    items = [(str(path), kwargs) for path, kwargs in inputs]
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield _build_one(item)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    )
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_build_one, items, chunksize=max(1, min(16, len(items) // (workers * 8) or 1)))
+
+
+def index_series(
+    client: SearchClient,
+    index: str,
+    inputs: Sequence[str | Any | tuple[str | Any, dict[str, Any]]],
+    *,
+    workers: int = 1,
+    received_at: Any = None,
+    source: dict[str, Any] | None = None,
+    ensure_template: bool = True,
+    max_bytes: int = 8 * 1024 * 1024,
+    max_retries: int = 5,
+    backoff_s: float = 0.5,
+    refresh: bool | str = False,
+    merge_instances: bool = False,
+) -> IndexReport:
+    """Index series folders (or files) into ``index``: one document per SeriesInstanceUID.
+
+    ``merge_instances=True`` merges each document into the one already indexed for its series
+    (:func:`~airflow_provider_kaapana.core.index_doc.merge_series_documents`: instances united by
+    SOPInstanceUID, aggregates recomputed) — for series that arrive in parts. Default: replace.
+
+    ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
+    give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
+    server rejects in ``failed``; nothing else stops the run. Raises :class:`SearchIndexError` only
+    when the server keeps failing whole requests after the retries.
+    """
+    if ensure_template:
+        ensure_index_template(client, index)
+    defaults = {"received_at": received_at, "source": source}
+    normalised: list[tuple[str | Any, dict[str, Any]]] = []
+    for item in inputs:
+        if isinstance(item, tuple):
+            path, kwargs = item
+            normalised.append((path, {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}))
+        else:
+            normalised.append((item, dict(defaults)))
+    report = IndexReport(index=index)
+
+    def documents() -> Iterator[tuple[str, dict[str, Any]]]:
+        for docs, errors in iter_series_documents(normalised, workers=workers):
+            report.file_errors.extend(errors)
+            for doc in docs:
+                report.instances += len(doc.files)
+                report.problems.extend(doc.problems)
+                document = doc.document
+                if merge_instances:
+                    try:
+                        existing = client.get(index, doc.doc_id)
+                    except Exception as exc:
+                        raise SearchIndexError(
+                            f"{client.url}: reading {doc.doc_id} to merge failed: {exc}"
+                        ) from exc
+                    if existing is not None:
+                        document = merge_series_documents(existing, document)
+                yield doc.doc_id, document
+
+    result = bulk_index(
+        client,
+        index,
+        documents(),
+        max_bytes=max_bytes,
+        max_retries=max_retries,
+        backoff_s=backoff_s,
+        refresh=refresh,
+    )
+    report.indexed, report.failed = result.indexed, result.failed
+    report.requests, report.retries = result.requests, result.retries
+    return report

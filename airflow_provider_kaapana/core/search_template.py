@@ -28,7 +28,7 @@ from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
 from airflow_provider_kaapana.core.index_doc import BINARY_VRS, DEFAULT_PRIVATE_KEY
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 DEFAULT_INDEX = "kaapana-dicom"
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -150,6 +150,10 @@ def _kaapana_properties() -> dict[str, Any]:
             },
             "acquisition": {"properties": {"start": date, "end": date}},
             "sop_class_uids": keyword,
+            # per-instance facts for merging partial arrivals: stored, never indexed
+            "instances": {"type": "object", "enabled": False},
+            "orientation": double,
+            "merged_arrivals": long_,
             "transfer_syntax_uids": keyword,
             "varying_keywords": keyword,
             "modality": keyword,

@@ -1,0 +1,127 @@
+"""SearchHook: one connection to an Elasticsearch or OpenSearch server for the DICOM metadata index.
+
+Accepts our own ``kaapana_search`` connections and connections of the official Airflow
+``elasticsearch`` and ``opensearch`` provider types (read field by field here, so neither provider
+needs to be installed). The client follows the server: ``opensearch-py`` for OpenSearch, the official
+``elasticsearch`` client for Elasticsearch, decided by the connection (type or ``flavor`` extra) or by
+one ``GET /`` the first time a client is needed — never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_kaapana.core.search import SearchClient, make_search_client
+
+_FLAVOR_BY_CONN_TYPE = {"elasticsearch": "elasticsearch", "opensearch": "opensearch"}
+_TRUE = {"true", "1", "yes", "on"}
+
+
+def _as_bool(value: Any, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in _TRUE
+
+
+def connection_url(conn: Any) -> str:
+    """``scheme://host:port`` from an Airflow connection (host may already carry the scheme)."""
+    extra = conn.extra_dejson or {}
+    host = (conn.host or "localhost").strip().rstrip("/")
+    if "://" in host:
+        scheme, _, rest = host.partition("://")
+    else:
+        use_ssl = _as_bool(extra.get("use_ssl"), False)
+        scheme = (conn.schema if conn.schema in ("http", "https") else None) or (
+            "https" if use_ssl else "http"
+        )
+        rest = host
+    if conn.port and ":" not in rest.split("/", 1)[0]:
+        head, sep, tail = rest.partition("/")
+        rest = f"{head}:{conn.port}{sep}{tail}"
+    return f"{scheme}://{rest}"
+
+
+class SearchHook(BaseHook):
+    """Elasticsearch/OpenSearch access for indexing series documents and selecting cohorts.
+
+    :param search_conn_id: an Airflow connection of type ``kaapana_search``, ``elasticsearch`` or
+        ``opensearch``. Extras: ``flavor`` (``opensearch``/``elasticsearch``/``auto``), ``verify_certs``,
+        ``ca_certs``, ``api_key``, ``use_ssl``, ``timeout``.
+    """
+
+    conn_name_attr = "search_conn_id"
+    default_conn_name = "kaapana_search_default"
+    conn_type = "kaapana_search"
+    hook_name = "Kaapana search (Elasticsearch / OpenSearch)"
+
+    def __init__(self, search_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.search_conn_id = search_conn_id
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        return {
+            "flavor": StringField(
+                lazy_gettext("Flavor (opensearch, elasticsearch, auto)"), widget=BS3TextFieldWidget()
+            ),
+            "ca_certs": StringField(lazy_gettext("CA bundle path"), widget=BS3TextFieldWidget()),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": [],
+            "relabeling": {"host": "Host or URL", "schema": "Scheme (http/https)"},
+            "placeholders": {
+                "host": "https://opensearch.example.org",
+                "port": "9200",
+                "extra": '{"flavor": "auto", "verify_certs": true}',
+            },
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        conn = self.get_connection(self.search_conn_id)
+        extra = conn.extra_dejson or {}
+        flavor = str(extra.get("flavor") or _FLAVOR_BY_CONN_TYPE.get(conn.conn_type or "", "auto")).lower()
+        auth = (conn.login, conn.password or "") if conn.login else None
+        return {
+            "url": connection_url(conn),
+            "flavor": flavor,
+            "auth": auth,
+            "api_key": extra.get("api_key") or None,
+            "verify_certs": _as_bool(extra.get("verify_certs"), True),
+            "ca_certs": extra.get("ca_certs") or None,
+            "timeout": float(extra.get("timeout") or 30.0),
+        }
+
+    @cached_property
+    def client(self) -> SearchClient:
+        settings = self._settings()
+        url = settings.pop("url")
+        flavor = settings.pop("flavor")
+        return make_search_client(url, flavor, **settings)  # type: ignore[arg-type]
+
+    def get_conn(self) -> SearchClient:
+        """The :class:`~airflow_provider_kaapana.core.search.SearchClient` (created once)."""
+        return self.client
+
+    def get_client(self) -> SearchClient:
+        return self.client
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            client = self.get_conn()
+            info = client.info()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        version = info.get("version", {})
+        return True, f"{client.flavor} {version.get('number', '?')} at {client.url}"
