@@ -415,3 +415,29 @@ def test_qform_agrees_with_sform_and_dcm2niix(orientation, synthetic_series, tmp
     np.testing.assert_allclose(ours.header.get_qform(), ref.header.get_qform(), atol=1e-3)
     np.testing.assert_allclose(ours.header.get_zooms(), (1.1, 0.8, 2.0), atol=1e-5)
     assert ours.header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_temporal_positions_are_split(synthetic_series, tmp_path):
+    uid = generate_uid()
+    phases = [
+        synthetic_series(
+            series_instance_uid=uid, seed=10 + t, slices=4, extra={"TemporalPositionIdentifier": t}
+        )
+        for t in (2, 1)
+    ]
+    volumes = convert_series(_merge(tmp_path / "dyn", *phases), tmp_path / "out", name="dyn")
+    assert [v.nifti_path.name for v in volumes] == ["dyn_t1.nii.gz", "dyn_t2.nii.gz"]
+    assert [v.split for v in volumes] == [{"temporal_position": 1}, {"temporal_position": 2}]
+    assert volumes[0].sop_instance_uids == phases[1].sop_instance_uids
+
+
+def test_colour_image_is_skipped_with_reason(ct_series, tmp_path):
+    ds = pydicom.dcmread(ct_series.files[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 3)
+    ds.save_as(ct_series.series_dir / "rgb.dcm", enforce_file_format=True)
+    (volume,) = convert_series(ct_series.series_dir, tmp_path / "out")
+    (skipped,) = read_sidecar(volume.sidecar_path)["skipped_files"]
+    assert skipped["file"].endswith("rgb.dcm") and "colour image (3 samples per pixel" in skipped["reason"]

@@ -27,8 +27,9 @@ of a multi-frame instance, else ``null``), ``affine`` (4x4 RAS, as in the file),
 (``{"axis0": "columns", "axis1": "rows", "axis2": "slices", "flip_axis0": false, "flip_axis1": true,
 "flip_axis2": false, "slice_order": "ascending position along the slice normal"}``), ``rescale``
 (``{"slope": s, "intercept": b}`` or ``"per-slice"``), ``split`` (the values that separated this volume
-from its siblings, e.g. ``{"echo_number": 2}``; ``{}`` when the series is one volume) and
-``skipped_files`` (``[{"file", "reason"}]``).
+from its siblings, e.g. ``{"echo": 2.0}`` (EchoNumbers, else EchoTime); ``{}`` when the series is one
+volume) and ``skipped_files`` (``[{"file", "reason"}]``). For the SEG export: the frame of slice ``k`` of a
+mask in this layout is ``mask[:, ::-1, k].T`` (rows x columns).
 
 Documented handling of difficult series (each raises with the series UID and the files involved):
 
@@ -37,13 +38,14 @@ Documented handling of difficult series (each raises with the series UID and the
   ``<name>_<o1|s1|e2|t3...><suffix>`` in a deterministic order;
 * several acquisitions (AcquisitionNumber) that repeat slice positions: split by acquisition (``_a2``);
   different acquisition numbers covering distinct positions stay one volume;
-* remaining duplicate positions, uneven spacing or a missing slice (any adjacent pair off the mean spacing
-  by more than ``spacing_rtol``): :class:`GeometryError`;
+* remaining duplicate positions, uneven spacing or a missing slice (any adjacent gap off the typical
+  (median) gap by more than ``spacing_rtol``): :class:`GeometryError`;
 * gantry tilt or a sheared stack (a slice displaced within its plane by more than ``shear_tolerance`` of a
   pixel): :class:`GeometryError` (no resampling: a corrected copy would no longer match the source frames);
-* missing ImagePositionPatient / ImageOrientationPatient / PixelSpacing, colour images, undecodable pixel
-  data: :class:`InvalidDicomError` naming the file;
-* non-image SOP classes (SEG, SR, PR, RTSTRUCT, KO...) and non-DICOM files: skipped with the reason;
+* missing ImagePositionPatient / ImageOrientationPatient / PixelSpacing, undecodable pixel data:
+  :class:`InvalidDicomError` naming the file;
+* non-image SOP classes (SEG, SR, PR, RTSTRUCT, KO...), colour images and non-DICOM files: skipped with
+  the reason (logged, and listed in every sidecar);
 * enhanced and legacy-converted multi-frame CT/MR/PET: converted frame by frame from the per-frame and
   shared functional groups (each frame is a slice; ``frame_numbers`` says which).
 
