@@ -312,7 +312,13 @@ def test_pydicom_bundled_files_match_dcm2niix(name, tmp_path, tool):
 
 @pytest.mark.parametrize(
     "name",
-    ["MR_small_RLE.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_jp2klossless.dcm"],
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
 )
 def test_pydicom_transfer_syntax_variants_equal_mr_small(name, tmp_path):
     def convert(file_name: str, sub: str) -> nib.Nifti1Image:
@@ -441,3 +447,15 @@ def test_colour_image_is_skipped_with_reason(ct_series, tmp_path):
     (volume,) = convert_series(ct_series.series_dir, tmp_path / "out")
     (skipped,) = read_sidecar(volume.sidecar_path)["skipped_files"]
     assert skipped["file"].endswith("rgb.dcm") and "colour image (3 samples per pixel" in skipped["reason"]
+
+
+def test_undecodable_pixel_data_names_file_and_transfer_syntax(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.PixelData = ds.PixelData[:40]  # truncated RLE stream
+    ds.save_as(src / "broken.dcm")
+    with pytest.raises(
+        InvalidDicomError, match=r"broken\.dcm: cannot decode pixel data \(transfer syntax RLE Lossless\)"
+    ):
+        convert_series(src, tmp_path / "out")

@@ -373,7 +373,10 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
                 return None
             if length == _UNDEFINED:
                 data += fh.read()
-                pos = _skip_undefined(data, pos + hdr, explicit)
+                everything = True
+                # an undefined-length UN element holds implicit VR content (PS3.5 6.2.2)
+                implicit_inside = not explicit or data[pos + 4 : pos + 6] == b"UN"
+                pos = _skip_undefined(data, pos + hdr, not implicit_inside)
                 continue
             end = pos + hdr + length
             if end > len(data):
@@ -606,11 +609,11 @@ def _split(slices: list[SliceInfo]) -> list[_Volume]:
     keys = sorted(groups)
     varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
     volumes = []
-    for echo_rank_key in keys:
-        members = groups[echo_rank_key]
+    for key in keys:
+        members = groups[key]
         split: dict[str, object] = {}
         parts = []
-        o, size, echo, temporal = echo_rank_key
+        o, size, echo, temporal = key
         if varying[0]:
             split["orientation"] = [float(x) for x in members[0].orientation]
             parts.append(f"o{o + 1}")
@@ -1097,7 +1100,7 @@ def convert_series(
             plans.append((series_uid, base, volume))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    skipped_json = [{"file": str(s.path), "reason": s.reason} for s in skipped]
+    skipped_json = [{"file": str(s.path.absolute()), "reason": s.reason} for s in skipped]
     results = []
     for series_uid, base, volume in plans:
         stem = "_".join(filter(None, [base, volume.suffix])) + suffix
@@ -1120,7 +1123,7 @@ def convert_series(
                 "sop_class_uid": first.sop_class_uid,
                 "modality": first.modality,
                 "sop_instance_uids": sop_uids,
-                "source_files": [str(s.path) for s in volume.slices],
+                "source_files": [str(s.path.absolute()) for s in volume.slices],
                 "frame_numbers": [s.frame_number for s in volume.slices],
                 "image_positions_patient": [[float(x) for x in s.position] for s in volume.slices],
                 "affine": volume.affine_ras.tolist(),
