@@ -459,3 +459,18 @@ def test_undecodable_pixel_data_names_file_and_transfer_syntax(tmp_path):
         InvalidDicomError, match=r"broken\.dcm: cannot decode pixel data \(transfer syntax RLE Lossless\)"
     ):
         convert_series(src, tmp_path / "out")
+
+
+def test_pydicom_bundled_multi_file_series(tmp_path):
+    """pydicom's DICOMDIR test series: a real incomplete CT stack is refused, a multi-plane MR is split."""
+    base = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
+    with pytest.raises(
+        GeometryError, match=r"161 missing slice\(s\): gap of 202\.5000 mm between 17106 and 17136"
+    ):
+        convert_series(base / "77654033" / "CT2", tmp_path / "ct")
+    volumes = convert_series(base / "98892003" / "MR700", tmp_path / "mr", name="mr")
+    assert [v.nifti_path.name for v in volumes] == [f"mr_o{i}.nii.gz" for i in range(1, 8)]
+    assert all(v.shape == (16, 16, 1) for v in volumes)
+    assert sorted(uid for v in volumes for uid in v.sop_instance_uids) == sorted(
+        pydicom.dcmread(p).SOPInstanceUID for p in (base / "98892003" / "MR700").iterdir()
+    )
