@@ -768,7 +768,7 @@ def _read_stored(slices: list[SliceInfo]) -> np.ndarray:
             raise InvalidDicomError(
                 f"{s.path}: pixel type {_stored_dtype(s)} differs from {dtype} of {first.path.name}"
             )
-        with open(s.path, "rb") as fh:
+        with open(s.path, "rb", buffering=0) as fh:
             offset = _raw_frame_offset(s, nbytes, fh)
             if offset is not None:
                 fh.seek(offset)
