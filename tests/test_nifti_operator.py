@@ -120,3 +120,17 @@ def test_split_series_gives_one_case_per_volume(synthetic_series, tmp_path):
         f"{uid}_e2_0000.nii.gz",
     ]
     assert all(c["series_instance_uid"] == uid for c in cases)
+
+
+def test_series_uid_mismatch_is_an_error_and_leaves_nothing(ct_series, tmp_path):
+    wrong = generate_uid()
+    op = NiftiConvertOperator(
+        task_id="n",
+        series={"series_instance_uid": wrong, "series_dir": str(ct_series.series_dir)},
+        output_dir=str(tmp_path / "in"),
+    )
+    with pytest.raises(
+        InvalidDicomError, match=f"holds series {ct_series.series_instance_uid}, expected {wrong}"
+    ):
+        op.execute({})
+    assert list((tmp_path / "in").iterdir()) == []
