@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
-from airflow_provider_kaapana.core.nifti import VOXEL_AXES, convert_series, read_sidecar
+from airflow_provider_kaapana.core.nifti import VOXEL_AXES, convert_series, dicom_frames, read_sidecar
 from airflow_provider_kaapana.core.synthetic import SyntheticSeries
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -474,3 +474,22 @@ def test_pydicom_bundled_multi_file_series(tmp_path):
     assert sorted(uid for v in volumes for uid in v.sop_instance_uids) == sorted(
         pydicom.dcmread(p).SOPInstanceUID for p in (base / "98892003" / "MR700").iterdir()
     )
+
+
+def test_dicom_frames_puts_a_mask_back_on_the_source_frames(synthetic_series, tmp_path):
+    series = synthetic_series(orientation="oblique", reverse_instance_numbers=True, rows=14, columns=18)
+    shuffle_files(series)
+    (volume,) = convert_series(series.series_dir, tmp_path / "out")
+    img = nib.load(volume.nifti_path)
+    sidecar = read_sidecar(volume.sidecar_path)
+    # a "mask" in the NIfTI layout: the truth transformed exactly as the image was
+    mask = series.truth.transpose(2, 1, 0)[:, ::-1, :]
+    frames = list(dicom_frames(mask, sidecar, affine=img.affine))
+    assert [uid for uid, _, _ in frames] == series.sop_instance_uids
+    for (_uid, frame_number, frame), truth in zip(frames, series.truth):
+        assert frame_number is None and frame.shape == (14, 18)
+        np.testing.assert_array_equal(frame, truth)
+    with pytest.raises(GeometryError, match="not the same voxel grid"):
+        next(dicom_frames(mask, sidecar, affine=np.eye(4)))
+    with pytest.raises(GeometryError, match="does not match"):
+        next(dicom_frames(mask[:, :, :-1], sidecar))

@@ -61,7 +61,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -1165,3 +1165,30 @@ def read_sidecar(path: str | Path) -> dict:
     elif path.suffix == ".nii":
         path = path.with_suffix(".json")
     return json.loads(path.read_text())
+
+
+def dicom_frames(
+    array: np.ndarray, sidecar: dict, affine: np.ndarray | None = None, atol_mm: float = 1e-3
+) -> Iterator[tuple[str, int | None, np.ndarray]]:
+    """Put a volume in this module's layout (a mask predicted on the NIfTI) back onto the source frames.
+
+    Yields ``(sop_instance_uid, frame_number, frame)`` for each slice ``k`` of the third axis, ``frame``
+    being ``array[:, ::-1, k].T`` (rows x columns, DICOM pixel order) and ``frame_number`` the 1-based
+    frame of a multi-frame source (else None). Pass the mask file's ``affine`` to have it checked against
+    the sidecar's (a :class:`GeometryError` when they differ by more than ``atol_mm``).
+    """
+    shape = tuple(sidecar["shape"])
+    if tuple(array.shape[:3]) != shape:
+        raise GeometryError(
+            f"volume of shape {array.shape} does not match {sidecar.get('nifti_file')} (shape {shape})"
+        )
+    if affine is not None:
+        expected = np.asarray(sidecar["affine"], float)
+        if not np.allclose(np.asarray(affine, float), expected, atol=atol_mm):
+            raise GeometryError(
+                f"affine {np.asarray(affine).round(4).tolist()} differs from that of "
+                f"{sidecar.get('nifti_file')} ({expected.round(4).tolist()}): not the same voxel grid"
+            )
+    frames = sidecar.get("frame_numbers") or [None] * shape[2]
+    for k, (uid, frame_number) in enumerate(zip(sidecar["sop_instance_uids"], frames)):
+        yield uid, frame_number, array[:, ::-1, k].T
