@@ -493,3 +493,20 @@ def test_dicom_frames_puts_a_mask_back_on_the_source_frames(synthetic_series, tm
         next(dicom_frames(mask, sidecar, affine=np.eye(4)))
     with pytest.raises(GeometryError, match="does not match"):
         next(dicom_frames(mask[:, :, :-1], sidecar))
+
+
+def test_simpleitk_reads_ours_like_dcm2niix(synthetic_series, tmp_path, tool):
+    """nnU-Net reads NIfTI through SimpleITK: geometry and voxels must agree with dcm2niix's file there too."""
+    import SimpleITK as sitk
+
+    series = synthetic_series(orientation="oblique", rows=20, columns=24, pixel_spacing=(0.7, 0.9))
+    (volume,) = convert_series(series.series_dir, tmp_path / "ours")
+    run_dcm2niix(tool, series.series_dir, tmp_path / "ref")
+    ours, ref = sitk.ReadImage(str(volume.nifti_path)), sitk.ReadImage(str(tmp_path / "ref" / "ref.nii.gz"))
+    np.testing.assert_allclose(ours.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(ours.GetSpacing(), ref.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(ours.GetDirection(), ref.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+    # and ITK's LPS origin is the DICOM position of the first slice's last row
+    first = series.affine_lps @ [0, series.spec.rows - 1, 0, 1]
+    np.testing.assert_allclose(ours.GetOrigin(), first[:3], atol=1e-3)
