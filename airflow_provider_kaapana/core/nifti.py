@@ -1069,7 +1069,7 @@ def convert_series(
 
     ``name`` is the file stem (default: the SeriesInstanceUID); a series split into several volumes
     gets ``_<part>`` appended (``_e2``, ``_o1``...), then ``suffix`` (e.g. nnU-Net's ``_0000``).
-    ``spacing_rtol``: allowed relative deviation of each adjacent slice gap from the mean spacing.
+    ``spacing_rtol``: allowed relative deviation of each adjacent slice gap from the typical (median) gap.
     ``shear_tolerance``: allowed in-plane displacement of any slice, in pixels. Several series in one
     directory give one volume set each (stem ``name`` is then prefixed to each SeriesInstanceUID).
 
