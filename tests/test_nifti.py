@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
-from airflow_provider_kaapana.core.nifti import VOXEL_AXES, convert_series, read_sidecar
+from airflow_provider_kaapana.core.nifti import VOXEL_AXES, convert_series, dicom_frames, read_sidecar
 from airflow_provider_kaapana.core.synthetic import SyntheticSeries
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -312,7 +312,13 @@ def test_pydicom_bundled_files_match_dcm2niix(name, tmp_path, tool):
 
 @pytest.mark.parametrize(
     "name",
-    ["MR_small_RLE.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_jp2klossless.dcm"],
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
 )
 def test_pydicom_transfer_syntax_variants_equal_mr_small(name, tmp_path):
     def convert(file_name: str, sub: str) -> nib.Nifti1Image:
@@ -415,3 +421,92 @@ def test_qform_agrees_with_sform_and_dcm2niix(orientation, synthetic_series, tmp
     np.testing.assert_allclose(ours.header.get_qform(), ref.header.get_qform(), atol=1e-3)
     np.testing.assert_allclose(ours.header.get_zooms(), (1.1, 0.8, 2.0), atol=1e-5)
     assert ours.header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_temporal_positions_are_split(synthetic_series, tmp_path):
+    uid = generate_uid()
+    phases = [
+        synthetic_series(
+            series_instance_uid=uid, seed=10 + t, slices=4, extra={"TemporalPositionIdentifier": t}
+        )
+        for t in (2, 1)
+    ]
+    volumes = convert_series(_merge(tmp_path / "dyn", *phases), tmp_path / "out", name="dyn")
+    assert [v.nifti_path.name for v in volumes] == ["dyn_t1.nii.gz", "dyn_t2.nii.gz"]
+    assert [v.split for v in volumes] == [{"temporal_position": 1}, {"temporal_position": 2}]
+    assert volumes[0].sop_instance_uids == phases[1].sop_instance_uids
+
+
+def test_colour_image_is_skipped_with_reason(ct_series, tmp_path):
+    ds = pydicom.dcmread(ct_series.files[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(ds.Rows * ds.Columns * 3)
+    ds.save_as(ct_series.series_dir / "rgb.dcm", enforce_file_format=True)
+    (volume,) = convert_series(ct_series.series_dir, tmp_path / "out")
+    (skipped,) = read_sidecar(volume.sidecar_path)["skipped_files"]
+    assert skipped["file"].endswith("rgb.dcm") and "colour image (3 samples per pixel" in skipped["reason"]
+
+
+def test_undecodable_pixel_data_names_file_and_transfer_syntax(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.PixelData = ds.PixelData[:40]  # truncated RLE stream
+    ds.save_as(src / "broken.dcm")
+    with pytest.raises(
+        InvalidDicomError, match=r"broken\.dcm: cannot decode pixel data \(transfer syntax RLE Lossless\)"
+    ):
+        convert_series(src, tmp_path / "out")
+
+
+def test_pydicom_bundled_multi_file_series(tmp_path):
+    """pydicom's DICOMDIR test series: a real incomplete CT stack is refused, a multi-plane MR is split."""
+    base = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
+    with pytest.raises(
+        GeometryError, match=r"161 missing slice\(s\): gap of 202\.5000 mm between 17106 and 17136"
+    ):
+        convert_series(base / "77654033" / "CT2", tmp_path / "ct")
+    volumes = convert_series(base / "98892003" / "MR700", tmp_path / "mr", name="mr")
+    assert [v.nifti_path.name for v in volumes] == [f"mr_o{i}.nii.gz" for i in range(1, 8)]
+    assert all(v.shape == (16, 16, 1) for v in volumes)
+    assert sorted(uid for v in volumes for uid in v.sop_instance_uids) == sorted(
+        pydicom.dcmread(p).SOPInstanceUID for p in (base / "98892003" / "MR700").iterdir()
+    )
+
+
+def test_dicom_frames_puts_a_mask_back_on_the_source_frames(synthetic_series, tmp_path):
+    series = synthetic_series(orientation="oblique", reverse_instance_numbers=True, rows=14, columns=18)
+    shuffle_files(series)
+    (volume,) = convert_series(series.series_dir, tmp_path / "out")
+    img = nib.load(volume.nifti_path)
+    sidecar = read_sidecar(volume.sidecar_path)
+    # a "mask" in the NIfTI layout: the truth transformed exactly as the image was
+    mask = series.truth.transpose(2, 1, 0)[:, ::-1, :]
+    frames = list(dicom_frames(mask, sidecar, affine=img.affine))
+    assert [uid for uid, _, _ in frames] == series.sop_instance_uids
+    for (_uid, frame_number, frame), truth in zip(frames, series.truth):
+        assert frame_number is None and frame.shape == (14, 18)
+        np.testing.assert_array_equal(frame, truth)
+    with pytest.raises(GeometryError, match="not the same voxel grid"):
+        next(dicom_frames(mask, sidecar, affine=np.eye(4)))
+    with pytest.raises(GeometryError, match="does not match"):
+        next(dicom_frames(mask[:, :, :-1], sidecar))
+
+
+def test_simpleitk_reads_ours_like_dcm2niix(synthetic_series, tmp_path, tool):
+    """nnU-Net reads NIfTI through SimpleITK: geometry and voxels must agree with dcm2niix's file there too."""
+    import SimpleITK as sitk
+
+    series = synthetic_series(orientation="oblique", rows=20, columns=24, pixel_spacing=(0.7, 0.9))
+    (volume,) = convert_series(series.series_dir, tmp_path / "ours")
+    run_dcm2niix(tool, series.series_dir, tmp_path / "ref")
+    ours, ref = sitk.ReadImage(str(volume.nifti_path)), sitk.ReadImage(str(tmp_path / "ref" / "ref.nii.gz"))
+    np.testing.assert_allclose(ours.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(ours.GetSpacing(), ref.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(ours.GetDirection(), ref.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+    # and ITK's LPS origin is the DICOM position of the first slice's last row
+    first = series.affine_lps @ [0, series.spec.rows - 1, 0, 1]
+    np.testing.assert_allclose(ours.GetOrigin(), first[:3], atol=1e-3)

@@ -96,3 +96,41 @@ def test_one_bad_series_does_not_stop_the_others(ct_series, synthetic_series, tm
         op.execute({})
     assert (tmp_path / "in" / f"{ct_series.series_instance_uid}_0000.nii.gz").exists()
     assert not list((tmp_path / "in").glob(f"{bad.series_instance_uid}*"))
+
+
+def test_split_series_gives_one_case_per_volume(synthetic_series, tmp_path):
+    uid = generate_uid()
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for echo in (1, 2):
+        series = synthetic_series(
+            modality="MR", series_instance_uid=uid, seed=echo, extra={"EchoNumbers": str(echo)}
+        )
+        for f in series.files:
+            f.rename(merged / f"e{echo}_{f.name}")
+    op = NiftiConvertOperator(
+        task_id="n",
+        series={"series_instance_uid": uid, "series_dir": str(merged)},
+        output_dir=str(tmp_path / "in"),
+    )
+    cases = op.execute({})
+    assert [c["case_id"] for c in cases] == [f"{uid}_e1", f"{uid}_e2"]
+    assert [Path(c["nifti_paths"][0]).name for c in cases] == [
+        f"{uid}_e1_0000.nii.gz",
+        f"{uid}_e2_0000.nii.gz",
+    ]
+    assert all(c["series_instance_uid"] == uid for c in cases)
+
+
+def test_series_uid_mismatch_is_an_error_and_leaves_nothing(ct_series, tmp_path):
+    wrong = generate_uid()
+    op = NiftiConvertOperator(
+        task_id="n",
+        series={"series_instance_uid": wrong, "series_dir": str(ct_series.series_dir)},
+        output_dir=str(tmp_path / "in"),
+    )
+    with pytest.raises(
+        InvalidDicomError, match=f"holds series {ct_series.series_instance_uid}, expected {wrong}"
+    ):
+        op.execute({})
+    assert list((tmp_path / "in").iterdir()) == []

@@ -27,8 +27,9 @@ of a multi-frame instance, else ``null``), ``affine`` (4x4 RAS, as in the file),
 (``{"axis0": "columns", "axis1": "rows", "axis2": "slices", "flip_axis0": false, "flip_axis1": true,
 "flip_axis2": false, "slice_order": "ascending position along the slice normal"}``), ``rescale``
 (``{"slope": s, "intercept": b}`` or ``"per-slice"``), ``split`` (the values that separated this volume
-from its siblings, e.g. ``{"echo_number": 2}``; ``{}`` when the series is one volume) and
-``skipped_files`` (``[{"file", "reason"}]``).
+from its siblings, e.g. ``{"echo": 2.0}`` (EchoNumbers, else EchoTime); ``{}`` when the series is one
+volume) and ``skipped_files`` (``[{"file", "reason"}]``). For the SEG export: the frame of slice ``k`` of a
+mask in this layout is ``mask[:, ::-1, k].T`` (rows x columns).
 
 Documented handling of difficult series (each raises with the series UID and the files involved):
 
@@ -37,13 +38,14 @@ Documented handling of difficult series (each raises with the series UID and the
   ``<name>_<o1|s1|e2|t3...><suffix>`` in a deterministic order;
 * several acquisitions (AcquisitionNumber) that repeat slice positions: split by acquisition (``_a2``);
   different acquisition numbers covering distinct positions stay one volume;
-* remaining duplicate positions, uneven spacing or a missing slice (any adjacent pair off the mean spacing
-  by more than ``spacing_rtol``): :class:`GeometryError`;
+* remaining duplicate positions, uneven spacing or a missing slice (any adjacent gap off the typical
+  (median) gap by more than ``spacing_rtol``): :class:`GeometryError`;
 * gantry tilt or a sheared stack (a slice displaced within its plane by more than ``shear_tolerance`` of a
   pixel): :class:`GeometryError` (no resampling: a corrected copy would no longer match the source frames);
-* missing ImagePositionPatient / ImageOrientationPatient / PixelSpacing, colour images, undecodable pixel
-  data: :class:`InvalidDicomError` naming the file;
-* non-image SOP classes (SEG, SR, PR, RTSTRUCT, KO...) and non-DICOM files: skipped with the reason;
+* missing ImagePositionPatient / ImageOrientationPatient / PixelSpacing, undecodable pixel data:
+  :class:`InvalidDicomError` naming the file;
+* non-image SOP classes (SEG, SR, PR, RTSTRUCT, KO...), colour images and non-DICOM files: skipped with
+  the reason (logged, and listed in every sidecar);
 * enhanced and legacy-converted multi-frame CT/MR/PET: converted frame by frame from the per-frame and
   shared functional groups (each frame is a slice; ``frame_numbers`` says which).
 
@@ -59,7 +61,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,7 +373,10 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
                 return None
             if length == _UNDEFINED:
                 data += fh.read()
-                pos = _skip_undefined(data, pos + hdr, explicit)
+                everything = True
+                # an undefined-length UN element holds implicit VR content (PS3.5 6.2.2)
+                implicit_inside = not explicit or data[pos + 4 : pos + 6] == b"UN"
+                pos = _skip_undefined(data, pos + hdr, not implicit_inside)
                 continue
             end = pos + hdr + length
             if end > len(data):
@@ -604,11 +609,11 @@ def _split(slices: list[SliceInfo]) -> list[_Volume]:
     keys = sorted(groups)
     varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
     volumes = []
-    for echo_rank_key in keys:
-        members = groups[echo_rank_key]
+    for key in keys:
+        members = groups[key]
         split: dict[str, object] = {}
         parts = []
-        o, size, echo, temporal = echo_rank_key
+        o, size, echo, temporal = key
         if varying[0]:
             split["orientation"] = [float(x) for x in members[0].orientation]
             parts.append(f"o{o + 1}")
@@ -763,7 +768,7 @@ def _read_stored(slices: list[SliceInfo]) -> np.ndarray:
             raise InvalidDicomError(
                 f"{s.path}: pixel type {_stored_dtype(s)} differs from {dtype} of {first.path.name}"
             )
-        with open(s.path, "rb") as fh:
+        with open(s.path, "rb", buffering=0) as fh:
             offset = _raw_frame_offset(s, nbytes, fh)
             if offset is not None:
                 fh.seek(offset)
@@ -1064,7 +1069,7 @@ def convert_series(
 
     ``name`` is the file stem (default: the SeriesInstanceUID); a series split into several volumes
     gets ``_<part>`` appended (``_e2``, ``_o1``...), then ``suffix`` (e.g. nnU-Net's ``_0000``).
-    ``spacing_rtol``: allowed relative deviation of each adjacent slice gap from the mean spacing.
+    ``spacing_rtol``: allowed relative deviation of each adjacent slice gap from the typical (median) gap.
     ``shear_tolerance``: allowed in-plane displacement of any slice, in pixels. Several series in one
     directory give one volume set each (stem ``name`` is then prefixed to each SeriesInstanceUID).
 
@@ -1095,7 +1100,7 @@ def convert_series(
             plans.append((series_uid, base, volume))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    skipped_json = [{"file": str(s.path), "reason": s.reason} for s in skipped]
+    skipped_json = [{"file": str(s.path.absolute()), "reason": s.reason} for s in skipped]
     results = []
     for series_uid, base, volume in plans:
         stem = "_".join(filter(None, [base, volume.suffix])) + suffix
@@ -1118,7 +1123,7 @@ def convert_series(
                 "sop_class_uid": first.sop_class_uid,
                 "modality": first.modality,
                 "sop_instance_uids": sop_uids,
-                "source_files": [str(s.path) for s in volume.slices],
+                "source_files": [str(s.path.absolute()) for s in volume.slices],
                 "frame_numbers": [s.frame_number for s in volume.slices],
                 "image_positions_patient": [[float(x) for x in s.position] for s in volume.slices],
                 "affine": volume.affine_ras.tolist(),
@@ -1160,3 +1165,30 @@ def read_sidecar(path: str | Path) -> dict:
     elif path.suffix == ".nii":
         path = path.with_suffix(".json")
     return json.loads(path.read_text())
+
+
+def dicom_frames(
+    array: np.ndarray, sidecar: dict, affine: np.ndarray | None = None, atol_mm: float = 1e-3
+) -> Iterator[tuple[str, int | None, np.ndarray]]:
+    """Put a volume in this module's layout (a mask predicted on the NIfTI) back onto the source frames.
+
+    Yields ``(sop_instance_uid, frame_number, frame)`` for each slice ``k`` of the third axis, ``frame``
+    being ``array[:, ::-1, k].T`` (rows x columns, DICOM pixel order) and ``frame_number`` the 1-based
+    frame of a multi-frame source (else None). Pass the mask file's ``affine`` to have it checked against
+    the sidecar's (a :class:`GeometryError` when they differ by more than ``atol_mm``).
+    """
+    shape = tuple(sidecar["shape"])
+    if tuple(array.shape[:3]) != shape:
+        raise GeometryError(
+            f"volume of shape {array.shape} does not match {sidecar.get('nifti_file')} (shape {shape})"
+        )
+    if affine is not None:
+        expected = np.asarray(sidecar["affine"], float)
+        if not np.allclose(np.asarray(affine, float), expected, atol=atol_mm):
+            raise GeometryError(
+                f"affine {np.asarray(affine).round(4).tolist()} differs from that of "
+                f"{sidecar.get('nifti_file')} ({expected.round(4).tolist()}): not the same voxel grid"
+            )
+    frames = sidecar.get("frame_numbers") or [None] * shape[2]
+    for k, (uid, frame_number) in enumerate(zip(sidecar["sop_instance_uids"], frames)):
+        yield uid, frame_number, array[:, ::-1, k].T

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydicom
 from airflow.sdk import BaseOperator
 
 from airflow_provider_kaapana.core.nifti import ConvertedVolume, convert_series
 from airflow_provider_kaapana.core.uids import validate_uid
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
 from airflow_provider_kaapana.exceptions import InvalidDicomError, KaapanaError
+
+if TYPE_CHECKING:
+    import pydicom
 
 SeriesInput = Mapping[str, Any] | str
 ChannelSelector = Mapping[str, str] | str
@@ -29,6 +31,8 @@ def _as_entry(item: SeriesInput) -> dict[str, Any]:
 
 def _first_header(series_dir: str | Path) -> pydicom.Dataset:
     """The header of the first image-like DICOM file in ``series_dir`` (for UIDs and channel selection)."""
+    import pydicom  # imported on use: DAG files import this module at parse time
+
     for path in sorted(Path(series_dir).rglob("*")):
         if not path.is_file():
             continue
@@ -47,13 +51,15 @@ def _matches(selector: ChannelSelector, entry: Mapping[str, Any], header: pydico
     A keyword is looked up in the input dict first (``series_description`` or the keyword itself), then in
     the first file's header.
     """
+    from pydicom.multival import MultiValue
+
     rules = {"SeriesDescription": selector} if isinstance(selector, str) else dict(selector)
     for keyword, pattern in rules.items():
         snake = re.sub(r"(?<!^)(?=[A-Z])", "_", keyword).lower()
         value = entry.get(keyword, entry.get(snake))
         if value is None:
             value = header.get(keyword, "")
-        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if isinstance(value, (list, tuple, MultiValue)):
             value = "\\".join(str(v) for v in value)
         if not re.fullmatch(str(pattern), str(value)):
             return False
@@ -150,6 +156,9 @@ class NiftiConvertOperator(BaseOperator):
         )
         foreign = [v for v in volumes if v.series_instance_uid != uid]
         if foreign:
+            for v in volumes:  # written under names that do not follow the case naming: remove them
+                v.nifti_path.unlink(missing_ok=True)
+                v.sidecar_path.unlink(missing_ok=True)
             raise InvalidDicomError(
                 f"{entry['series_dir']}: holds series {foreign[0].series_instance_uid}, expected {uid}"
             )

@@ -1,0 +1,153 @@
+"""Benchmark: DICOM → NIfTI of a 512x512x300 CT series, ours (``convert_series``) against dcm2niix.
+
+Both run as subprocesses in the same run, for ``.nii.gz`` and for ``.nii``; each measurement is the best of
+``--repeat`` runs of wall time, with the peak resident memory of that child (``ru_maxrss`` of a wrapper's
+only child). The series is generated once and cached under ``--cache`` (default: the temp dir).
+
+    /work/main/.venv/bin/python benchmarks/bench_nifti.py [--rows 512 --slices 300 --repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from airflow_provider_kaapana.core.synthetic import Shape, generate_series  # noqa: E402
+
+# Runs one command, prints its wall time and peak RSS (the wrapper has no other child).
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t0
+if proc.returncode:
+    sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-2000:])
+    sys.exit(proc.returncode)
+rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"wall_s": wall, "peak_mib": rss_kib / 1024, "stdout": proc.stdout[-500:]}))
+"""
+
+_OURS = """
+import sys, time
+t0 = time.perf_counter()
+from airflow_provider_kaapana.core.nifti import convert_series
+t1 = time.perf_counter()
+convert_series(sys.argv[1], sys.argv[2], name="ours", compress=sys.argv[3] == "gz")
+t2 = time.perf_counter()
+print(f"import {t1 - t0:.3f} s, convert {t2 - t1:.3f} s")
+"""
+
+
+def series_dir(cache: Path, rows: int, slices: int) -> Path:
+    """The cached benchmark series (generated on first use: a few minutes for 512x512x300)."""
+    target = cache / f"ct_{rows}x{rows}x{slices}"
+    done = target / ".complete"
+    if not done.exists():
+        shutil.rmtree(target, ignore_errors=True)
+        t0 = time.perf_counter()
+        print(f"generating {rows}x{rows}x{slices} CT series in {target} ...", flush=True)
+        generate_series(
+            target,
+            rows=rows,
+            columns=rows,
+            slices=slices,
+            pixel_spacing=(0.7, 0.7),
+            slice_spacing=1.0,
+            origin=(-180.0, -180.0, -150.0),
+            shapes=[Shape(1, (0.0, 0.0, 0.0), radius=60.0), Shape(2, (60.0, 40.0, 20.0), radius=25.0)],
+        )
+        done.write_text("ok")
+        print(f"generated in {time.perf_counter() - t0:.1f} s", flush=True)
+    return target
+
+
+def measure(cmd: list[str], out_dir: Path, repeat: int) -> dict:
+    best: dict | None = None
+    for _ in range(repeat):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, *cmd],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        )
+        if proc.returncode:
+            raise SystemExit(f"{cmd[0]} failed:\n{proc.stdout}\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if best is None or result["wall_s"] < best["wall_s"]:
+            best = result
+    assert best is not None
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "kaapana-bench-nifti")
+    args = parser.parse_args()
+    dcm2niix = shutil.which("dcm2niix")
+    if not dcm2niix:
+        raise SystemExit("dcm2niix not found (Debian: apt-get install dcm2niix)")
+    src = series_dir(args.cache, args.rows, args.slices)
+    work = Path(tempfile.mkdtemp(prefix="kaapana-bench-nifti-out-"))
+    print(f"series: {src} ({args.rows}x{args.rows}x{args.slices}), best of {args.repeat}")
+    print(f"{'format':8} {'tool':9} {'wall s':>8} {'peak MiB':>9}")
+    try:
+        for fmt in ("gz", "nii"):
+            ext = ".nii.gz" if fmt == "gz" else ".nii"
+            ours_dir, theirs_dir = work / f"ours_{fmt}", work / f"dcm2niix_{fmt}"
+            ours = measure([sys.executable, "-c", _OURS, str(src), str(ours_dir), fmt], ours_dir, args.repeat)
+            theirs = measure(
+                [
+                    dcm2niix,
+                    "-z",
+                    "y" if fmt == "gz" else "n",
+                    "-b",
+                    "n",
+                    "-f",
+                    "ref",
+                    "-o",
+                    str(theirs_dir),
+                    str(src),
+                ],
+                theirs_dir,
+                args.repeat,
+            )
+            a, b = nib.load(ours_dir / f"ours{ext}"), nib.load(theirs_dir / f"ref{ext}")
+            same = np.allclose(a.affine, b.affine, atol=1e-3) and np.array_equal(
+                np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
+            )
+            size_ours = (ours_dir / f"ours{ext}").stat().st_size / 2**20
+            size_theirs = (theirs_dir / f"ref{ext}").stat().st_size / 2**20
+            print(
+                f"{ext:8} {'ours':9} {ours['wall_s']:8.2f} {ours['peak_mib']:9.0f}  ({ours['stdout'].strip()}; {size_ours:.0f} MiB)"
+            )
+            print(
+                f"{ext:8} {'dcm2niix':9} {theirs['wall_s']:8.2f} {theirs['peak_mib']:9.0f}  ({size_theirs:.0f} MiB)"
+            )
+            print(
+                f"{ext:8} ratio ours/dcm2niix: time {ours['wall_s'] / theirs['wall_s']:.2f}x, "
+                f"memory {ours['peak_mib'] / theirs['peak_mib']:.2f}x; identical volume+affine: {same}"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
