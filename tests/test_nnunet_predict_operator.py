@@ -214,3 +214,28 @@ def test_local_mode_through_dag_test(airflow_db, tiny_nnunet_model: Path, tmp_pa
     assert json.loads(Path(result["labels_path"]).read_text()) == TINY_LABELS
     provenance = json.loads((expected_dir / "prediction.json").read_text())
     assert provenance["tta"] is False and provenance["folds"] == [0] and provenance["device"] == "cpu"
+
+
+def test_image_runs_the_same_command_without_airflow():
+    """The pod image installs the package without Airflow: the CLI must not need it."""
+    import subprocess
+    import sys
+
+    dockerfile = (
+        Path(__file__).resolve().parents[1] / "operators_images/nnunet-predict/Dockerfile"
+    ).read_text()
+    assert 'ENTRYPOINT ["kaapana", "predict"]' in dockerfile
+    (base,) = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert ":" in base and not base.endswith(":latest")
+    code = (
+        "import sys; sys.modules['airflow'] = None\n"
+        "from airflow_provider_kaapana.cli import main\n"
+        "raise SystemExit(main(['predict', '--help']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--no-tta" in result.stdout and "--step-size" in result.stdout
+    assert gpu_operator().build_pod_request_obj(context(), dry_run=True).spec.containers[0].command == [
+        "kaapana",
+        "predict",
+    ]
