@@ -239,3 +239,36 @@ def test_image_runs_the_same_command_without_airflow():
         "kaapana",
         "predict",
     ]
+
+
+def test_kubernetes_mode_returns_the_xcom_without_a_sidecar(monkeypatch):
+    """The parent runs the pod (its API calls are replaced here: there is no cluster)."""
+    seen = {}
+
+    def fake_execute_sync(self, context):
+        seen["push_flag"] = self.do_xcom_push
+        seen["pod"] = self.build_pod_request_obj(context, dry_run=True)
+        return None
+
+    def fake_trigger_reentry(self, context, event):
+        seen["reentry_flag"] = self.do_xcom_push
+        return None
+
+    monkeypatch.setattr(KubernetesPodOperator, "execute_sync", fake_execute_sync)
+    monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", fake_trigger_reentry)
+    op = gpu_operator()
+    ctx = context()
+    result = op.execute(ctx)
+    out = RunWorkspace(Path("/kaapana/ws"), "kaapana_segment", ctx["run_id"]).step_dir(
+        SERIES_UID, "nnunet", False
+    )
+    assert result == {
+        "series_instance_uid": SERIES_UID,
+        "case_id": "ct",
+        "prediction_dir": str(out),
+        "label_map_path": str(out / "ct.nii.gz"),
+        "labels_path": str(out / "labels.json"),
+    }
+    assert seen["push_flag"] is False and [c.name for c in seen["pod"].spec.containers] == ["base"]
+    assert op.do_xcom_push is True  # so Airflow pushes the returned dict
+    assert op.trigger_reentry(ctx, {"status": "success"}) == result and seen["reentry_flag"] is False
