@@ -272,3 +272,10 @@ def test_kubernetes_mode_returns_the_xcom_without_a_sidecar(monkeypatch):
     assert seen["push_flag"] is False and [c.name for c in seen["pod"].spec.containers] == ["base"]
     assert op.do_xcom_push is True  # so Airflow pushes the returned dict
     assert op.trigger_reentry(ctx, {"status": "success"}) == result and seen["reentry_flag"] is False
+
+
+def test_folds_from_a_template_string_are_split():
+    op = gpu_operator(folds="{{ params.folds }}")
+    op.folds = "0, 2"  # what rendering leaves
+    args = op.build_pod_request_obj(context(), dry_run=True).spec.containers[0].args
+    assert args[args.index("--folds") : args.index("--folds") + 3] == ["--folds", "0", "2"]
