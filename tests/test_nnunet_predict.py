@@ -169,3 +169,20 @@ def test_install_refuses_unsafe_or_empty_zips(tmp_path: Path):
     (tmp_path / "notzip.zip").write_text("nope")
     result = kaapana("models", "install", str(tmp_path / "notzip.zip"), "--models-dir", str(tmp_path / "m"))
     assert result.returncode == 1 and "is not a zip file" in result.stderr
+
+
+def test_tiny_model_is_cached_by_its_parameters(tiny_nnunet_model: Path):
+    from airflow_provider_kaapana.core.tiny_model import tiny_model_key, train_tiny_model
+
+    again = train_tiny_model(cache_dir=os.environ.get("KAAPANA_TINY_MODEL_CACHE"))  # no training: cached
+    assert again == tiny_nnunet_model
+    assert tiny_nnunet_model.name == "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert tiny_nnunet_model.parent.name == "Dataset901_TinySphere"
+    assert tiny_nnunet_model.parent.parent.name == tiny_model_key(
+        cases=8, size=32, epochs=3, iterations_per_epoch=15, seed=0
+    )
+    assert tiny_model_key(cases=8, size=32, epochs=3, iterations_per_epoch=15, seed=1) != (
+        tiny_nnunet_model.parent.parent.name
+    )
+    with pytest.raises(ValueError, match="at least 6"):
+        train_tiny_model(cases=5)

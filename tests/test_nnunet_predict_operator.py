@@ -214,3 +214,68 @@ def test_local_mode_through_dag_test(airflow_db, tiny_nnunet_model: Path, tmp_pa
     assert json.loads(Path(result["labels_path"]).read_text()) == TINY_LABELS
     provenance = json.loads((expected_dir / "prediction.json").read_text())
     assert provenance["tta"] is False and provenance["folds"] == [0] and provenance["device"] == "cpu"
+
+
+def test_image_runs_the_same_command_without_airflow():
+    """The pod image installs the package without Airflow: the CLI must not need it."""
+    import subprocess
+    import sys
+
+    dockerfile = (
+        Path(__file__).resolve().parents[1] / "operators_images/nnunet-predict/Dockerfile"
+    ).read_text()
+    assert 'ENTRYPOINT ["kaapana", "predict"]' in dockerfile
+    (base,) = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert ":" in base and not base.endswith(":latest")
+    code = (
+        "import sys; sys.modules['airflow'] = None\n"
+        "from airflow_provider_kaapana.cli import main\n"
+        "raise SystemExit(main(['predict', '--help']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--no-tta" in result.stdout and "--step-size" in result.stdout
+    assert gpu_operator().build_pod_request_obj(context(), dry_run=True).spec.containers[0].command == [
+        "kaapana",
+        "predict",
+    ]
+
+
+def test_kubernetes_mode_returns_the_xcom_without_a_sidecar(monkeypatch):
+    """The parent runs the pod (its API calls are replaced here: there is no cluster)."""
+    seen = {}
+
+    def fake_execute_sync(self, context):
+        seen["push_flag"] = self.do_xcom_push
+        seen["pod"] = self.build_pod_request_obj(context, dry_run=True)
+        return None
+
+    def fake_trigger_reentry(self, context, event):
+        seen["reentry_flag"] = self.do_xcom_push
+        return None
+
+    monkeypatch.setattr(KubernetesPodOperator, "execute_sync", fake_execute_sync)
+    monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", fake_trigger_reentry)
+    op = gpu_operator()
+    ctx = context()
+    result = op.execute(ctx)
+    out = RunWorkspace(Path("/kaapana/ws"), "kaapana_segment", ctx["run_id"]).step_dir(
+        SERIES_UID, "nnunet", False
+    )
+    assert result == {
+        "series_instance_uid": SERIES_UID,
+        "case_id": "ct",
+        "prediction_dir": str(out),
+        "label_map_path": str(out / "ct.nii.gz"),
+        "labels_path": str(out / "labels.json"),
+    }
+    assert seen["push_flag"] is False and [c.name for c in seen["pod"].spec.containers] == ["base"]
+    assert op.do_xcom_push is True  # so Airflow pushes the returned dict
+    assert op.trigger_reentry(ctx, {"status": "success"}) == result and seen["reentry_flag"] is False
+
+
+def test_folds_from_a_template_string_are_split():
+    op = gpu_operator(folds="{{ params.folds }}")
+    op.folds = "0, 2"  # what rendering leaves
+    args = op.build_pod_request_obj(context(), dry_run=True).spec.containers[0].args
+    assert args[args.index("--folds") : args.index("--folds") + 3] == ["--folds", "0", "2"]

@@ -98,7 +98,7 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         series_instance_uid: str | None = None,
         case_id: str | None = None,
         configuration: str | None = None,
-        folds: Sequence[int | str] | None = None,
+        folds: Sequence[int | str] | str | None = None,
         checkpoint: str = "checkpoint_final.pth",
         device: str | None = None,
         tta: bool = True,
@@ -169,7 +169,8 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         self.series_instance_uid = series_instance_uid
         self.case_id = case_id
         self.configuration = configuration
-        self.folds = list(folds) if folds is not None else None
+        # a string is a template (or "0,1,2"), split after rendering
+        self.folds = folds if folds is None or isinstance(folds, str) else list(folds)
         self.checkpoint = checkpoint
         self.device = device
         self.tta = tta
@@ -220,8 +221,9 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         args += ["--models-dir", str(self.models_dir), "--device", self._device()]
         if self.configuration:
             args += ["--configuration", str(self.configuration)]
-        if self.folds:
-            args += ["--folds", *(str(f) for f in self.folds)]
+        folds = self.folds.replace(",", " ").split() if isinstance(self.folds, str) else self.folds
+        if folds:
+            args += ["--folds", *(str(f) for f in folds)]
         args += ["--checkpoint", str(self.checkpoint), "--step-size", str(self.step_size)]
         if not self.tta:
             args.append("--no-tta")
