@@ -656,6 +656,7 @@ def export_seg(
     series_description: str | None = None,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     max_fractional_value: int = 255,
+    expected_series_instance_uid: str | None = None,
 ) -> SegExportResult:
     """Write ``out_path``: a DICOM SEG of ``label_map_path`` referencing the series in ``source_dir``.
 
@@ -665,7 +666,8 @@ def export_seg(
     ``sidecar_path`` defaults to ``<label map stem>.json`` beside the label map when that file exists
     and lists ``sop_instance_uids``. Label values present in the map but missing from the config are
     exported with the fallback codes and a warning. Raises :class:`NoFindingsError` when no labelled
-    pixel lands on the source grid (nothing is written then).
+    pixel lands on the source grid (nothing is written then). ``expected_series_instance_uid``, when
+    given, must be the source series' UID (guards against pairing a label map with the wrong series).
     """
     segmentation_type = segmentation_type.upper()
     if segmentation_type not in SEGMENTATION_TYPES:
@@ -686,6 +688,10 @@ def export_seg(
     algorithm = algorithm or config.algorithm or AlgorithmInfo()
 
     source = load_source_series(source_dir)
+    if expected_series_instance_uid and expected_series_instance_uid != source.series_instance_uid:
+        raise InvalidDicomError(
+            f"{source_dir}: holds series {source.series_instance_uid}, expected {expected_series_instance_uid}"
+        )
     labels, affine = load_label_map(label_map_path)
     if sidecar_path is None:
         candidate = label_map_path.with_name(_nifti_stem(label_map_path) + ".json")
@@ -771,6 +777,18 @@ def export_seg(
     )
 
 
+def source_series_instance_uid(source_dir: str | Path) -> str:
+    """SeriesInstanceUID of the first DICOM file in ``source_dir`` (sorted by name)."""
+    for path in sorted(p for p in Path(source_dir).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except pydicom.errors.InvalidDicomError:
+            continue
+        if "SeriesInstanceUID" in ds:
+            return str(ds.SeriesInstanceUID)
+    raise InvalidDicomError(f"{source_dir}: no DICOM file with a SeriesInstanceUID")
+
+
 def _nifti_stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii"):
@@ -800,4 +818,5 @@ __all__: Iterable[str] = [
     "parse_label_config",
     "resample_to_source",
     "seg_uids",
+    "source_series_instance_uid",
 ]
