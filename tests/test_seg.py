@@ -177,7 +177,7 @@ def test_sidecar_cross_check(synthetic_series, tmp_path, config_path):
         export_seg(label_map, series.series_dir, config_path, tmp_path / "seg2.dcm")
 
 
-def test_empty_label_policies(synthetic_series, tmp_path):
+def test_empty_label_policies(synthetic_series, tmp_path, tool):
     series = synthetic_series(shapes=THREE_SHAPES[:2])  # no label 3
     label_map = save_label_map(series, tmp_path / "labels.nii.gz")
     described = export_seg(label_map, series.series_dir, DATASET_JSON, tmp_path / "d.dcm")
@@ -193,6 +193,8 @@ def test_empty_label_policies(synthetic_series, tmp_path):
         for f in ds.PerFrameFunctionalGroupsSequence
     }
     assert frame_segments == {1, 2}
+    errors, warnings = dciodvfy_problems(tool, described.seg_path)  # a segment without frames is valid
+    assert errors == [] and warnings == [], errors + warnings
 
     config = {"labels": {"background": 0, "liver": 1, "spleen": 2, "tumor": 3}}
     truth = series.truth.copy()
