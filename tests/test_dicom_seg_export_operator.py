@@ -127,3 +127,42 @@ def test_cli_seg(synthetic_series, tmp_path):
     )
     assert result.returncode == 1
     assert "missing.nii.gz" in result.stderr
+
+
+def test_operator_refuses_mismatched_or_missing_inputs(synthetic_series, tmp_path):
+    import pytest
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from airflow_provider_kaapana.exceptions import InvalidDicomError
+    from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
+
+    config = tmp_path / "dataset.json"
+    config.write_text(json.dumps(DATASET_JSON))
+    series = synthetic_series("a", shapes=THREE_SHAPES, seed=1)
+    other = synthetic_series("b", shapes=THREE_SHAPES, seed=2)
+    prediction = _prediction(series, tmp_path, "case", config)
+
+    wrong = DicomSegExportOperator(
+        task_id="wrong",
+        prediction=prediction,
+        source={"series_dir": str(other.series_dir)},
+        output_dir=str(tmp_path),
+    )
+    with pytest.raises(InvalidDicomError, match=series.series_instance_uid):
+        wrong.execute(context={})
+    assert not (tmp_path / "seg.dcm").exists()
+
+    with pytest.raises(ValueError, match="source_dir"):
+        DicomSegExportOperator(task_id="nosource", prediction=prediction, output_dir=str(tmp_path)).execute(
+            {}
+        )
+
+    empty = synthetic_series("c", shapes=[], seed=3)
+    skipped = DicomSegExportOperator(
+        task_id="empty",
+        prediction=_prediction(empty, tmp_path, "empty", config),
+        source_dir=str(empty.series_dir),
+        output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(AirflowSkipException, match="no findings"):
+        skipped.execute({})

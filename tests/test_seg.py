@@ -159,6 +159,40 @@ def test_different_grid_is_resampled_by_nearest_neighbour(synthetic_series, tmp_
     np.testing.assert_array_equal(decoded, series.truth)
 
 
+def test_label_map_on_another_orientation_is_resampled(synthetic_series, tmp_path, config_path):
+    """An oblique source, a label map on an axial 0.5 mm RAS grid drawn from the same shapes: nearest-
+    neighbour resampling reproduces the truth up to boundary pixels."""
+    series = synthetic_series(orientation="oblique", shapes=THREE_SHAPES)
+    spacing, size = 0.5, 96
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -spacing * (size - 1) / 2  # centred on the origin, RAS
+    ijk = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    ras = ijk * spacing + affine[:3, 3]
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    labels = np.zeros(len(lps), dtype=np.uint8)
+    for shape in THREE_SHAPES:
+        labels[shape.contains(lps)] = shape.label
+    nib.save(nib.Nifti1Image(labels.reshape(size, size, size), affine), tmp_path / "axial.nii.gz")
+    result = export_seg(tmp_path / "axial.nii.gz", series.series_dir, config_path, tmp_path / "seg.dcm")
+    assert result.resampled
+    decoded = decode(result.seg_path, series.sop_instance_uids)
+    for label in (1, 2, 3):
+        a, b = decoded == label, series.truth == label
+        dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+        assert dice > 0.9, (label, dice)
+
+
+def test_source_with_missing_slice(synthetic_series, tmp_path, config_path):
+    """A gap in the source (slice 5 never arrived): every present slice still gets its own labels."""
+    full = synthetic_series(orientation="oblique", shapes=THREE_SHAPES)
+    offsets = [k * 2.0 for k in range(16) if k != 5]
+    gappy = synthetic_series(orientation="oblique", shapes=THREE_SHAPES, slice_offsets=offsets)
+    label_map = save_label_map(full, tmp_path / "labels.nii.gz")  # the regular grid of the full series
+    result = export_seg(label_map, gappy.series_dir, config_path, tmp_path / "seg.dcm")
+    assert not result.resampled  # every present slice lies on the label map's grid: exact re-indexing
+    np.testing.assert_array_equal(decode(result.seg_path, gappy.sop_instance_uids), gappy.truth)
+
+
 def test_sidecar_cross_check(synthetic_series, tmp_path, config_path):
     series = synthetic_series(shapes=THREE_SHAPES)
     label_map = save_label_map(series, tmp_path / "case.nii.gz")

@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="folder with the source series' DICOM files")
     parser.add_argument("--config", required=True, help="nnU-Net dataset.json or rich label config (JSON)")
     parser.add_argument("-o", "--output", required=True, help="SEG file to write")
+    parser.add_argument(
+        "--sidecar",
+        default=None,
+        help="NiftiConvert sidecar JSON to cross-check (default: <labels stem>.json)",
+    )
     parser.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"])
     parser.add_argument("--empty-labels", default="describe", choices=["describe", "omit"])
     parser.add_argument("--model-id", default="nnunet", help="model identity (fixes the SEG UIDs)")
@@ -50,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             empty_label_policy=args.empty_labels,
             model_id=args.model_id,
             configuration=args.configuration,
+            sidecar_path=args.sidecar,
         )
     except NoFindingsError as exc:
         print(f"kaapana seg: no findings, nothing written: {exc}", file=sys.stderr)

@@ -453,9 +453,10 @@ def resample_to_source(
 ) -> tuple[np.ndarray, bool]:
     """The label map on the source grid, shape (slices, rows, columns) in sorted source order.
 
-    Returns ``(array, resampled)``; ``resampled`` is False when every source pixel hit a voxel centre
-    (grids coincide, pure re-indexing) and True for a nearest-neighbour resample. Pixels outside the
-    label map are background (0).
+    Returns ``(array, resampled)``; ``resampled`` is False when every source pixel lies on a voxel
+    centre (the grids coincide up to axis order, flips, cropping or missing slices: pure re-indexing)
+    and True when some slice needed a nearest-neighbour resample. Source pixels outside the label map
+    are background (0).
     """
     if labels.ndim != 3:
         raise LabelConfigError(f"label map must be 3-D, got shape {labels.shape}")
@@ -469,9 +470,12 @@ def resample_to_source(
     shape = np.asarray(labels.shape)
     col_axis, row_axis = _unit_axis(step_col), _unit_axis(step_row)
     aligned = col_axis is not None and row_axis is not None and col_axis[0] != row_axis[0]
-    resampled = not _grids_coincide(labels.shape, affine_ras, source)
-    xs = np.arange(cols, dtype=np.float64)
-    ys = np.arange(rows, dtype=np.float64)
+    resampled = False
+    col_terms = [np.arange(cols, dtype=np.float32) * np.float32(step_col[a]) for a in range(3)]
+    row_terms = [np.arange(rows, dtype=np.float32) * np.float32(step_row[a]) for a in range(3)]
+    order = "F" if labels.flags.f_contiguous and not labels.flags.c_contiguous else "C"
+    flat_labels = labels.ravel(order=order)  # a view for contiguous arrays
+    strides = (1, shape[0], shape[0] * shape[1]) if order == "F" else (shape[1] * shape[2], shape[2], 1)
     for k in range(n):
         base = bases[k]
         if aligned and np.allclose(base, np.rint(base), atol=_GRID_TOL):
@@ -492,16 +496,18 @@ def resample_to_source(
                         plane = plane.T  # -> (source row, source column)
                     out[k, r_range[0], c_range[0]] = plane
             continue
-        coords = []
+        # General case: nearest voxel of every source pixel (float32 is ample for voxel indices).
+        resampled = True
         inside = np.ones((rows, cols), dtype=bool)
+        flat_index = np.zeros((rows, cols), dtype=np.intp)
         for axis in range(3):
-            c = np.rint(base[axis] + xs[None, :] * step_col[axis] + ys[:, None] * step_row[axis]).astype(
-                np.intp
-            )
-            inside &= (c >= 0) & (c < shape[axis])
-            coords.append(c)
+            coord = np.rint(
+                (np.float32(base[axis]) + row_terms[axis][:, None]) + col_terms[axis][None, :]
+            ).astype(np.intp)
+            inside &= (coord >= 0) & (coord < shape[axis])
+            flat_index += coord * strides[axis]
         if inside.any():
-            out[k][inside] = labels[coords[0][inside], coords[1][inside], coords[2][inside]]
+            out[k] = np.where(inside, flat_labels[np.where(inside, flat_index, 0)], 0)
     return out, resampled
 
 
@@ -517,18 +523,6 @@ def _clipped_progression(start: int, step: int, count: int, size: int) -> tuple[
     v_first, v_last = int(voxels[first]), int(voxels[last])
     stop = v_last + step
     return slice(first, last + 1), slice(v_first, stop if stop >= 0 else None, step)
-
-
-def _grids_coincide(labels_shape: Sequence[int], affine_ras: np.ndarray, source: SourceSeries) -> bool:
-    """True when the label map has one voxel per source pixel (no resampling, no cropping)."""
-    inv = np.linalg.inv(affine_ras)
-    bases, step_col, step_row = _slice_mapping(source, inv)
-    col_axis, row_axis = _unit_axis(step_col), _unit_axis(step_row)
-    if col_axis is None or row_axis is None or col_axis[0] == row_axis[0]:
-        return False
-    if not np.allclose(bases, np.rint(bases), atol=_GRID_TOL):
-        return False
-    return int(np.prod(labels_shape)) == len(source.datasets) * source.rows * source.columns
 
 
 def load_label_map(label_map_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -636,8 +630,11 @@ def _segment_description(number: int, spec: SegmentSpec, algorithm: AlgorithmInf
 def _write_atomically(dataset: Dataset, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.partial")
-    dataset.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, out_path)
+    try:
+        dataset.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_seg(

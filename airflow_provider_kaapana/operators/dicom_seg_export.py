@@ -28,6 +28,8 @@ class DicomSegExportOperator(BaseOperator):
     :param label_map: NIfTI label map (overrides ``prediction``).
     :param source_dir: folder with the source series' DICOM files (overrides ``source``).
     :param label_config: nnU-Net ``dataset.json`` or rich label config (overrides ``prediction``).
+    :param sidecar: NiftiConvert's ``<stem>.json`` of the image the model saw, to cross-check the
+        slice -> SOPInstanceUID order (default: ``<label map stem>.json`` when it exists).
     :param output_dir: where ``seg.dcm`` goes; default
         ``RunWorkspace(workspace_base, dag_id, run_id).step_dir(series_instance_uid, "seg")``.
     :param segmentation_type: ``BINARY`` (default), ``FRACTIONAL`` or ``LABELMAP``.
@@ -46,6 +48,7 @@ class DicomSegExportOperator(BaseOperator):
         "label_map",
         "source_dir",
         "label_config",
+        "sidecar",
         "output_dir",
         "workspace_base",
         "model_id",
@@ -63,6 +66,7 @@ class DicomSegExportOperator(BaseOperator):
         label_map: str | None = None,
         source_dir: str | None = None,
         label_config: str | None = None,
+        sidecar: str | None = None,
         output_dir: str | None = None,
         workspace_base: str = DEFAULT_WORKSPACE_BASE,
         segmentation_type: str = "BINARY",
@@ -80,6 +84,7 @@ class DicomSegExportOperator(BaseOperator):
         self.label_map = label_map
         self.source_dir = source_dir
         self.label_config = label_config
+        self.sidecar = sidecar
         self.output_dir = output_dir
         self.workspace_base = workspace_base
         self.segmentation_type = segmentation_type
@@ -92,8 +97,22 @@ class DicomSegExportOperator(BaseOperator):
 
     @staticmethod
     def _as_mapping(value: Any, name: str) -> Mapping[str, Any]:
+        """An XCom dict; a rendered template gives its JSON or Python text, which is parsed back."""
         if value in (None, ""):
             return {}
+        if isinstance(value, str):
+            import ast
+            import json
+
+            try:
+                value = json.loads(value)
+            except ValueError:
+                try:
+                    value = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    raise ValueError(
+                        f"{name} is text that is neither JSON nor a Python dict: {value[:200]!r}"
+                    ) from None
         if isinstance(value, Mapping):
             return value
         raise ValueError(f"{name} must be a dict (an XCom of the previous step), got {type(value).__name__}")
@@ -145,6 +164,7 @@ class DicomSegExportOperator(BaseOperator):
                 model_id=self.model_id,
                 configuration=self.configuration,
                 expected_series_instance_uid=expected_uid,
+                sidecar_path=self.sidecar or prediction.get("sidecar_path") or None,
             )
         except NoFindingsError as exc:
             raise AirflowSkipException(f"no findings, no SEG written: {exc}") from exc

@@ -32,9 +32,10 @@ with DAG(
 
     single = DicomSegExportOperator(
         task_id="seg_single",
+        # a rendered template is text: the operator parses the JSON back (labels_path, series UID)
+        prediction="{{ dag_run.conf['predictions'][0] | tojson }}",
         label_map="{{ dag_run.conf['predictions'][0]['label_map_path'] }}",
         source_dir="{{ dag_run.conf['received'][0]['series_dir'] }}",
-        label_config="{{ dag_run.conf['predictions'][0]['labels_path'] }}",
         workspace_base="{{ dag_run.conf['workspace_base'] }}",
         model_id="Dataset001_Test",
     )
