@@ -2,7 +2,9 @@
 
 Compares :func:`airflow_provider_kaapana.core.seg.export_seg` with a straightforward highdicom use on the
 same data in the same run (read the series with pixels, sort, one-hot stack, ``hd.seg.Segmentation``
-with defaults). Each runs in its own subprocess so its peak RSS is clean.
+with defaults). Each runs in its own subprocess so its peak RSS is clean. Two more rows show ours with
+the label map reoriented to RAS (flipped axes: exact re-indexing) and on a coarser 1.5 mm grid
+(nearest-neighbour resample); the plain use cannot handle either without extra code.
 
     python benchmarks/bench_seg.py [--slices 300] [--size 512] [--workdir DIR]
 """
@@ -63,6 +65,22 @@ def _prepare(workdir: Path, size: int, slices: int) -> tuple[Path, Path, Path]:
     )
     config.write_text(json.dumps({"labels": LABELS}))
     return source_dir, label_map, config
+
+
+def _variants(workdir: Path, label_map: Path) -> dict[str, Path]:
+    """The same labels as nibabel's RAS-canonical volume (flipped axes) and on a coarser 1.5 mm grid."""
+    import nibabel as nib
+    import numpy as np
+
+    canonical, coarse = workdir / "labels_ras.nii.gz", workdir / "labels_coarse.nii.gz"
+    if not canonical.exists():
+        img = nib.load(str(label_map))
+        nib.save(nib.as_closest_canonical(img), canonical)
+        data = np.asanyarray(img.dataobj)
+        idx = [np.round(np.arange(0, n - 0.5, 1.5)).astype(int) for n in data.shape]
+        scale = np.diag([1.5, 1.5, 1.5, 1.0])
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data[np.ix_(*idx)]), img.affine @ scale), coarse)
+    return {"ras": canonical, "coarse": coarse}
 
 
 def _run_ours(source_dir: Path, label_map: Path, config: Path, out: Path) -> dict:
@@ -172,7 +190,16 @@ def main() -> int:
     )
     ours = _measure("ours", source_dir, label_map, config, workdir / "ours.dcm")
     plain = _measure("plain", source_dir, label_map, config, workdir / "plain.dcm")
-    for name, r in (("export_seg (ours)", ours), ("plain highdicom", plain)):
+    variants = _variants(workdir, label_map)
+    ours_ras = _measure("ours", source_dir, variants["ras"], config, workdir / "ours_ras.dcm")
+    ours_coarse = _measure("ours", source_dir, variants["coarse"], config, workdir / "ours_coarse.dcm")
+    rows = (
+        ("export_seg (ours)", ours),
+        ("plain highdicom", plain),
+        ("ours, RAS label map", ours_ras),
+        ("ours, 1.5 mm grid", ours_coarse),
+    )
+    for name, r in rows:
         print(f"{name:20s} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB  frames {r['frames']}")
     print(
         f"ratio ours/plain: time {ours['seconds'] / plain['seconds']:.2f}x, "
