@@ -209,6 +209,16 @@ def test_sidecar_cross_check(synthetic_series, tmp_path, config_path):
     (tmp_path / "case.json").write_text(json.dumps(sidecar))
     with pytest.raises(GeometryError, match="sidecar lists it"):
         export_seg(label_map, series.series_dir, config_path, tmp_path / "seg2.dcm")
+    sidecar["sop_instance_uids"] = series.sop_instance_uids
+    sidecar["shape"] = [32, 32, 15]
+    (tmp_path / "case.json").write_text(json.dumps(sidecar))
+    with pytest.raises(GeometryError, match="sidecar shape"):
+        export_seg(label_map, series.series_dir, config_path, tmp_path / "seg3.dcm")
+    sidecar["series_instance_uid"] = "1.2.3"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(sidecar))
+    with pytest.raises(GeometryError, match="sidecar is for series 1.2.3"):
+        export_seg(label_map, series.series_dir, config_path, tmp_path / "seg4.dcm", sidecar_path=other)
 
 
 def test_empty_label_policies(synthetic_series, tmp_path, tool):
@@ -405,6 +415,16 @@ def test_unknown_label_value_in_map_uses_fallback(synthetic_series, tmp_path):
         label_map, series.series_dir, {"labels": {"background": 0, "liver": 1}}, tmp_path / "s.dcm"
     )
     assert [(s.label, s.coded_from) for s in result.segments] == [("liver", "table"), ("label 2", "fallback")]
+
+
+def test_seg_in_source_dir_is_ignored(synthetic_series, tmp_path, config_path):
+    """A SEG stored back into the series folder (a re-run in place) is not mistaken for a source image."""
+    series = synthetic_series(shapes=THREE_SHAPES)
+    label_map = save_label_map(series, tmp_path / "labels.nii.gz")
+    first = export_seg(label_map, series.series_dir, config_path, series.series_dir / "seg.dcm")
+    again = export_seg(label_map, series.series_dir, config_path, series.series_dir / "seg.dcm")
+    assert again.seg_sop_instance_uid == first.seg_sop_instance_uid
+    np.testing.assert_array_equal(decode(again.seg_path, series.sop_instance_uids), series.truth)
 
 
 def test_source_problems_are_named(synthetic_series, tmp_path, config_path):

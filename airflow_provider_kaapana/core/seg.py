@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SEGMENTATION_TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
 EMPTY_LABEL_POLICIES = ("describe", "omit")
 UID_NAMESPACE = "kaapana-dicom-seg"
+SEGMENTATION_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.66."  # SEG, Label Map SEG, surface SEG...
 # Distinct, colour-blind-friendly defaults (Okabe-Ito, then a few more) for segments without a colour.
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0),
@@ -369,14 +370,17 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
     if not source_dir.is_dir():
         raise InvalidDicomError(f"{source_dir}: source series directory does not exist")
     datasets: list[tuple[Path, Dataset]] = []
-    for path in sorted(p for p in source_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
             log.debug("skipping non-DICOM file %s", path)
             continue
-        if "ImagePositionPatient" not in ds and "SOPClassUID" in ds and "PixelSpacing" not in ds:
-            log.debug("skipping non-image DICOM file %s", path)
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if sop_class.startswith(SEGMENTATION_SOP_CLASS_PREFIX) or (
+            "ImagePositionPatient" not in ds and "PixelSpacing" not in ds
+        ):
+            log.debug("skipping %s: not a source image (SOP class %s)", path, sop_class or "none")
             continue
         datasets.append((path, ds))
     if not datasets:
@@ -571,6 +575,19 @@ def _check_sidecar(
     side_affine = sidecar.get("affine")
     if not sop_uids or side_affine is None or not np.allclose(np.asarray(side_affine), affine, atol=1e-3):
         return  # a different grid (e.g. resampled by the model): nothing to compare slice by slice
+    side_shape = sidecar.get("shape")
+    if side_shape and list(side_shape)[:3] != list(label_shape):
+        raise GeometryError(
+            f"{sidecar_path}: sidecar shape {side_shape} differs from the label map {list(label_shape)}"
+        )
+    unlisted = [uid for uid in source.sop_instance_uids if uid not in set(sop_uids)]
+    if unlisted:
+        log.warning(
+            "%s: %d source instances are not in the sidecar (e.g. %s)",
+            sidecar_path,
+            len(unlisted),
+            unlisted[0],
+        )
     bases, _, _ = _slice_mapping(source, np.linalg.inv(affine))
     # the slice axis is the third voxel axis by the sidecar's contract
     index_of = {uid: k for k, uid in enumerate(sop_uids)}
@@ -778,10 +795,14 @@ def source_series_instance_uid(source_dir: str | Path) -> str:
     """SeriesInstanceUID of the first DICOM file in ``source_dir`` (sorted by name)."""
     for path in sorted(p for p in Path(source_dir).rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"]
+            )
         except pydicom.errors.InvalidDicomError:
             continue
-        if "SeriesInstanceUID" in ds:
+        if "SeriesInstanceUID" in ds and not str(ds.get("SOPClassUID", "")).startswith(
+            SEGMENTATION_SOP_CLASS_PREFIX
+        ):
             return str(ds.SeriesInstanceUID)
     raise InvalidDicomError(f"{source_dir}: no DICOM file with a SeriesInstanceUID")
 
@@ -794,11 +815,7 @@ def _nifti_stem(path: Path) -> str:
     return path.stem
 
 
-def segment_labels(config: LabelConfig) -> list[str]:
-    return [spec.name for spec in config.segments.values()]
-
-
-__all__: Iterable[str] = [
+__all__ = [
     "AlgorithmInfo",
     "ExportedSegment",
     "LabelConfig",
