@@ -84,11 +84,15 @@ def config_path(tmp_path: Path) -> Path:
         ("oblique", "dicom"),
         ("oblique", "flipped"),
         ("coronal", "transposed"),
+        ("sagittal", "canonical"),
     ],
 )
 def test_round_trip_and_dciodvfy(synthetic_series, tmp_path, tool, config_path, orientation, variant):
-    origin = (-16.0, -16.0, 16.0) if orientation == "coronal" else (-16.0, -16.0, -20.0)
-    series = synthetic_series(orientation=orientation, shapes=THREE_SHAPES, origin=origin)
+    origin = {"coronal": (-16.0, -16.0, 16.0), "sagittal": (16.0, -16.0, 16.0)}.get(
+        orientation, (-16.0, -16.0, -20.0)
+    )
+    modality = "MR" if orientation == "sagittal" else "CT"
+    series = synthetic_series(orientation=orientation, shapes=THREE_SHAPES, origin=origin, modality=modality)
     assert set(np.unique(series.truth)) == {0, 1, 2, 3}
     label_map = save_label_map(series, tmp_path / "labels.nii.gz", variant=variant)
     result = export_seg(label_map, series.series_dir, config_path, tmp_path / "seg.dcm")
