@@ -84,11 +84,15 @@ def config_path(tmp_path: Path) -> Path:
         ("oblique", "dicom"),
         ("oblique", "flipped"),
         ("coronal", "transposed"),
+        ("sagittal", "canonical"),
     ],
 )
 def test_round_trip_and_dciodvfy(synthetic_series, tmp_path, tool, config_path, orientation, variant):
-    origin = (-16.0, -16.0, 16.0) if orientation == "coronal" else (-16.0, -16.0, -20.0)
-    series = synthetic_series(orientation=orientation, shapes=THREE_SHAPES, origin=origin)
+    origin = {"coronal": (-16.0, -16.0, 16.0), "sagittal": (16.0, -16.0, 16.0)}.get(
+        orientation, (-16.0, -16.0, -20.0)
+    )
+    modality = "MR" if orientation == "sagittal" else "CT"
+    series = synthetic_series(orientation=orientation, shapes=THREE_SHAPES, origin=origin, modality=modality)
     assert set(np.unique(series.truth)) == {0, 1, 2, 3}
     label_map = save_label_map(series, tmp_path / "labels.nii.gz", variant=variant)
     result = export_seg(label_map, series.series_dir, config_path, tmp_path / "seg.dcm")
@@ -159,6 +163,40 @@ def test_different_grid_is_resampled_by_nearest_neighbour(synthetic_series, tmp_
     np.testing.assert_array_equal(decoded, series.truth)
 
 
+def test_label_map_on_another_orientation_is_resampled(synthetic_series, tmp_path, config_path):
+    """An oblique source, a label map on an axial 0.5 mm RAS grid drawn from the same shapes: nearest-
+    neighbour resampling reproduces the truth up to boundary pixels."""
+    series = synthetic_series(orientation="oblique", shapes=THREE_SHAPES)
+    spacing, size = 0.5, 96
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -spacing * (size - 1) / 2  # centred on the origin, RAS
+    ijk = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    ras = ijk * spacing + affine[:3, 3]
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    labels = np.zeros(len(lps), dtype=np.uint8)
+    for shape in THREE_SHAPES:
+        labels[shape.contains(lps)] = shape.label
+    nib.save(nib.Nifti1Image(labels.reshape(size, size, size), affine), tmp_path / "axial.nii.gz")
+    result = export_seg(tmp_path / "axial.nii.gz", series.series_dir, config_path, tmp_path / "seg.dcm")
+    assert result.resampled
+    decoded = decode(result.seg_path, series.sop_instance_uids)
+    for label in (1, 2, 3):
+        a, b = decoded == label, series.truth == label
+        dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+        assert dice > 0.9, (label, dice)
+
+
+def test_source_with_missing_slice(synthetic_series, tmp_path, config_path):
+    """A gap in the source (slice 5 never arrived): every present slice still gets its own labels."""
+    full = synthetic_series(orientation="oblique", shapes=THREE_SHAPES)
+    offsets = [k * 2.0 for k in range(16) if k != 5]
+    gappy = synthetic_series(orientation="oblique", shapes=THREE_SHAPES, slice_offsets=offsets)
+    label_map = save_label_map(full, tmp_path / "labels.nii.gz")  # the regular grid of the full series
+    result = export_seg(label_map, gappy.series_dir, config_path, tmp_path / "seg.dcm")
+    assert not result.resampled  # every present slice lies on the label map's grid: exact re-indexing
+    np.testing.assert_array_equal(decode(result.seg_path, gappy.sop_instance_uids), gappy.truth)
+
+
 def test_sidecar_cross_check(synthetic_series, tmp_path, config_path):
     series = synthetic_series(shapes=THREE_SHAPES)
     label_map = save_label_map(series, tmp_path / "case.nii.gz")
@@ -175,9 +213,19 @@ def test_sidecar_cross_check(synthetic_series, tmp_path, config_path):
     (tmp_path / "case.json").write_text(json.dumps(sidecar))
     with pytest.raises(GeometryError, match="sidecar lists it"):
         export_seg(label_map, series.series_dir, config_path, tmp_path / "seg2.dcm")
+    sidecar["sop_instance_uids"] = series.sop_instance_uids
+    sidecar["shape"] = [32, 32, 15]
+    (tmp_path / "case.json").write_text(json.dumps(sidecar))
+    with pytest.raises(GeometryError, match="sidecar shape"):
+        export_seg(label_map, series.series_dir, config_path, tmp_path / "seg3.dcm")
+    sidecar["series_instance_uid"] = "1.2.3"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(sidecar))
+    with pytest.raises(GeometryError, match="sidecar is for series 1.2.3"):
+        export_seg(label_map, series.series_dir, config_path, tmp_path / "seg4.dcm", sidecar_path=other)
 
 
-def test_empty_label_policies(synthetic_series, tmp_path):
+def test_empty_label_policies(synthetic_series, tmp_path, tool):
     series = synthetic_series(shapes=THREE_SHAPES[:2])  # no label 3
     label_map = save_label_map(series, tmp_path / "labels.nii.gz")
     described = export_seg(label_map, series.series_dir, DATASET_JSON, tmp_path / "d.dcm")
@@ -193,6 +241,8 @@ def test_empty_label_policies(synthetic_series, tmp_path):
         for f in ds.PerFrameFunctionalGroupsSequence
     }
     assert frame_segments == {1, 2}
+    errors, warnings = dciodvfy_problems(tool, described.seg_path)  # a segment without frames is valid
+    assert errors == [] and warnings == [], errors + warnings
 
     config = {"labels": {"background": 0, "liver": 1, "spleen": 2, "tumor": 3}}
     truth = series.truth.copy()
@@ -369,6 +419,16 @@ def test_unknown_label_value_in_map_uses_fallback(synthetic_series, tmp_path):
         label_map, series.series_dir, {"labels": {"background": 0, "liver": 1}}, tmp_path / "s.dcm"
     )
     assert [(s.label, s.coded_from) for s in result.segments] == [("liver", "table"), ("label 2", "fallback")]
+
+
+def test_seg_in_source_dir_is_ignored(synthetic_series, tmp_path, config_path):
+    """A SEG stored back into the series folder (a re-run in place) is not mistaken for a source image."""
+    series = synthetic_series(shapes=THREE_SHAPES)
+    label_map = save_label_map(series, tmp_path / "labels.nii.gz")
+    first = export_seg(label_map, series.series_dir, config_path, series.series_dir / "seg.dcm")
+    again = export_seg(label_map, series.series_dir, config_path, series.series_dir / "seg.dcm")
+    assert again.seg_sop_instance_uid == first.seg_sop_instance_uid
+    np.testing.assert_array_equal(decode(again.seg_path, series.sop_instance_uids), series.truth)
 
 
 def test_source_problems_are_named(synthetic_series, tmp_path, config_path):

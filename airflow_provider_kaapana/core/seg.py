@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SEGMENTATION_TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
 EMPTY_LABEL_POLICIES = ("describe", "omit")
 UID_NAMESPACE = "kaapana-dicom-seg"
+SEGMENTATION_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.66."  # SEG, Label Map SEG, surface SEG...
 # Distinct, colour-blind-friendly defaults (Okabe-Ito, then a few more) for segments without a colour.
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0),
@@ -369,14 +370,17 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
     if not source_dir.is_dir():
         raise InvalidDicomError(f"{source_dir}: source series directory does not exist")
     datasets: list[tuple[Path, Dataset]] = []
-    for path in sorted(p for p in source_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
             log.debug("skipping non-DICOM file %s", path)
             continue
-        if "ImagePositionPatient" not in ds and "SOPClassUID" in ds and "PixelSpacing" not in ds:
-            log.debug("skipping non-image DICOM file %s", path)
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if sop_class.startswith(SEGMENTATION_SOP_CLASS_PREFIX) or (
+            "ImagePositionPatient" not in ds and "PixelSpacing" not in ds
+        ):
+            log.debug("skipping %s: not a source image (SOP class %s)", path, sop_class or "none")
             continue
         datasets.append((path, ds))
     if not datasets:
@@ -453,9 +457,10 @@ def resample_to_source(
 ) -> tuple[np.ndarray, bool]:
     """The label map on the source grid, shape (slices, rows, columns) in sorted source order.
 
-    Returns ``(array, resampled)``; ``resampled`` is False when every source pixel hit a voxel centre
-    (grids coincide, pure re-indexing) and True for a nearest-neighbour resample. Pixels outside the
-    label map are background (0).
+    Returns ``(array, resampled)``; ``resampled`` is False when every source pixel lies on a voxel
+    centre (the grids coincide up to axis order, flips, cropping or missing slices: pure re-indexing)
+    and True when some slice needed a nearest-neighbour resample. Source pixels outside the label map
+    are background (0).
     """
     if labels.ndim != 3:
         raise LabelConfigError(f"label map must be 3-D, got shape {labels.shape}")
@@ -469,9 +474,12 @@ def resample_to_source(
     shape = np.asarray(labels.shape)
     col_axis, row_axis = _unit_axis(step_col), _unit_axis(step_row)
     aligned = col_axis is not None and row_axis is not None and col_axis[0] != row_axis[0]
-    resampled = not _grids_coincide(labels.shape, affine_ras, source)
-    xs = np.arange(cols, dtype=np.float64)
-    ys = np.arange(rows, dtype=np.float64)
+    resampled = False
+    col_terms = [np.arange(cols, dtype=np.float32) * np.float32(step_col[a]) for a in range(3)]
+    row_terms = [np.arange(rows, dtype=np.float32) * np.float32(step_row[a]) for a in range(3)]
+    order = "F" if labels.flags.f_contiguous and not labels.flags.c_contiguous else "C"
+    flat_labels = labels.ravel(order=order)  # a view for contiguous arrays
+    strides = (1, shape[0], shape[0] * shape[1]) if order == "F" else (shape[1] * shape[2], shape[2], 1)
     for k in range(n):
         base = bases[k]
         if aligned and np.allclose(base, np.rint(base), atol=_GRID_TOL):
@@ -492,16 +500,18 @@ def resample_to_source(
                         plane = plane.T  # -> (source row, source column)
                     out[k, r_range[0], c_range[0]] = plane
             continue
-        coords = []
+        # General case: nearest voxel of every source pixel (float32 is ample for voxel indices).
+        resampled = True
         inside = np.ones((rows, cols), dtype=bool)
+        flat_index = np.zeros((rows, cols), dtype=np.intp)
         for axis in range(3):
-            c = np.rint(base[axis] + xs[None, :] * step_col[axis] + ys[:, None] * step_row[axis]).astype(
-                np.intp
-            )
-            inside &= (c >= 0) & (c < shape[axis])
-            coords.append(c)
+            coord = np.rint(
+                (np.float32(base[axis]) + row_terms[axis][:, None]) + col_terms[axis][None, :]
+            ).astype(np.intp)
+            inside &= (coord >= 0) & (coord < shape[axis])
+            flat_index += coord * strides[axis]
         if inside.any():
-            out[k][inside] = labels[coords[0][inside], coords[1][inside], coords[2][inside]]
+            out[k] = np.where(inside, flat_labels[np.where(inside, flat_index, 0)], 0)
     return out, resampled
 
 
@@ -517,18 +527,6 @@ def _clipped_progression(start: int, step: int, count: int, size: int) -> tuple[
     v_first, v_last = int(voxels[first]), int(voxels[last])
     stop = v_last + step
     return slice(first, last + 1), slice(v_first, stop if stop >= 0 else None, step)
-
-
-def _grids_coincide(labels_shape: Sequence[int], affine_ras: np.ndarray, source: SourceSeries) -> bool:
-    """True when the label map has one voxel per source pixel (no resampling, no cropping)."""
-    inv = np.linalg.inv(affine_ras)
-    bases, step_col, step_row = _slice_mapping(source, inv)
-    col_axis, row_axis = _unit_axis(step_col), _unit_axis(step_row)
-    if col_axis is None or row_axis is None or col_axis[0] == row_axis[0]:
-        return False
-    if not np.allclose(bases, np.rint(bases), atol=_GRID_TOL):
-        return False
-    return int(np.prod(labels_shape)) == len(source.datasets) * source.rows * source.columns
 
 
 def load_label_map(label_map_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -577,6 +575,19 @@ def _check_sidecar(
     side_affine = sidecar.get("affine")
     if not sop_uids or side_affine is None or not np.allclose(np.asarray(side_affine), affine, atol=1e-3):
         return  # a different grid (e.g. resampled by the model): nothing to compare slice by slice
+    side_shape = sidecar.get("shape")
+    if side_shape and list(side_shape)[:3] != list(label_shape):
+        raise GeometryError(
+            f"{sidecar_path}: sidecar shape {side_shape} differs from the label map {list(label_shape)}"
+        )
+    unlisted = [uid for uid in source.sop_instance_uids if uid not in set(sop_uids)]
+    if unlisted:
+        log.warning(
+            "%s: %d source instances are not in the sidecar (e.g. %s)",
+            sidecar_path,
+            len(unlisted),
+            unlisted[0],
+        )
     bases, _, _ = _slice_mapping(source, np.linalg.inv(affine))
     # the slice axis is the third voxel axis by the sidecar's contract
     index_of = {uid: k for k, uid in enumerate(sop_uids)}
@@ -636,8 +647,11 @@ def _segment_description(number: int, spec: SegmentSpec, algorithm: AlgorithmInf
 def _write_atomically(dataset: Dataset, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.partial")
-    dataset.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, out_path)
+    try:
+        dataset.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_seg(
@@ -656,6 +670,7 @@ def export_seg(
     series_description: str | None = None,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     max_fractional_value: int = 255,
+    expected_series_instance_uid: str | None = None,
 ) -> SegExportResult:
     """Write ``out_path``: a DICOM SEG of ``label_map_path`` referencing the series in ``source_dir``.
 
@@ -665,7 +680,8 @@ def export_seg(
     ``sidecar_path`` defaults to ``<label map stem>.json`` beside the label map when that file exists
     and lists ``sop_instance_uids``. Label values present in the map but missing from the config are
     exported with the fallback codes and a warning. Raises :class:`NoFindingsError` when no labelled
-    pixel lands on the source grid (nothing is written then).
+    pixel lands on the source grid (nothing is written then). ``expected_series_instance_uid``, when
+    given, must be the source series' UID (guards against pairing a label map with the wrong series).
     """
     segmentation_type = segmentation_type.upper()
     if segmentation_type not in SEGMENTATION_TYPES:
@@ -686,6 +702,10 @@ def export_seg(
     algorithm = algorithm or config.algorithm or AlgorithmInfo()
 
     source = load_source_series(source_dir)
+    if expected_series_instance_uid and expected_series_instance_uid != source.series_instance_uid:
+        raise InvalidDicomError(
+            f"{source_dir}: holds series {source.series_instance_uid}, expected {expected_series_instance_uid}"
+        )
     labels, affine = load_label_map(label_map_path)
     if sidecar_path is None:
         candidate = label_map_path.with_name(_nifti_stem(label_map_path) + ".json")
@@ -771,6 +791,22 @@ def export_seg(
     )
 
 
+def source_series_instance_uid(source_dir: str | Path) -> str:
+    """SeriesInstanceUID of the first DICOM file in ``source_dir`` (sorted by name)."""
+    for path in sorted(p for p in Path(source_dir).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"]
+            )
+        except pydicom.errors.InvalidDicomError:
+            continue
+        if "SeriesInstanceUID" in ds and not str(ds.get("SOPClassUID", "")).startswith(
+            SEGMENTATION_SOP_CLASS_PREFIX
+        ):
+            return str(ds.SeriesInstanceUID)
+    raise InvalidDicomError(f"{source_dir}: no DICOM file with a SeriesInstanceUID")
+
+
 def _nifti_stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii"):
@@ -779,11 +815,7 @@ def _nifti_stem(path: Path) -> str:
     return path.stem
 
 
-def segment_labels(config: LabelConfig) -> list[str]:
-    return [spec.name for spec in config.segments.values()]
-
-
-__all__: Iterable[str] = [
+__all__ = [
     "AlgorithmInfo",
     "ExportedSegment",
     "LabelConfig",
@@ -800,4 +832,5 @@ __all__: Iterable[str] = [
     "parse_label_config",
     "resample_to_source",
     "seg_uids",
+    "source_series_instance_uid",
 ]
