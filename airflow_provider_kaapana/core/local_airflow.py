@@ -62,7 +62,8 @@ class LocalAirflow:
     parallelism: int = 4
     log_server_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
-    startup_seconds: dict[str, float] = field(default_factory=dict, init=False)
+    # seconds measured: db_migrate, components_healthy (after the migration), total; stop (after stop())
+    timings: dict[str, float] = field(default_factory=dict, init=False)
     _token: str | None = field(default=None, init=False, repr=False)
     _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64), init=False, repr=False)
 
@@ -168,7 +169,7 @@ class LocalAirflow:
             raise AirflowError(
                 f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
-        self.startup_seconds["db_migrate"] = round(time.monotonic() - started, 1)
+        self.timings["db_migrate"] = round(time.monotonic() - started, 1)
 
     def start(self, timeout: float = 180) -> LocalAirflow:
         """Migrate the DB, start the three components, wait until healthy and log in."""
@@ -196,9 +197,11 @@ class LocalAirflow:
                     command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
                 log.close()
+            components_started = time.monotonic()
             self._wait_healthy(started + timeout)
-            self.startup_seconds["healthy"] = round(time.monotonic() - started, 1)
+            self.timings["components_healthy"] = round(time.monotonic() - components_started, 1)
             self._token = self.get_token(self.username, self.password)
+            self.timings["total"] = round(time.monotonic() - started, 1)
         except BaseException:
             self.stop()
             raise
@@ -243,6 +246,7 @@ class LocalAirflow:
 
     def stop(self) -> None:
         """End each component's process group (SIGTERM, then SIGKILL after 15 s)."""
+        started = time.monotonic()
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -262,6 +266,8 @@ class LocalAirflow:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=5)
+        if self.procs:
+            self.timings["stop"] = round(time.monotonic() - started, 1)
         self.procs.clear()
 
     def __enter__(self) -> LocalAirflow:
@@ -298,9 +304,14 @@ class LocalAirflow:
         return r
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
-        """Wait until the dag-processor has parsed ``dag_id``, then unpause it; returns the DAG's JSON."""
+        """Wait until the dag-processor has parsed ``dag_id``, then unpause it; returns the DAG's JSON.
+
+        Fails early, with the traceback, when the file that defines the DAG has an import error (a file
+        named ``<dag_id>.py`` or one that mentions the ``dag_id``).
+        """
         deadline = time.monotonic() + timeout
         last = ""
+        polls = 0
         while time.monotonic() < deadline:
             self._check_alive()
             r = requests.get(
@@ -311,9 +322,34 @@ class LocalAirflow:
             if r.status_code == 200:
                 return self.api("PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": False}).json()
             last = f"HTTP {r.status_code} {r.text[:200]}"
+            polls += 1
+            if polls % 4 == 0 and (error := self._import_error_for(dag_id)) is not None:
+                raise AirflowError(
+                    f"DAG {dag_id!r}: import error in {error.get('filename')}:\n{error.get('stack_trace')}"
+                )
             time.sleep(0.5)
-        errors = self.api("GET", "importErrors").json().get("import_errors", [])
-        raise AirflowError(f"DAG {dag_id!r} not parsed within {timeout} s ({last}); import errors: {errors}")
+        raise AirflowError(
+            f"DAG {dag_id!r} not parsed within {timeout} s ({last}); import errors: {self.import_errors()}"
+        )
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        """The dag-processor's current import errors (``filename``, ``bundle_name``, ``stack_trace``)."""
+        return self.api("GET", "importErrors", params={"limit": 1000}).json().get("import_errors", [])
+
+    def _import_error_for(self, dag_id: str) -> dict[str, Any] | None:
+        folders = {bundle["name"]: Path(bundle["kwargs"]["path"]) for bundle in self.bundles()}
+        for error in self.import_errors():
+            path = Path(error.get("filename") or "")
+            if not path.is_absolute() and error.get("bundle_name") in folders:
+                path = folders[error["bundle_name"]] / path
+            if path.stem == dag_id:
+                return error
+            try:
+                if dag_id in path.read_text(errors="replace"):
+                    return error
+            except OSError:
+                continue
+        return None
 
     def trigger(
         self,
