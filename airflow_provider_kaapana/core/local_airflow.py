@@ -28,7 +28,6 @@ LOCAL_DAG_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 
 class AirflowError(ServiceError):
@@ -43,7 +42,10 @@ class LocalAirflow:
     ``dags-folder``, like Airflow's default bundle). ``db_url`` ``None`` means SQLite in ``home``; pass a
     ``postgresql+psycopg2://`` URL (see :func:`create_postgres_database`) for a LocalExecutor that runs
     tasks in parallel. ``users`` adds more simple-auth-manager users: name -> (role, password), role one
-    of VIEWER, USER, OP, ADMIN. ``extra_env`` is added to every process (``AIRFLOW_CONN_*``, paths).
+    of VIEWER, USER, OP, ADMIN. ``extra_env`` is added to every process (``AIRFLOW_CONN_*``, paths);
+    ``AIRFLOW__*`` and ``AIRFLOW_CONN_*`` variables of the calling process are not inherited. Ports left
+    at 0 (``api_port``, ``log_server_port``) are chosen free at :meth:`start`. ``dag_folders`` holds the
+    resolved DAG folders, one bundle each.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -86,17 +88,17 @@ class LocalAirflow:
 
     def bundles(self) -> list[dict[str, Any]]:
         """The DAG bundle config list: one LocalDagBundle per DAG folder."""
-        names: list[str] = []
-        for i, folder in enumerate(self.dag_folders):
-            name = "dags-folder" if i == 0 else f"{folder.name}-{i}"
-            names.append(name)
         return [
-            {"name": name, "classpath": LOCAL_DAG_BUNDLE, "kwargs": {"path": str(folder)}}
-            for name, folder in zip(names, self.dag_folders)
+            {
+                "name": "dags-folder" if i == 0 else f"{folder.name}-{i}",
+                "classpath": LOCAL_DAG_BUNDLE,
+                "kwargs": {"path": str(folder)},
+            }
+            for i, folder in enumerate(self.dag_folders)
         ]
 
     def env(self) -> dict[str, str]:
-        """The environment every Airflow process gets: inherited ``AIRFLOW__*`` settings are dropped."""
+        """The environment every Airflow process gets: inherited ``AIRFLOW__*``/``AIRFLOW_CONN_*`` are dropped."""
         # A test session configures its own in-process Airflow through AIRFLOW__* variables (unit test
         # mode, another DB, other bundles); none of that may leak into this instance.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
