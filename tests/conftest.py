@@ -183,7 +183,8 @@ E2E_VIEWER_USER = ("viewer", "viewer-pw")  # role VIEWER: may read, may not trig
 def airflow_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A real Airflow 3 (api-server + scheduler + dag-processor, LocalExecutor) on a fresh PostgreSQL DB.
 
-    DAG bundles: the repo's ``dags/`` (``dags-folder``) and ``tests/dags/``. Call
+    DAG bundles: the repo's ``dags/`` (``dags-folder``), ``tests/dags/`` and an empty scratch folder,
+    ``airflow_cluster.dag_folders[-1]``, for DAG files a test writes at run time. Call
     ``airflow_cluster.wait_for_dag(dag_id)`` (parsed + unpaused) before ``trigger(dag_id, conf)``; then
     ``wait_for_run(dag_id, run_id)``. Besides the admin (``airflow_cluster.token``) it knows the users
     ``E2E_LISTENER_USER`` (role USER) and ``E2E_VIEWER_USER`` (role VIEWER). The database is dropped
@@ -201,7 +202,11 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (user postgres) is needed for the e2e Airflow: {exc}")
     cluster = LocalAirflow(
         home=tmp_path_factory.mktemp("airflow-e2e"),
-        dags_folder=[REPO_ROOT / "dags", REPO_ROOT / "tests" / "dags"],
+        dags_folder=[
+            REPO_ROOT / "dags",
+            REPO_ROOT / "tests" / "dags",
+            tmp_path_factory.mktemp("scratch-dags"),
+        ],
         db_url=db_url,
         users={
             E2E_LISTENER_USER[0]: ("user", E2E_LISTENER_USER[1]),

@@ -28,7 +28,6 @@ LOCAL_DAG_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 
 class AirflowError(ServiceError):
@@ -43,7 +42,10 @@ class LocalAirflow:
     ``dags-folder``, like Airflow's default bundle). ``db_url`` ``None`` means SQLite in ``home``; pass a
     ``postgresql+psycopg2://`` URL (see :func:`create_postgres_database`) for a LocalExecutor that runs
     tasks in parallel. ``users`` adds more simple-auth-manager users: name -> (role, password), role one
-    of VIEWER, USER, OP, ADMIN. ``extra_env`` is added to every process (``AIRFLOW_CONN_*``, paths).
+    of VIEWER, USER, OP, ADMIN. ``extra_env`` is added to every process (``AIRFLOW_CONN_*``, paths);
+    ``AIRFLOW__*`` and ``AIRFLOW_CONN_*`` variables of the calling process are not inherited. Ports left
+    at 0 (``api_port``, ``log_server_port``) are chosen free at :meth:`start`. ``dag_folders`` holds the
+    resolved DAG folders, one bundle each.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -62,7 +64,8 @@ class LocalAirflow:
     parallelism: int = 4
     log_server_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
-    startup_seconds: dict[str, float] = field(default_factory=dict, init=False)
+    # seconds measured: db_migrate, components_healthy (after the migration), total; stop (after stop())
+    timings: dict[str, float] = field(default_factory=dict, init=False)
     _token: str | None = field(default=None, init=False, repr=False)
     _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64), init=False, repr=False)
 
@@ -85,17 +88,17 @@ class LocalAirflow:
 
     def bundles(self) -> list[dict[str, Any]]:
         """The DAG bundle config list: one LocalDagBundle per DAG folder."""
-        names: list[str] = []
-        for i, folder in enumerate(self.dag_folders):
-            name = "dags-folder" if i == 0 else f"{folder.name}-{i}"
-            names.append(name)
         return [
-            {"name": name, "classpath": LOCAL_DAG_BUNDLE, "kwargs": {"path": str(folder)}}
-            for name, folder in zip(names, self.dag_folders)
+            {
+                "name": "dags-folder" if i == 0 else f"{folder.name}-{i}",
+                "classpath": LOCAL_DAG_BUNDLE,
+                "kwargs": {"path": str(folder)},
+            }
+            for i, folder in enumerate(self.dag_folders)
         ]
 
     def env(self) -> dict[str, str]:
-        """The environment every Airflow process gets: inherited ``AIRFLOW__*`` settings are dropped."""
+        """The environment every Airflow process gets: inherited ``AIRFLOW__*``/``AIRFLOW_CONN_*`` are dropped."""
         # A test session configures its own in-process Airflow through AIRFLOW__* variables (unit test
         # mode, another DB, other bundles); none of that may leak into this instance.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
@@ -168,7 +171,7 @@ class LocalAirflow:
             raise AirflowError(
                 f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
-        self.startup_seconds["db_migrate"] = round(time.monotonic() - started, 1)
+        self.timings["db_migrate"] = round(time.monotonic() - started, 1)
 
     def start(self, timeout: float = 180) -> LocalAirflow:
         """Migrate the DB, start the three components, wait until healthy and log in."""
@@ -196,9 +199,11 @@ class LocalAirflow:
                     command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
                 log.close()
+            components_started = time.monotonic()
             self._wait_healthy(started + timeout)
-            self.startup_seconds["healthy"] = round(time.monotonic() - started, 1)
+            self.timings["components_healthy"] = round(time.monotonic() - components_started, 1)
             self._token = self.get_token(self.username, self.password)
+            self.timings["total"] = round(time.monotonic() - started, 1)
         except BaseException:
             self.stop()
             raise
@@ -243,6 +248,7 @@ class LocalAirflow:
 
     def stop(self) -> None:
         """End each component's process group (SIGTERM, then SIGKILL after 15 s)."""
+        started = time.monotonic()
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -262,6 +268,8 @@ class LocalAirflow:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=5)
+        if self.procs:
+            self.timings["stop"] = round(time.monotonic() - started, 1)
         self.procs.clear()
 
     def __enter__(self) -> LocalAirflow:
@@ -298,9 +306,14 @@ class LocalAirflow:
         return r
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
-        """Wait until the dag-processor has parsed ``dag_id``, then unpause it; returns the DAG's JSON."""
+        """Wait until the dag-processor has parsed ``dag_id``, then unpause it; returns the DAG's JSON.
+
+        Fails early, with the traceback, when the file that defines the DAG has an import error (a file
+        named ``<dag_id>.py`` or one that mentions the ``dag_id``).
+        """
         deadline = time.monotonic() + timeout
         last = ""
+        polls = 0
         while time.monotonic() < deadline:
             self._check_alive()
             r = requests.get(
@@ -311,9 +324,34 @@ class LocalAirflow:
             if r.status_code == 200:
                 return self.api("PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": False}).json()
             last = f"HTTP {r.status_code} {r.text[:200]}"
+            polls += 1
+            if polls % 4 == 0 and (error := self._import_error_for(dag_id)) is not None:
+                raise AirflowError(
+                    f"DAG {dag_id!r}: import error in {error.get('filename')}:\n{error.get('stack_trace')}"
+                )
             time.sleep(0.5)
-        errors = self.api("GET", "importErrors").json().get("import_errors", [])
-        raise AirflowError(f"DAG {dag_id!r} not parsed within {timeout} s ({last}); import errors: {errors}")
+        raise AirflowError(
+            f"DAG {dag_id!r} not parsed within {timeout} s ({last}); import errors: {self.import_errors()}"
+        )
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        """The dag-processor's current import errors (``filename``, ``bundle_name``, ``stack_trace``)."""
+        return self.api("GET", "importErrors", params={"limit": 1000}).json().get("import_errors", [])
+
+    def _import_error_for(self, dag_id: str) -> dict[str, Any] | None:
+        folders = {bundle["name"]: Path(bundle["kwargs"]["path"]) for bundle in self.bundles()}
+        for error in self.import_errors():
+            path = Path(error.get("filename") or "")
+            if not path.is_absolute() and error.get("bundle_name") in folders:
+                path = folders[error["bundle_name"]] / path
+            if path.stem == dag_id:
+                return error
+            try:
+                if dag_id in path.read_text(errors="replace"):
+                    return error
+            except OSError:
+                continue
+        return None
 
     def trigger(
         self,
