@@ -10,7 +10,10 @@ from airflow_provider_kaapana import __version__
 # connection form and ``airflow providers hooks``.
 CONNECTION_TYPES: list[dict[str, str]] = [
     {"connection-type": "kaapana_pacs", "hook-class-name": "airflow_provider_kaapana.hooks.pacs.PacsHook"},
-    {"connection-type": "kaapana_search", "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook"},
+    {
+        "connection-type": "kaapana_search",
+        "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook",
+    },
 ]
 
 

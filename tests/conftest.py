@@ -148,10 +148,19 @@ def ct_series(synthetic_series) -> SyntheticSeries:
 
 @pytest.fixture(scope="session")
 def pydicom_test_files() -> list[Path]:
-    """pydicom's bundled test files (offline), as paths."""
-    from pydicom.data import get_testdata_files
+    """pydicom's bundled test files, as paths: read from its package folder, never downloaded.
 
-    return [Path(p) for p in get_testdata_files("*.dcm")]
+    (``pydicom.data.get_testdata_files`` would try to download the external ones first.)
+    """
+    import pydicom.data
+
+    root = Path(pydicom.data.__file__).parent
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in {".dcm", ""} and p.parent.name != "__pycache__"
+    )
+    return [p for p in files if p.name not in {"README", "LICENSE"}]
 
 
 def pytest_sessionfinish(session, exitstatus):
