@@ -369,6 +369,8 @@ def test_label_config_formats(tmp_path):
         1: codes.SCT.Spleen,
         2: codes.SCT.Pancreas,
     }
+    bare = parse_label_config({"background": 0, "liver": 1})  # the predict step's labels.json
+    assert bare.segments[1].property_type == codes.SCT.Liver
     with pytest.raises(LabelConfigError, match="region-based"):
         parse_label_config({"labels": {"background": 0, "tumor": [1, 2]}})
     with pytest.raises(LabelConfigError, match="neither"):

@@ -281,6 +281,8 @@ class LabelConfig:
 def parse_label_config(data: Mapping[str, Any], source: str = "<label config>") -> LabelConfig:
     """Read an nnU-Net ``dataset.json`` (v2 ``labels``: name -> value; v1: value -> name) or a rich config.
 
+    The predict step's ``labels.json`` (the bare ``labels`` mapping of the model) is read like a dataset.json.
+
     Rich config: ``{"segments": [{"label_value": 1, "name": "liver", "category": {...}, "type": {...},
     "modifier": {...}, "anatomic_region": {...}, "color": [R, G, B], "structure": "liver"}, ...],
     "algorithm": {"name": ..., "version": ..., "family": ...}}``; codes are ``{"value", "scheme",
@@ -305,8 +307,11 @@ def parse_label_config(data: Mapping[str, Any], source: str = "<label config>") 
                 version=str(alg.get("version", "2")),
                 family=str(alg.get("family", "ArtificialIntelligence")),
             )
-    elif "labels" in data:
-        labels = data["labels"]
+    elif "labels" in data or (
+        data and all(isinstance(v, int) and not isinstance(v, bool) for v in data.values())
+    ):
+        # a dataset.json, or the bare ``labels.json`` the predict step writes beside its label maps
+        labels = data.get("labels", data)
         if not isinstance(labels, Mapping):
             raise LabelConfigError(f"{source}: 'labels' must be a mapping")
         v1_style = all(str(k).strip().isdigit() for k in labels)

@@ -79,6 +79,22 @@ def receive_from_landing(conf: Mapping[str, Any], dest_dir: Path, mode: str = "l
     return out
 
 
+def _with_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """A conf naming only ``series_dir`` (an ingest run by hand) gets its UIDs from the first file."""
+    conf = dict(conf)
+    if conf.get("series_instance_uid") and conf.get("study_instance_uid"):
+        return conf
+    from airflow_provider_kaapana.core.send import instance_uids
+
+    files = read_batch_files(conf)
+    if not files:
+        raise FileNotFoundError(f"no DICOM file (*.dcm) in {conf['series_dir']}")
+    uids = instance_uids(files[0])
+    conf.setdefault("series_instance_uid", uids.series_instance_uid)
+    conf.setdefault("study_instance_uid", uids.study_instance_uid)
+    return conf
+
+
 class DicomReceiveOperator(BaseOperator):
     """Fetch DICOM series into the run workspace (``<base>/<dag>/<run>/batch/<series>/dicom``).
 
@@ -121,7 +137,7 @@ class DicomReceiveOperator(BaseOperator):
     def _workspace(self, context: Any) -> RunWorkspace:
         return RunWorkspace(Path(self.workspace_base), context["dag_run"].dag_id, context["run_id"])
 
-    def execute(self, context: Any) -> list[dict[str, str]]:
+    def execute(self, context: Any) -> list[dict[str, str]] | dict[str, str]:
         workspace = self._workspace(context)
         landing_conf = as_native(self.landing_conf)
         series = as_native(self.series)
@@ -132,6 +148,7 @@ class DicomReceiveOperator(BaseOperator):
                 raise ValueError(
                     f"landing_conf needs the listener's conf with series_dir, got {landing_conf!r}"
                 )
+            landing_conf = _with_uids(landing_conf)
             series_uid = validate_uid(landing_conf["series_instance_uid"], "SeriesInstanceUID")
             study_uid = validate_uid(landing_conf["study_instance_uid"], "StudyInstanceUID")
             dest = workspace.step_dir(series_uid, "dicom")
@@ -142,7 +159,13 @@ class DicomReceiveOperator(BaseOperator):
             ]
         if not series:
             raise ValueError("nothing to receive: give landing_conf or series")
-        return self._from_pacs(workspace, [series] if isinstance(series, Mapping) else list(series))
+        if isinstance(series, Mapping):  # one series in, one dict out: what a mapped chain passes on
+            return (
+                self._from_pacs(workspace, [series])[0]
+                if series.get("series_instance_uid")
+                else (self._from_pacs(workspace, [series]))
+            )
+        return self._from_pacs(workspace, list(series))
 
     def _from_pacs(self, workspace: RunWorkspace, wanted: list[Mapping[str, str]]) -> list[dict[str, str]]:
         from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS, PacsHook

@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def _paths_of(value: Any) -> list[str]:
-    """Paths from a path, a list of paths, or XCom dicts carrying ``series_dir`` / ``path``."""
+    """Paths from a path, a list of paths, or XCom dicts carrying ``series_dir`` / ``seg_path`` / ``path``."""
     value = as_native(value)
     if value is None:
         return []
     if isinstance(value, (str, Path)):
         return [str(value)]
     if isinstance(value, Mapping):
-        for key in ("series_dir", "path", "output_dir"):
+        for key in ("series_dir", "seg_path", "path", "output_dir"):
             if value.get(key):
                 return [str(value[key])]
         raise ValueError(f"no series_dir/path in {value!r}")

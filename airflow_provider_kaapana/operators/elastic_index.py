@@ -34,8 +34,10 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for item in series_dirs:
         if isinstance(item, dict):
+            if not item.get("series_dir") and item.get("seg_path"):  # the SEG export's XCom
+                item = {**item, "series_dir": item["seg_path"]}
             if not item.get("series_dir"):
-                raise ValueError(f"series item without 'series_dir': {item!r}")
+                raise ValueError(f"series item without 'series_dir' (or 'seg_path'): {item!r}")
             source = {k: item[k] for k in _SOURCE_KEYS if item.get(k)}
             kwargs: dict[str, Any] = {"received_at": item.get("received_at")}
             if source:

@@ -82,6 +82,8 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         "case_id",
         "configuration",
         "folds",
+        "tta",
+        "step_size",
         "checkpoint",
         "device",
         "models_dir",
@@ -225,7 +227,7 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         if folds:
             args += ["--folds", *(str(f) for f in folds)]
         args += ["--checkpoint", str(self.checkpoint), "--step-size", str(self.step_size)]
-        if not self.tta:
+        if str(self.tta).strip().lower() in ("false", "0", "no", "off", "none", ""):
             args.append("--no-tta")
         return args
 

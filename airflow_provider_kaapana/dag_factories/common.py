@@ -1,0 +1,73 @@
+"""Pieces shared by the DAG factories: defaults, form params, and small run-time helpers.
+
+Everything here is cheap at parse time: the only I/O is listing installed models, which reads a few
+JSON files from a local folder (never the network).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.sdk import Param
+
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+
+log = logging.getLogger(__name__)
+
+RETRIEVE_METHODS = ["c-get", "c-move", "wado-rs"]
+SEND_METHODS = ["c-store", "stow-rs"]
+
+
+@dataclass
+class PipelineSettings:
+    """Deployment settings a factory bakes into its DAG (connection ids, paths, index, image...)."""
+
+    workspace_base: str = DEFAULT_WORKSPACE_BASE
+    pacs_conn_id: str = "kaapana_pacs_default"
+    search_conn_id: str = "kaapana_search_default"
+    index: str = "kaapana-dicom"
+    models_dir: str = "/models"  # the model store, as mounted on workers and in the nnU-Net pods
+    predict_mode: str = "kubernetes"  # or "local": same CLI as a subprocess on the worker
+    predict_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. image, PVC names, tolerations
+    default_args: dict[str, Any] = field(default_factory=lambda: {"retries": 1})
+
+
+def installed_model_names(models_dir: str) -> list[str]:
+    """Installed nnU-Net models by dataset name (``Dataset901_TinySphere``): cheap local JSON reads."""
+    try:
+        from airflow_provider_kaapana.core.models import list_models
+
+        return sorted({m.dataset for m in list_models(models_dir)})
+    except Exception as exc:  # a broken store must not break DAG parsing: the form falls back to text
+        log.warning("cannot list installed models in %s: %s", models_dir, exc)
+        return []
+
+
+def model_param(models_dir: str, section: str = "Model") -> Param:
+    names = installed_model_names(models_dir)
+    common: dict[str, Any] = {
+        "title": "nnU-Net model",
+        "description": "An installed model (install one with the kaapana_install_model DAG or `kaapana models install`).",
+        "section": section,
+    }
+    if names:
+        return Param(names[0], type="string", enum=names, **common)
+    return Param("", type="string", minLength=1, **common)
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.replace(",", "\n").splitlines() if v.strip()]
+    return [value]
+
+
+def clean_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Drop empty form fields so they do not become match-nothing filter terms."""
+    return {k: v for k, v in (filters or {}).items() if v not in (None, "", [], {})}

@@ -1,0 +1,155 @@
+"""Ingest: a received series (listener-triggered, or by hand with a path) -> validate -> PACS + index.
+
+The listener triggers one run per batch of a series with a conf naming the batch (see
+:func:`airflow_provider_kaapana.core.listener.read_batch_files`). The landing-zone files of that batch are
+removed only after both the PACS store and the indexing succeeded. Invalid files are set aside in the
+run workspace (so they are neither stored nor indexed) and stay in the landing zone, never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_kaapana.dag_factories.common import SEND_METHODS, PipelineSettings
+from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
+from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
+
+log = logging.getLogger(__name__)
+
+DOC = """
+### Ingest
+
+Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period,
+or by hand with the path of a series folder. Validates the instances, stores them in the PACS, indexes
+the series, then removes the batch from the landing zone. Example manual conf:
+
+```json
+{"series_dir": "/data/kaapana/landing/1.2.3/1.2.3.4"}
+```
+"""
+
+
+def create_ingest_dag(
+    dag_id: str = "kaapana_ingest",
+    settings: PipelineSettings | None = None,
+    send_method: str = "c-store",
+) -> DAG:
+    s = settings or PipelineSettings()
+    if send_method not in SEND_METHODS:
+        raise ValueError(f"send_method must be one of {SEND_METHODS}")
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["kaapana", "ingest"],
+        doc_md=DOC,
+        default_args=s.default_args,
+        render_template_as_native_obj=True,
+        max_active_runs=16,
+        params={
+            "series_dir": Param(
+                "",
+                type="string",
+                minLength=1,
+                title="Series folder",
+                description="Folder holding the DICOM files of one series (the listener fills this in).",
+            ),
+            "keep_landing_files": Param(
+                False,
+                type="boolean",
+                title="Keep the landing-zone files",
+                description=(
+                    "Listener runs: do not remove the batch's files after they were stored and indexed. "
+                    "Runs by hand never remove anything."
+                ),
+            ),
+        },
+    ) as dag:
+        received = DicomReceiveOperator(
+            task_id="receive", landing_conf="{{ dag_run.conf }}", workspace_base=s.workspace_base
+        )
+
+        @task
+        def validate(received_series: list[dict[str, str]] | dict[str, str]) -> list[dict[str, Any]]:
+            """Every file must be DICOM of the announced series; others are set aside."""
+            from airflow_provider_kaapana.dag_factories.ingest import validate_series
+
+            items = [received_series] if isinstance(received_series, dict) else list(received_series)
+            return [validate_series(item) for item in items]
+
+        valid = validate(received.output)
+        store = DicomSendOperator(
+            task_id="store", paths=valid, method=send_method, pacs_conn_id=s.pacs_conn_id
+        )
+        index = ElasticIndexOperator(
+            task_id="index", series_dirs=valid, index=s.index, search_conn_id=s.search_conn_id
+        )
+
+        @task
+        def remove_from_landing(
+            validated: list[dict[str, Any]], dag_run=None, params: dict[str, Any] | None = None
+        ) -> list[str]:
+            """Only after store and index succeeded (the default trigger rule): the batch's valid files.
+
+            Files that failed validation stay in the landing zone, so nothing received is ever lost.
+            """
+            from airflow_provider_kaapana.core.listener import read_batch_files
+
+            conf = dict(dag_run.conf or {}) if dag_run is not None else {}
+            if (params and params.get("keep_landing_files")) or not conf.get("batch_manifest"):
+                return []  # a run by hand names someone's folder: never delete from it
+            set_aside = {q.split(":", 1)[0] for v in validated for q in v["quarantined"]}
+            removed = []
+            for path in read_batch_files(conf):
+                if path.name in set_aside:
+                    log.warning("keeping %s in the landing zone: it failed validation", path)
+                elif path.exists():
+                    path.unlink()
+                    removed.append(str(path))
+            return removed
+
+        [store, index] >> remove_from_landing(valid)
+    return dag
+
+
+def validate_series(item: dict[str, str]) -> dict[str, Any]:
+    """Check every file of a received (workspace) series; move bad ones to ``<series_dir>/../.invalid``.
+
+    Returns the item with ``instances`` (count) and ``quarantined`` (file names with reasons).
+    """
+    import pydicom
+
+    from airflow_provider_kaapana.core.uids import validate_uid
+    from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+    series_dir = Path(item["series_dir"])
+    expected = item.get("series_instance_uid")
+    good = 0
+    quarantined: list[str] = []
+    for path in sorted(p for p in series_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = validate_uid(str(ds.SeriesInstanceUID), f"SeriesInstanceUID of {path}")
+            validate_uid(str(ds.SOPInstanceUID), f"SOPInstanceUID of {path}")
+            if expected and uid != expected:
+                raise InvalidDicomError(f"{path.name} belongs to series {uid}, not {expected}")
+            expected = expected or uid
+            good += 1
+        except Exception as exc:
+            log.error("%s: not ingested: %s", path, exc)
+            quarantine = series_dir.parent / ".invalid"
+            quarantine.mkdir(parents=True, exist_ok=True)
+            path.rename(quarantine / path.name)
+            quarantined.append(f"{path.name}: {exc}")
+    if not good:
+        raise InvalidDicomError(
+            f"{series_dir}: no valid DICOM instance ({'; '.join(quarantined) or 'empty'})"
+        )
+    return {**item, "series_instance_uid": expected, "instances": good, "quarantined": quarantined}

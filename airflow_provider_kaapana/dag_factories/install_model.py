@@ -1,0 +1,59 @@
+"""Install an nnU-Net model from an export zip into the model store shared by workers and GPU pods."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings
+
+DOC = """
+### Install an nnU-Net model
+
+Unpacks a zip made by `nnUNetv2_export_model_to_zip` (on a path the workers can read) into the model
+store, validates it, and lists what was installed. Installing the same zip again replaces the model.
+The segmentation DAG's model list is re-read when its file is next parsed. Example conf:
+
+```json
+{"zip_path": "/data/kaapana/uploads/Dataset017_Liver.zip"}
+```
+"""
+
+
+def create_install_model_dag(
+    dag_id: str = "kaapana_install_model", settings: PipelineSettings | None = None
+) -> DAG:
+    s = settings or PipelineSettings()
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["kaapana", "nnunet", "maintenance"],
+        doc_md=DOC,
+        default_args=s.default_args,
+        params={
+            "zip_path": Param(
+                "",
+                type="string",
+                minLength=1,
+                pattern=r"\.zip$",
+                title="Model zip",
+                description="Path readable by the workers.",
+            ),
+        },
+    ) as dag:
+
+        @task
+        def install(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            from airflow_provider_kaapana.core.models import install_model
+
+            return [
+                info.to_dict() | {"path": str(info.path)}
+                for info in install_model(params["zip_path"], s.models_dir)
+            ]
+
+        install()
+    return dag

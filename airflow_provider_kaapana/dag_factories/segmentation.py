@@ -1,0 +1,226 @@
+"""nnU-Net segmentation: series from the PACS -> NIfTI -> nnU-Net -> DICOM SEG -> PACS -> index.
+
+Input: Series Instance UIDs, or a search-index query/filter with a limit. Each series runs its own
+mapped chain (a mapped task group), so one series failing does not stop the others.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, Param, task, task_group
+
+from airflow_provider_kaapana.dag_factories.common import (
+    RETRIEVE_METHODS,
+    PipelineSettings,
+    as_list,
+    clean_filters,
+    model_param,
+)
+from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
+from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
+from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
+from airflow_provider_kaapana.operators.nifti_convert import NiftiConvertOperator
+from airflow_provider_kaapana.operators.nnunet_predict import NnUNetPredictOperator
+
+DOC = """
+### nnU-Net segmentation
+
+Choose the input by **Series Instance UIDs** *or* by a **search** (filters or a raw query) with a limit.
+For every series: retrieve from the PACS, convert to NIfTI, run nnU-Net, export a DICOM SEG, store it
+in the PACS and index it. Example conf:
+
+```json
+{"identifiers": ["1.2.826.0.1.3680043.8.498.1"], "model": "Dataset901_TinySphere"}
+```
+"""
+
+
+def create_segmentation_dag(
+    dag_id: str = "kaapana_nnunet_segmentation",
+    settings: PipelineSettings | None = None,
+    schedule: Any = None,
+) -> DAG:
+    s = settings or PipelineSettings()
+    with DAG(
+        dag_id,
+        schedule=schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["kaapana", "nnunet", "segmentation"],
+        doc_md=DOC,
+        default_args=s.default_args,
+        render_template_as_native_obj=True,
+        max_active_runs=4,
+        params={
+            "identifiers": Param(
+                [],
+                type="array",
+                items={"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)+$", "maxLength": 64},
+                title="Series Instance UIDs",
+                description="Process exactly these series (one per line). Leave empty to select by search.",
+                section="Input data",
+            ),
+            "modality": Param(
+                None,
+                type=["null", "string"],
+                title="Modality filter",
+                description="With no UIDs given: only series of this modality (CT, MR, ...).",
+                section="Input data",
+            ),
+            "body_part": Param(None, type=["null", "string"], title="Body part filter", section="Input data"),
+            "description_pattern": Param(
+                None,
+                type=["null", "string"],
+                title="Series description pattern",
+                description="Case-insensitive wildcard on SeriesDescription, e.g. *abdomen*.",
+                section="Input data",
+            ),
+            "date_from": Param(
+                None, type=["null", "string"], format="date", title="Study date from", section="Input data"
+            ),
+            "date_to": Param(
+                None, type=["null", "string"], format="date", title="Study date to", section="Input data"
+            ),
+            "query": Param(
+                None,
+                type=["null", "object"],
+                title="Raw search query",
+                description='Query DSL (the value of "query"); overrides the filters above.',
+                section="Input data",
+            ),
+            "limit": Param(
+                10,
+                type="integer",
+                minimum=1,
+                maximum=1000,
+                title="At most this many series",
+                section="Input data",
+            ),
+            "model": model_param(s.models_dir),
+            "configuration": Param(
+                None,
+                type=["null", "string"],
+                title="nnU-Net configuration",
+                description="Default: 3d_fullres when installed.",
+                section="Model",
+            ),
+            "folds": Param(
+                [],
+                type="array",
+                items={"type": ["integer", "string"]},
+                title="Folds",
+                description="Empty: every fold of the model.",
+                section="Model",
+            ),
+            "tta": Param(True, type="boolean", title="Test-time augmentation (mirroring)", section="Model"),
+            "step_size": Param(
+                0.5,
+                type="number",
+                minimum=0.1,
+                maximum=1.0,
+                title="Sliding-window step size",
+                section="Model",
+            ),
+            "retrieve_method": Param(
+                "c-get",
+                type="string",
+                enum=RETRIEVE_METHODS,
+                title="Retrieve from the PACS by",
+                section="PACS",
+            ),
+        },
+    ) as dag:
+
+        @task
+        def select_series(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
+            """The series to process: the given UIDs (study UIDs looked up) or a search."""
+            from airflow_provider_kaapana.core.search import select_cohort
+            from airflow_provider_kaapana.hooks.search import SearchHook
+
+            client = SearchHook(search_conn_id=s.search_conn_id).get_client()
+            limit = int(params["limit"])
+            identifiers = as_list(params.get("identifiers"))
+            if identifiers:
+                found = select_cohort(
+                    client, s.index, query={"terms": {"SeriesInstanceUID": identifiers}}, limit=None
+                )
+                known = {f["series_instance_uid"] for f in found}
+                missing = [uid for uid in identifiers if uid not in known]
+                if missing:
+                    found += _find_in_pacs(missing, s.pacs_conn_id)
+                order = {uid: i for i, uid in enumerate(identifiers)}
+                series = sorted(found, key=lambda f: order.get(f["series_instance_uid"], 0))[:limit]
+            elif params.get("query"):
+                series = select_cohort(client, s.index, query=params["query"], limit=limit)
+            else:
+                filters = clean_filters(
+                    {
+                        k: params.get(k)
+                        for k in ("modality", "body_part", "description_pattern", "date_from", "date_to")
+                    }
+                )
+                series = select_cohort(client, s.index, filters=filters, limit=limit)
+            if not series:
+                from airflow.exceptions import AirflowSkipException
+
+                raise AirflowSkipException("no series matched the input selection")
+            return series
+
+        @task_group(group_id="per_series")
+        def per_series(series: dict[str, str]) -> None:
+            received = DicomReceiveOperator(
+                task_id="receive",
+                series=series,
+                method="{{ params.retrieve_method }}",
+                pacs_conn_id=s.pacs_conn_id,
+                workspace_base=s.workspace_base,
+            )
+            nifti = NiftiConvertOperator(
+                task_id="nifti", series=received.output, workspace_base=s.workspace_base
+            )
+            predict = NnUNetPredictOperator(
+                task_id="predict",
+                model="{{ params.model }}",
+                series=nifti.output,
+                configuration="{{ params.configuration }}",
+                folds="{{ params.folds }}",
+                tta="{{ params.tta }}",
+                step_size="{{ params.step_size }}",
+                mode=s.predict_mode,
+                models_dir=s.models_dir,
+                workspace_base=s.workspace_base,
+                **s.predict_kwargs,
+            )
+            seg = DicomSegExportOperator(
+                task_id="seg",
+                prediction=predict.output,
+                source=received.output,
+                model_id="{{ params.model }}",
+                configuration="{{ params.configuration or 'default' }}",
+                workspace_base=s.workspace_base,
+            )
+            send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
+            index = ElasticIndexOperator(
+                task_id="index", series_dirs=seg.output, index=s.index, search_conn_id=s.search_conn_id
+            )
+            seg >> [send, index]
+
+        per_series.expand(series=select_series())
+    return dag
+
+
+def _find_in_pacs(series_uids: list[str], pacs_conn_id: str) -> list[dict[str, str]]:
+    """Study UIDs of series the index does not know, by C-FIND at series level."""
+    from airflow_provider_kaapana.hooks.pacs import PacsHook
+
+    hook = PacsHook(pacs_conn_id)
+    out: list[dict[str, str]] = []
+    for uid in series_uids:
+        found = hook.find("series", {"SeriesInstanceUID": uid}, ["StudyInstanceUID"])
+        if not found:
+            raise ValueError(f"series {uid} is neither in the search index nor in the PACS")
+        out.append({"series_instance_uid": uid, "study_instance_uid": str(found[0].StudyInstanceUID)})
+    return out

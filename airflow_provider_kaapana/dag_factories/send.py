@@ -1,0 +1,87 @@
+"""Send series to another PACS: retrieve from our PACS, then C-STORE or STOW-RS to a destination connection."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, Param, task, task_group
+
+from airflow_provider_kaapana.dag_factories.common import (
+    RETRIEVE_METHODS,
+    SEND_METHODS,
+    PipelineSettings,
+    as_list,
+)
+from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
+
+DOC = """
+### Send series to another PACS
+
+Retrieves each series from the platform's PACS and sends it to the PACS of the destination connection
+(a `kaapana_pacs` connection), verifying afterwards that every instance arrived. Example conf:
+
+```json
+{"identifiers": ["1.2.3.4"], "destination_conn_id": "partner_pacs", "send_method": "c-store"}
+```
+"""
+
+
+def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSettings | None = None) -> DAG:
+    s = settings or PipelineSettings()
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["kaapana", "pacs"],
+        doc_md=DOC,
+        default_args=s.default_args,
+        render_template_as_native_obj=True,
+        params={
+            "identifiers": Param(
+                [],
+                type="array",
+                minItems=1,
+                items={"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)+$", "maxLength": 64},
+                title="Series Instance UIDs",
+            ),
+            "destination_conn_id": Param(
+                "",
+                type="string",
+                minLength=1,
+                title="Destination PACS connection",
+                description="A kaapana_pacs connection id.",
+            ),
+            "send_method": Param("c-store", type="string", enum=SEND_METHODS, title="Send by"),
+            "retrieve_method": Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve by"),
+            "verify": Param(True, type="boolean", title="Verify by query afterwards"),
+        },
+    ) as dag:
+
+        @task
+        def lookup_studies(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
+            from airflow_provider_kaapana.dag_factories.segmentation import _find_in_pacs
+
+            return _find_in_pacs(as_list(params["identifiers"]), s.pacs_conn_id)
+
+        @task_group(group_id="per_series")
+        def per_series(series: dict[str, str]) -> None:
+            received = DicomReceiveOperator(
+                task_id="receive",
+                series=series,
+                method="{{ params.retrieve_method }}",
+                pacs_conn_id=s.pacs_conn_id,
+                workspace_base=s.workspace_base,
+            )
+            DicomSendOperator(
+                task_id="send",
+                paths=received.output,
+                method="{{ params.send_method }}",
+                pacs_conn_id="{{ params.destination_conn_id }}",
+                verify="{{ params.verify }}",
+            )
+
+        per_series.expand(series=lookup_studies())
+    return dag
