@@ -42,7 +42,11 @@ class DemoResult:
     seg_series_instance_uid: str
     seg_sop_instance_uid: str
     seg_document: dict[str, Any]
+    source_document: dict[str, Any]
     steps: list[tuple[str, float]] = field(default_factory=list)
+    task_durations: dict[str, dict[str, float]] = field(default_factory=dict)  # dag id -> task -> seconds
+    landing_files_left: list[str] = field(default_factory=list)
+    ingest_triggered_by: str | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -103,7 +107,6 @@ def run_demo(
     from airflow_provider_kaapana.core.listener import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.core.local_airflow import LocalAirflow
     from airflow_provider_kaapana.core.local_services import Orthanc, Osmem
-    from airflow_provider_kaapana.core.models import install_model  # noqa: F401 - documented path
     from airflow_provider_kaapana.core.search import make_search_client
     from airflow_provider_kaapana.core.tiny_model import TINY_DATASET_NAME, train_tiny_model
 
@@ -197,6 +200,9 @@ def run_demo(
             f"C-STORE {len(series.files)} instances to the listener", lambda: dimse.store(peer, series.files)
         )
 
+        durations: dict[str, dict[str, float]] = {}
+        triggered_by: list[str | None] = []
+
         def ingest() -> str:
             run_id = _wait_for_first_run(airflow, INGEST_DAG, timeout=120)
             state = airflow.wait_for_run(INGEST_DAG, run_id, timeout=600)
@@ -204,6 +210,10 @@ def run_demo(
                 raise RuntimeError(
                     f"ingest run {run_id} ended {state}: {airflow.task_states(INGEST_DAG, run_id)}"
                 )
+            durations[INGEST_DAG] = airflow.task_durations(INGEST_DAG, run_id)
+            triggered_by.append(
+                airflow.api("GET", f"dags/{INGEST_DAG}/dagRuns/{run_id}").json().get("triggering_user_name")
+            )
             return run_id
 
         steps.run("ingest DAG: validate -> PACS -> index -> landing zone cleared", ingest)
@@ -217,11 +227,12 @@ def run_demo(
                 raise RuntimeError(
                     f"segmentation run {run_id} ended {state}: {airflow.task_states(SEGMENTATION_DAG, run_id)}"
                 )
+            durations[SEGMENTATION_DAG] = airflow.task_durations(SEGMENTATION_DAG, run_id)
             return run_id
 
         steps.run("segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG -> PACS -> index", segment)
 
-        def locate() -> tuple[str, str, dict[str, Any]]:
+        def locate() -> tuple[str, str, dict[str, Any], dict[str, Any]]:
             import requests
 
             r = requests.get(
@@ -245,11 +256,21 @@ def run_demo(
             client = make_search_client(osmem.url, flavor="opensearch")
             client.refresh(settings["index"])
             doc = client.get(settings["index"], seg_uid) or {}
-            return seg_uid, sop_uid, doc
+            source_doc = client.get(settings["index"], series.series_instance_uid) or {}
+            return seg_uid, sop_uid, doc, source_doc
 
-        seg_uid, sop_uid, doc = steps.run("locate the SEG in the PACS and the index", locate)
+        seg_uid, sop_uid, doc, source_doc = steps.run("locate the SEG in the PACS and the index", locate)
         result = DemoResult(
-            series.study_instance_uid, series.series_instance_uid, seg_uid, sop_uid, doc, steps.steps
+            series.study_instance_uid,
+            series.series_instance_uid,
+            seg_uid,
+            sop_uid,
+            doc,
+            source_doc,
+            steps.steps,
+            durations,
+            sorted(str(p.relative_to(landing)) for p in landing.rglob("*.dcm")),
+            triggered_by[0] if triggered_by else None,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")

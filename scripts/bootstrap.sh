@@ -24,6 +24,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# PostgreSQL: the end-to-end test runs Airflow's metadata DB on 127.0.0.1:5432 (user postgres, trust auth)
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "bootstrap: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+elif ! command -v pg_isready >/dev/null 2>&1; then
+  echo "bootstrap: PostgreSQL is not installed; the end-to-end test needs it on 127.0.0.1:5432" >&2
+fi
+
 stamp="$VENV/.kaapana-stamp"
 want="$(cat setup.cfg pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

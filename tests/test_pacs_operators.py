@@ -174,12 +174,12 @@ def test_receive_operator_is_idempotent(orthanc, synthetic_series, tmp_path, mon
         workspace_base=str(tmp_path),
     )
     context = {"dag_run": SimpleNamespace(dag_id="d"), "run_id": "manual__1"}
-    (first,) = op.execute(context)
+    first = op.execute(context)  # one series in: one dict out, as a mapped chain passes it on
     files = sorted(p.name for p in (tmp_path / "d" / "manual__1" / "batch").rglob("*.dcm"))
     assert len(files) == 2 and first["series_dir"].endswith(f"{series.series_instance_uid}/dicom")
     marker = tmp_path / "d" / "manual__1" / "batch" / series.series_instance_uid / "dicom" / COMPLETE_MARKER
     stamp = marker.stat().st_mtime_ns
-    assert op.execute(context) == [first]
+    assert op.execute(context) == first
     assert marker.stat().st_mtime_ns == stamp  # not fetched again
     with pytest.raises(Exception, match="not a valid DICOM UID"):
         DicomReceiveOperator(

@@ -11,6 +11,7 @@ manifests are retried with backoff, also after a restart; files not in any manif
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import os
@@ -81,6 +82,7 @@ class SeriesBatch:
             "calling_ae": self.calling_ae,
             "called_ae": self.called_ae,
             "instance_count": self.instance_count,
+            "received_at": _dt.datetime.fromtimestamp(self.created, _dt.timezone.utc).isoformat(),
         }
 
     def save(self) -> None:

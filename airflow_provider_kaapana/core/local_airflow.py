@@ -399,6 +399,20 @@ class LocalAirflow:
             states[key] = ti["state"]
         return states
 
+    def task_durations(self, dag_id: str, run_id: str) -> dict[str, float]:
+        """Task id (``task[map_index]`` for mapped tasks) -> run time in seconds, for finished tasks."""
+        r = self.api(
+            "GET",
+            f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances",
+            params={"limit": 1000},
+        )
+        durations: dict[str, float] = {}
+        for ti in r.json()["task_instances"]:
+            key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+            if ti.get("duration") is not None:
+                durations[key] = float(ti["duration"])
+        return durations
+
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
     ) -> str:

@@ -77,12 +77,21 @@ def create_ingest_dag(
         )
 
         @task
-        def validate(received_series: list[dict[str, str]] | dict[str, str]) -> list[dict[str, Any]]:
+        def validate(
+            received_series: list[dict[str, str]] | dict[str, str], dag_run=None
+        ) -> list[dict[str, Any]]:
             """Every file must be DICOM of the announced series; others are set aside."""
             from airflow_provider_kaapana.dag_factories.ingest import validate_series
 
+            conf = dict(dag_run.conf or {}) if dag_run is not None else {}
+            # where the series came from, for the index document's kaapana.source
+            origin = {
+                "calling_ae_title": conf.get("calling_ae"),
+                "called_ae_title": conf.get("called_ae"),
+                "received_at": conf.get("received_at"),
+            }
             items = [received_series] if isinstance(received_series, dict) else list(received_series)
-            return [validate_series(item) for item in items]
+            return [{**validate_series(item), **{k: v for k, v in origin.items() if v}} for item in items]
 
         valid = validate(received.output)
         store = DicomSendOperator(

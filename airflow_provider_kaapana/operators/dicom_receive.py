@@ -98,9 +98,10 @@ def _with_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
 class DicomReceiveOperator(BaseOperator):
     """Fetch DICOM series into the run workspace (``<base>/<dag>/<run>/batch/<series>/dicom``).
 
-    Give either ``landing_conf`` (the conf of a listener-triggered run: ``"{{ dag_run.conf }}"``) or
-    ``series``: one or a list of ``{"study_instance_uid", "series_instance_uid"}`` (a study UID alone
-    fetches every series of the study, found by C-FIND). Mappable:
+    Give either ``landing_conf`` (the conf of a listener-triggered run: ``"{{ dag_run.conf }}"``; a conf
+    with only ``series_dir``, as from a run by hand, gets its UIDs from the files) or ``series``: one or a
+    list of ``{"study_instance_uid", "series_instance_uid"}`` (a study UID alone fetches every series of the
+    study, found by C-FIND). One series dict in gives one dict out; otherwise a list. Mappable:
     ``DicomReceiveOperator.partial(task_id=..., method="wado-rs").expand(series=[...])``.
 
     :param method: ``c-get`` (default), ``c-move`` or ``wado-rs`` (PACS source only)
@@ -159,12 +160,10 @@ class DicomReceiveOperator(BaseOperator):
             ]
         if not series:
             raise ValueError("nothing to receive: give landing_conf or series")
-        if isinstance(series, Mapping):  # one series in, one dict out: what a mapped chain passes on
-            return (
-                self._from_pacs(workspace, [series])[0]
-                if series.get("series_instance_uid")
-                else (self._from_pacs(workspace, [series]))
-            )
+        if isinstance(series, Mapping):
+            received = self._from_pacs(workspace, [series])
+            # one series in, one dict out (what a mapped chain passes on); a whole study stays a list
+            return received[0] if series.get("series_instance_uid") else received
         return self._from_pacs(workspace, list(series))
 
     def _from_pacs(self, workspace: RunWorkspace, wanted: list[Mapping[str, str]]) -> list[dict[str, str]]:
