@@ -59,7 +59,10 @@ def create_ingest_dag(
                 type="string",
                 minLength=1,
                 title="Series folder",
-                description="Folder holding the DICOM files of one series (the listener fills this in).",
+                description=(
+                    "Folder holding the DICOM files of one series (the listener fills this in; "
+                    "by hand, the files named *.dcm are ingested)."
+                ),
             ),
             "keep_landing_files": Param(
                 False,

@@ -60,7 +60,10 @@ def create_segmentation_dag(
                 type="array",
                 items={"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)+$", "maxLength": 64},
                 title="Series Instance UIDs",
-                description="Process exactly these series (one per line). Leave empty to select by search.",
+                description=(
+                    "Process these series (one per line; at most `limit` of them). "
+                    "Leave empty to select by search."
+                ),
                 section="Input data",
             ),
             "modality": Param(
