@@ -100,8 +100,13 @@ def create_ingest_dag(
         store = DicomSendOperator(
             task_id="store", paths=valid, method=send_method, pacs_conn_id=s.pacs_conn_id
         )
+        # a series arriving in several batches: each run merges its instances into the series document
         index = ElasticIndexOperator(
-            task_id="index", series_dirs=valid, index=s.index, search_conn_id=s.search_conn_id
+            task_id="index",
+            series_dirs=valid,
+            index=s.index,
+            search_conn_id=s.search_conn_id,
+            merge_instances=True,
         )
 
         @task

@@ -165,6 +165,9 @@ def create_segmentation_dag(
                         for k in ("modality", "body_part", "description_pattern", "date_from", "date_to")
                     }
                 )
+                if not filters:
+                    # an empty form would otherwise segment whatever the index holds first (SEGs included)
+                    raise ValueError("give Series Instance UIDs, at least one filter, or a raw query")
                 series = select_cohort(client, s.index, filters=filters, limit=limit)
             if not series:
                 from airflow.exceptions import AirflowSkipException

@@ -46,7 +46,7 @@ class DicomSendOperator(BaseOperator):
     :param method: ``c-store`` (default) or ``stow-rs``
     """
 
-    template_fields: Sequence[str] = ("paths", "method", "pacs_conn_id")
+    template_fields: Sequence[str] = ("paths", "method", "pacs_conn_id", "verify")
     ui_color = "#f7e3d7"
 
     def __init__(
@@ -75,7 +75,7 @@ class DicomSendOperator(BaseOperator):
         groups: dict[tuple[str, str], list[str]] = {}
         for u in uids:
             groups.setdefault((u.study_instance_uid, u.series_instance_uid), []).append(u.sop_instance_uid)
-        if self.verify:
+        if self.verify is True or str(self.verify).strip().lower() in ("true", "1", "yes", "on"):
             use_web = hook.has_dicomweb
             for (study, series_uid), sops in groups.items():
                 verify_series_stored(
