@@ -386,32 +386,29 @@ class LocalAirflow:
             f"run {run_id} of {dag_id} still {state} after {timeout} s; tasks: {self.task_states(dag_id, run_id)}"
         )
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        """Task id (``task[map_index]`` for mapped tasks) -> state for one run."""
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """Task id (``task[map_index]`` for mapped tasks) -> the REST API's task instance of one run."""
         r = self.api(
             "GET",
             f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances",
             params={"limit": 1000},
         )
-        states: dict[str, str | None] = {}
-        for ti in r.json()["task_instances"]:
-            key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
-            states[key] = ti["state"]
-        return states
+        return {
+            (ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti
+            for ti in r.json()["task_instances"]
+        }
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """Task id (``task[map_index]`` for mapped tasks) -> state for one run."""
+        return {key: ti["state"] for key, ti in self.task_instances(dag_id, run_id).items()}
 
     def task_durations(self, dag_id: str, run_id: str) -> dict[str, float]:
         """Task id (``task[map_index]`` for mapped tasks) -> run time in seconds, for finished tasks."""
-        r = self.api(
-            "GET",
-            f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances",
-            params={"limit": 1000},
-        )
-        durations: dict[str, float] = {}
-        for ti in r.json()["task_instances"]:
-            key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
-            if ti.get("duration") is not None:
-                durations[key] = float(ti["duration"])
-        return durations
+        return {
+            key: float(ti["duration"])
+            for key, ti in self.task_instances(dag_id, run_id).items()
+            if ti.get("duration") is not None
+        }
 
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
