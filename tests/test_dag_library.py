@@ -177,6 +177,23 @@ def test_ingest_by_hand_deletes_nothing_and_reruns_without_duplicates(lib, new_s
     )
 
 
+def test_ingest_by_hand_with_a_stray_first_file_ingests_the_series(lib, new_series):
+    """The series of a folder is its files' series, not whatever sorts first (garbage or a stray)."""
+    series = new_series(slices=3)
+    stranger = new_series(slices=1)
+    (series.series_dir / "000-garbage.dcm").write_bytes(b"not DICOM" * 30)
+    (series.series_dir / "000-stray.dcm").write_bytes(stranger.files[0].read_bytes())
+    dag_run = lib.module.ingest.test(run_conf={"series_dir": str(series.series_dir)})
+    assert dag_run.state == "success"
+    assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
+        series.sop_instance_uids
+    )
+    assert lib.count(series.series_instance_uid) == 1 and lib.count(stranger.series_instance_uid) == 0
+    state, validated = xcom(dag_run, "validate")
+    assert {q.split(":", 1)[0] for q in validated[0]["quarantined"]} == {"000-garbage.dcm", "000-stray.dcm"}
+    assert len(list(series.series_dir.iterdir())) == 5  # a run by hand removes nothing
+
+
 # --- re-index -------------------------------------------------------------------------------------
 
 
