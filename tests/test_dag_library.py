@@ -163,6 +163,22 @@ def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_se
     assert stranger.series_instance_uid in " ".join(validated[0]["quarantined"])
 
 
+def test_ingest_batch_without_any_valid_file_fails_and_keeps_everything(lib, new_series, tmp_path):
+    landing = tmp_path / "landing" / "1.2.3" / "1.2.3.4"
+    landing.mkdir(parents=True)
+    junk = [landing / "a.dcm", landing / "b.dcm"]
+    for path in junk:
+        path.write_bytes(b"no DICOM here" * 10)
+    batch = SeriesBatch("1.2.3", "1.2.3.4", str(landing), 1, [p.name for p in junk], "MOD", "KAAPANA", 1.0,
+                        manifest=str(landing.parent / "1.2.3.4.b0001.json"))  # fmt: skip
+    batch.save()
+    dag_run = lib.module.ingest.test(run_conf=batch.conf())
+    assert dag_run.state == "failed"
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states["validate"] == "failed" and states["remove_from_landing"] == "upstream_failed"
+    assert all(p.exists() for p in junk)
+
+
 def test_ingest_by_hand_deletes_nothing_and_reruns_without_duplicates(lib, new_series):
     series = new_series(slices=3)
     conf = {"series_dir": str(series.series_dir)}
@@ -209,6 +225,12 @@ def test_reindex_takes_only_the_studies_in_the_date_range(
     assert dag_run.state == "success"
     assert lib.count() == 1
     assert lib.count(january.series_instance_uid) == 1 and lib.count(march.series_instance_uid) == 0
+    # an open range (no end) takes March too; January is found again and replaced, not duplicated
+    # (date_to given as None: dag.test() runs tasks in this process, where Airflow's process_params
+    # leaves the previous run's conf in the DAG's Param objects; a worker parses the DAG afresh)
+    dag_run = lib.module.reindex.test(run_conf={"date_from": "2025-01-10", "date_to": None})
+    assert dag_run.state == "success"
+    assert lib.count() == 2 and lib.count(march.series_instance_uid) == 1
 
 
 # --- send -----------------------------------------------------------------------------------------
