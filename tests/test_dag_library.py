@@ -124,10 +124,11 @@ def landing_batch(series, files: list[Path]) -> SeriesBatch:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(lib, new_series):
+@pytest.mark.parametrize("variant", ["ingest", "ingest_stow"])
+def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(variant, lib, new_series):
     series = new_series(slices=4)
     batch = landing_batch(series, series.files)
-    dag_run = lib.module.ingest.test(run_conf=batch.conf())
+    dag_run = getattr(lib.module, variant).test(run_conf=batch.conf())
     assert dag_run.state == "success"
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids

@@ -30,6 +30,7 @@ def settings_from_env() -> PipelineSettings:
 
 settings = settings_from_env()
 ingest = create_ingest_dag(dag_id="test_lib_ingest", settings=settings)
+ingest_stow = create_ingest_dag(dag_id="test_lib_ingest_stow", settings=settings, send_method="stow-rs")
 reindex = create_reindex_dag(dag_id="test_lib_reindex", settings=settings)
 send = create_send_dag(dag_id="test_lib_send", settings=settings)
 install_model = create_install_model_dag(dag_id="test_lib_install_model", settings=settings)
