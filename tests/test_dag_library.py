@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from airflow_provider_kaapana.core import dimse
 from airflow_provider_kaapana.core.dicomweb import DicomWebClient
-from airflow_provider_kaapana.core.listener import SeriesBatch
+from airflow_provider_kaapana.core.listener import DicomListener, SeriesBatch
 
 pytestmark = pytest.mark.slow
 
@@ -124,19 +125,35 @@ def landing_batch(series, files: list[Path]) -> SeriesBatch:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
+def received_by_listener(series, landing: Path) -> SeriesBatch:
+    """Send ``series`` by C-STORE to a real listener; the one batch it announces."""
+    batches: list[SeriesBatch] = []
+    with DicomListener(
+        landing, port=0, quiet_seconds=0.2, fsync=False, on_series_complete=batches.append
+    ) as listener:
+        dimse.store(dimse.DimsePeer("127.0.0.1", listener.port, "KAAPANA", "MODALITY"), series.files)
+        deadline = time.monotonic() + 15
+        while not batches and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(batches) == 1, batches
+    return batches[0]
+
+
 @pytest.mark.parametrize("variant", ["ingest", "ingest_stow"])
-def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(variant, lib, new_series):
+def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(variant, lib, new_series, tmp_path):
     series = new_series(slices=4)
-    batch = landing_batch(series, series.files)
+    batch = received_by_listener(series, tmp_path / "landing")
+    landed = [Path(batch.series_dir) / name for name in batch.files]
+    assert len(landed) == 4 and all(f.exists() for f in landed)
     dag_run = getattr(lib.module, variant).test(run_conf=batch.conf())
     assert dag_run.state == "success"
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids
     )
     assert lib.count(series.series_instance_uid) == 1
-    assert not any(f.exists() for f in series.files)
+    assert not any(f.exists() for f in landed)
     state, removed = xcom(dag_run, "remove_from_landing")
-    assert state == "success" and sorted(removed) == sorted(map(str, series.files))
+    assert state == "success" and sorted(removed) == sorted(map(str, landed))
 
 
 def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_series):
