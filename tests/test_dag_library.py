@@ -104,19 +104,19 @@ def xcom(dag_run, task_id: str, map_index: int = -1):
     return ti.state, ti.xcom_pull(task_ids=task_id, map_indexes=map_index)
 
 
-def landing_batch(series, files: list[Path]) -> SeriesBatch:
+def landing_batch(series, files: list[Path], number: int = 1) -> SeriesBatch:
     """The batch manifest the listener would have written for ``files`` of ``series`` (in its folder)."""
     landing = series.series_dir
     batch = SeriesBatch(
         study_instance_uid=series.study_instance_uid,
         series_instance_uid=series.series_instance_uid,
         series_dir=str(landing),
-        batch=1,
+        batch=number,
         files=[f.name for f in files],
         calling_ae="MODALITY",
         called_ae="KAAPANA",
-        created=1.0,
-        manifest=str(landing.parent / f"{series.series_instance_uid}.b0001.json"),
+        created=float(number),
+        manifest=str(landing.parent / f"{series.series_instance_uid}.b{number:04d}.json"),
     )
     batch.save()
     return batch
@@ -154,6 +154,20 @@ def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(varian
     assert not any(f.exists() for f in landed)
     state, removed = xcom(dag_run, "remove_from_landing")
     assert state == "success" and sorted(removed) == sorted(map(str, landed))
+
+
+def test_ingest_of_a_late_batch_adds_to_the_series_document(lib, new_series):
+    """A series that arrives in two listener batches ends as one document holding all its instances."""
+    series = new_series(slices=4)
+    for number, files in ((1, series.files[:3]), (2, series.files[3:])):
+        dag_run = lib.module.ingest.test(run_conf=landing_batch(series, files, number).conf())
+        assert dag_run.state == "success"
+    assert lib.count(series.series_instance_uid) == 1
+    doc = lib.search_client().get(lib.index, series.series_instance_uid)
+    assert doc["kaapana"]["instance_count"] == 4
+    assert {f["sop"] for f in doc["kaapana"]["instances"]} == set(series.sop_instance_uids)
+    assert doc["kaapana"]["source"] == {"calling_ae_title": "MODALITY", "called_ae_title": "KAAPANA"}
+    assert doc["kaapana"]["received_at"].startswith("1970-01-01T00:00:01")  # the first batch's time
 
 
 def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_series):
