@@ -170,6 +170,14 @@ def test_ingest_of_a_late_batch_adds_to_the_series_document(lib, new_series):
     assert doc["kaapana"]["received_at"].startswith("1970-01-01T00:00:01")  # the first batch's time
 
 
+def test_ingest_listener_batch_kept_when_asked(lib, new_series):
+    series = new_series(slices=2)
+    conf = {**landing_batch(series, series.files).conf(), "keep_landing_files": True}
+    dag_run = lib.module.ingest.test(run_conf=conf)
+    assert dag_run.state == "success" and xcom(dag_run, "remove_from_landing") == ("success", [])
+    assert all(f.exists() for f in series.files) and lib.count(series.series_instance_uid) == 1
+
+
 def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_series):
     series = new_series(slices=4)
     stranger = new_series(slices=1)  # another series
