@@ -9,7 +9,9 @@ from airflow_provider_kaapana.exceptions import InvalidUIDError
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit component,
 # at most 64 characters in all.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+# UID_PATTERN is also the JSON-schema pattern of the DAG forms' UID fields.
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
+_UID_RE = re.compile(UID_PATTERN)
 
 
 def is_valid_uid(value: object) -> bool:

@@ -13,12 +13,16 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from airflow_provider_kaapana.core.uids import UID_PATTERN
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 
 log = logging.getLogger(__name__)
 
 RETRIEVE_METHODS = ["c-get", "c-move", "wado-rs"]
 SEND_METHODS = ["c-store", "stow-rs"]
+# JSON schema of one Series Instance UID in a form: the same rule as core.uids (PS3.5 9.1), so a UID the
+# form accepts is never refused by the tasks later (e.g. "1.02.3": leading zero in a component).
+UID_ITEMS: dict[str, Any] = {"type": "string", "pattern": UID_PATTERN, "maxLength": 64}
 
 
 @dataclass

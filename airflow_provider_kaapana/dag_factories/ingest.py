@@ -9,7 +9,7 @@ run workspace (so they are neither stored nor indexed) and stay in the landing z
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,7 @@ def create_ingest_dag(
                 type="string",
                 minLength=1,
                 title="Series folder",
-                description=(
-                    "Folder holding the DICOM files of one series (the listener fills this in; "
-                    "by hand, the files named *.dcm are ingested)."
-                ),
+                description="Folder holding the DICOM files of one series (the listener fills this in).",
             ),
             "keep_landing_files": Param(
                 False,
@@ -84,23 +81,18 @@ def create_ingest_dag(
             received_series: list[dict[str, str]] | dict[str, str], dag_run=None
         ) -> list[dict[str, Any]]:
             """Every file must be DICOM of the announced series; others are set aside."""
-            from airflow_provider_kaapana.dag_factories.ingest import validate_series
+            from airflow_provider_kaapana.dag_factories.ingest import arrival_facts, validate_series
 
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            # where the series came from, for the index document's kaapana.source
-            origin = {
-                "calling_ae_title": conf.get("calling_ae"),
-                "called_ae_title": conf.get("called_ae"),
-                "received_at": conf.get("received_at"),
-            }
             items = [received_series] if isinstance(received_series, dict) else list(received_series)
-            return [{**validate_series(item), **{k: v for k, v in origin.items() if v}} for item in items]
+            return [validate_series(item) | arrival_facts(conf) for item in items]
 
         valid = validate(received.output)
         store = DicomSendOperator(
             task_id="store", paths=valid, method=send_method, pacs_conn_id=s.pacs_conn_id
         )
-        # a series arriving in several batches: each run merges its instances into the series document
+        # A series the listener announces in several batches (late arrivals) is one document:
+        # each batch's instances are merged into it, not put in its place.
         index = ElasticIndexOperator(
             task_id="index",
             series_dirs=valid,
@@ -134,6 +126,28 @@ def create_ingest_dag(
 
         [store, index] >> remove_from_landing(valid)
     return dag
+
+
+def arrival_facts(conf: dict[str, Any]) -> dict[str, str]:
+    """What a listener batch's conf says about the arrival, under the index operator's keys.
+
+    ``calling_ae_title``/``called_ae_title`` become the document's ``kaapana.source``, and the batch's
+    creation time (from its manifest) its ``kaapana.received_at``; a run by hand has neither, and its
+    document gets the indexing time.
+    """
+    from airflow_provider_kaapana.core.listener import SeriesBatch
+
+    facts = {
+        "calling_ae_title": str(conf.get("calling_ae") or ""),
+        "called_ae_title": str(conf.get("called_ae") or ""),
+    }
+    manifest = conf.get("batch_manifest")
+    created = SeriesBatch.load(manifest).created if manifest and Path(manifest).is_file() else None
+    if isinstance(created, (int, float)) and created > 0:
+        facts["received_at"] = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(
+            timespec="milliseconds"
+        )
+    return {k: v for k, v in facts.items() if v}
 
 
 def validate_series(item: dict[str, str]) -> dict[str, Any]:

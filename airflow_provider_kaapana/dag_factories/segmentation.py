@@ -13,6 +13,7 @@ from airflow.sdk import DAG, Param, task, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
     RETRIEVE_METHODS,
+    UID_ITEMS,
     PipelineSettings,
     as_list,
     clean_filters,
@@ -58,7 +59,7 @@ def create_segmentation_dag(
             "identifiers": Param(
                 [],
                 type="array",
-                items={"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)+$", "maxLength": 64},
+                items=UID_ITEMS,
                 title="Series Instance UIDs",
                 description=(
                     "Process these series (one per line; at most `limit` of them). "

@@ -10,6 +10,7 @@ from airflow.sdk import DAG, Param, task, task_group
 from airflow_provider_kaapana.dag_factories.common import (
     RETRIEVE_METHODS,
     SEND_METHODS,
+    UID_ITEMS,
     PipelineSettings,
     as_list,
 )
@@ -44,7 +45,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
                 [],
                 type="array",
                 minItems=1,
-                items={"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)+$", "maxLength": 64},
+                items=UID_ITEMS,
                 title="Series Instance UIDs",
             ),
             "destination_conn_id": Param(

@@ -84,14 +84,29 @@ def _with_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
     conf = dict(conf)
     if conf.get("series_instance_uid") and conf.get("study_instance_uid"):
         return conf
+    from collections import Counter
+
     from airflow_provider_kaapana.core.send import instance_uids
+    from airflow_provider_kaapana.exceptions import InvalidDicomError
 
     files = read_batch_files(conf)
     if not files:
         raise FileNotFoundError(f"no DICOM file (*.dcm) in {conf['series_dir']}")
-    uids = instance_uids(files[0])
-    conf.setdefault("series_instance_uid", uids.series_instance_uid)
-    conf.setdefault("study_instance_uid", uids.study_instance_uid)
+    # The folder's series is the one most of its files belong to: an unreadable or stray file that
+    # happens to sort first must not decide it (it is set aside later, the rest goes on).
+    votes: Counter[tuple[str, str]] = Counter()
+    for path in files:
+        try:
+            uids = instance_uids(path)
+        except InvalidDicomError as exc:
+            log.warning("%s", exc)
+            continue
+        votes[(uids.study_instance_uid, uids.series_instance_uid)] += 1
+    if not votes:
+        raise InvalidDicomError(f"{conf['series_dir']}: none of its {len(files)} files is readable DICOM")
+    (study_uid, series_uid), _ = votes.most_common(1)[0]
+    conf.setdefault("series_instance_uid", series_uid)
+    conf.setdefault("study_instance_uid", study_uid)
     return conf
 
 
