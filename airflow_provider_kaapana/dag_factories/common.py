@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from airflow.sdk import Param
+from airflow.sdk import DAG, Param
 
 from airflow_provider_kaapana.core.uids import UID_PATTERN
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +77,43 @@ def as_list(value: Any) -> list[Any]:
 def clean_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
     """Drop empty form fields so they do not become match-nothing filter terms."""
     return {k: v for k, v in (filters or {}).items() if v not in (None, "", [], {})}
+
+
+def pipeline_dag(
+    dag_id: str,
+    settings: PipelineSettings,
+    *,
+    tags: list[str],
+    doc_md: str,
+    params: dict[str, Param],
+    schedule: Any = None,
+    **kwargs: Any,
+) -> DAG:
+    """The DAG every factory builds: not back-filled, tagged ``kaapana``, XCom args rendered natively."""
+    return DAG(
+        dag_id,
+        schedule=schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        tags=["kaapana", *tags],
+        doc_md=doc_md,
+        default_args=settings.default_args,
+        render_template_as_native_obj=True,
+        params=params,
+        **kwargs,
+    )
+
+
+def receive_from_pacs(series: Any, settings: PipelineSettings) -> DicomReceiveOperator:
+    """The ``receive`` step of a per-series chain: the series into the run workspace, by the form's method."""
+    return DicomReceiveOperator(
+        task_id="receive",
+        series=series,
+        method="{{ params.retrieve_method }}",
+        pacs_conn_id=settings.pacs_conn_id,
+        workspace_base=settings.workspace_base,
+    )
+
+
+def retrieve_method_param(**kwargs: Any) -> Param:
+    return Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve from the PACS by", **kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_kaapana.dag_factories.common import SEND_METHODS, PipelineSettings
+from airflow_provider_kaapana.dag_factories.common import SEND_METHODS, PipelineSettings, pipeline_dag
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
@@ -43,15 +43,11 @@ def create_ingest_dag(
     s = settings or PipelineSettings()
     if send_method not in SEND_METHODS:
         raise ValueError(f"send_method must be one of {SEND_METHODS}")
-    with DAG(
+    with pipeline_dag(
         dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        tags=["kaapana", "ingest"],
+        s,
+        tags=["ingest"],
         doc_md=DOC,
-        default_args=s.default_args,
-        render_template_as_native_obj=True,
         max_active_runs=16,
         params={
             "series_dir": Param(

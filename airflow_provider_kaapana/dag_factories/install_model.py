@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_kaapana.dag_factories.common import PipelineSettings
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings, pipeline_dag
 
 DOC = """
 ### Install an nnU-Net model
@@ -26,14 +25,11 @@ def create_install_model_dag(
     dag_id: str = "kaapana_install_model", settings: PipelineSettings | None = None
 ) -> DAG:
     s = settings or PipelineSettings()
-    with DAG(
+    with pipeline_dag(
         dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        tags=["kaapana", "nnunet", "maintenance"],
+        s,
+        tags=["nnunet", "maintenance"],
         doc_md=DOC,
-        default_args=s.default_args,
         params={
             "zip_path": Param(
                 "",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task, task_group
 
-from airflow_provider_kaapana.dag_factories.common import RETRIEVE_METHODS, PipelineSettings
-from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+from airflow_provider_kaapana.dag_factories.common import (
+    PipelineSettings,
+    pipeline_dag,
+    receive_from_pacs,
+    retrieve_method_param,
+)
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
 
 DOC = """
@@ -26,20 +29,16 @@ SeriesInstanceUID, so re-indexing replaces, never duplicates. Example conf:
 
 def create_reindex_dag(dag_id: str = "kaapana_reindex", settings: PipelineSettings | None = None) -> DAG:
     s = settings or PipelineSettings()
-    with DAG(
+    with pipeline_dag(
         dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        tags=["kaapana", "index", "maintenance"],
+        s,
+        tags=["index", "maintenance"],
         doc_md=DOC,
-        default_args=s.default_args,
-        render_template_as_native_obj=True,
         params={
             "date_from": Param(None, type=["null", "string"], format="date", title="Study date from"),
             "date_to": Param(None, type=["null", "string"], format="date", title="Study date to"),
             "limit": Param(1000, type="integer", minimum=1, title="At most this many series"),
-            "retrieve_method": Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve by"),
+            "retrieve_method": retrieve_method_param(),
         },
     ) as dag:
 
@@ -61,13 +60,7 @@ def create_reindex_dag(dag_id: str = "kaapana_reindex", settings: PipelineSettin
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
-            received = DicomReceiveOperator(
-                task_id="receive",
-                series=series,
-                method="{{ params.retrieve_method }}",
-                pacs_conn_id=s.pacs_conn_id,
-                workspace_base=s.workspace_base,
-            )
+            received = receive_from_pacs(series, s)
             ElasticIndexOperator(
                 task_id="index", series_dirs=received.output, index=s.index, search_conn_id=s.search_conn_id
             )

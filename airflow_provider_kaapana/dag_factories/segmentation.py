@@ -6,20 +6,20 @@ mapped chain (a mapped task group), so one series failing does not stop the othe
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
-    RETRIEVE_METHODS,
     UID_ITEMS,
     PipelineSettings,
     as_list,
     clean_filters,
     model_param,
+    pipeline_dag,
+    receive_from_pacs,
+    retrieve_method_param,
 )
-from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
@@ -45,15 +45,12 @@ def create_segmentation_dag(
     schedule: Any = None,
 ) -> DAG:
     s = settings or PipelineSettings()
-    with DAG(
+    with pipeline_dag(
         dag_id,
-        schedule=schedule,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        tags=["kaapana", "nnunet", "segmentation"],
+        s,
+        tags=["nnunet", "segmentation"],
         doc_md=DOC,
-        default_args=s.default_args,
-        render_template_as_native_obj=True,
+        schedule=schedule,
         max_active_runs=4,
         params={
             "identifiers": Param(
@@ -128,13 +125,7 @@ def create_segmentation_dag(
                 title="Sliding-window step size",
                 section="Model",
             ),
-            "retrieve_method": Param(
-                "c-get",
-                type="string",
-                enum=RETRIEVE_METHODS,
-                title="Retrieve from the PACS by",
-                section="PACS",
-            ),
+            "retrieve_method": retrieve_method_param(section="PACS"),
         },
     ) as dag:
 
@@ -178,13 +169,7 @@ def create_segmentation_dag(
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
-            received = DicomReceiveOperator(
-                task_id="receive",
-                series=series,
-                method="{{ params.retrieve_method }}",
-                pacs_conn_id=s.pacs_conn_id,
-                workspace_base=s.workspace_base,
-            )
+            received = receive_from_pacs(series, s)
             nifti = NiftiConvertOperator(
                 task_id="nifti", series=received.output, workspace_base=s.workspace_base
             )

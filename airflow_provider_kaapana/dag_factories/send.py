@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
-    RETRIEVE_METHODS,
     SEND_METHODS,
     UID_ITEMS,
     PipelineSettings,
     as_list,
+    pipeline_dag,
+    receive_from_pacs,
+    retrieve_method_param,
 )
-from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 
 DOC = """
@@ -31,15 +31,11 @@ Retrieves each series from the platform's PACS and sends it to the PACS of the d
 
 def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSettings | None = None) -> DAG:
     s = settings or PipelineSettings()
-    with DAG(
+    with pipeline_dag(
         dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        tags=["kaapana", "pacs"],
+        s,
+        tags=["pacs"],
         doc_md=DOC,
-        default_args=s.default_args,
-        render_template_as_native_obj=True,
         params={
             "identifiers": Param(
                 [],
@@ -56,7 +52,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
                 description="A kaapana_pacs connection id.",
             ),
             "send_method": Param("c-store", type="string", enum=SEND_METHODS, title="Send by"),
-            "retrieve_method": Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve by"),
+            "retrieve_method": retrieve_method_param(),
             "verify": Param(True, type="boolean", title="Verify by query afterwards"),
         },
     ) as dag:
@@ -69,13 +65,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
-            received = DicomReceiveOperator(
-                task_id="receive",
-                series=series,
-                method="{{ params.retrieve_method }}",
-                pacs_conn_id=s.pacs_conn_id,
-                workspace_base=s.workspace_base,
-            )
+            received = receive_from_pacs(series, s)
             DicomSendOperator(
                 task_id="send",
                 paths=received.output,
