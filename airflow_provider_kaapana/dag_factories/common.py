@@ -117,3 +117,20 @@ def receive_from_pacs(series: Any, settings: PipelineSettings) -> DicomReceiveOp
 
 def retrieve_method_param(**kwargs: Any) -> Param:
     return Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve from the PACS by", **kwargs)
+
+
+def find_series_in_pacs(
+    series_uids: list[str], pacs_conn_id: str, also_looked_in: str = ""
+) -> list[dict[str, str]]:
+    """``{"series_instance_uid", "study_instance_uid"}`` for each series, by C-FIND at series level."""
+    from airflow_provider_kaapana.hooks.pacs import PacsHook
+
+    hook = PacsHook(pacs_conn_id)
+    out: list[dict[str, str]] = []
+    for uid in series_uids:
+        found = hook.find("series", {"SeriesInstanceUID": uid}, ["StudyInstanceUID"])
+        if not found:
+            elsewhere = f" (nor in the {also_looked_in})" if also_looked_in else ""
+            raise ValueError(f"series {uid} is not in the PACS of connection {pacs_conn_id}{elsewhere}")
+        out.append({"series_instance_uid": uid, "study_instance_uid": str(found[0].StudyInstanceUID)})
+    return out

@@ -15,6 +15,7 @@ from airflow_provider_kaapana.dag_factories.common import (
     PipelineSettings,
     as_list,
     clean_filters,
+    find_series_in_pacs,
     model_param,
     pipeline_dag,
     receive_from_pacs,
@@ -145,7 +146,9 @@ def create_segmentation_dag(
                 known = {f["series_instance_uid"] for f in found}
                 missing = [uid for uid in identifiers if uid not in known]
                 if missing:
-                    found += _find_in_pacs(missing, s.pacs_conn_id)
+                    found += find_series_in_pacs(
+                        missing, s.pacs_conn_id, also_looked_in=f"search index {s.index}"
+                    )
                 order = {uid: i for i, uid in enumerate(identifiers)}
                 series = sorted(found, key=lambda f: order.get(f["series_instance_uid"], 0))[:limit]
             elif params.get("query"):
@@ -202,17 +205,3 @@ def create_segmentation_dag(
 
         per_series.expand(series=select_series())
     return dag
-
-
-def _find_in_pacs(series_uids: list[str], pacs_conn_id: str) -> list[dict[str, str]]:
-    """Study UIDs of series the index does not know, by C-FIND at series level."""
-    from airflow_provider_kaapana.hooks.pacs import PacsHook
-
-    hook = PacsHook(pacs_conn_id)
-    out: list[dict[str, str]] = []
-    for uid in series_uids:
-        found = hook.find("series", {"SeriesInstanceUID": uid}, ["StudyInstanceUID"])
-        if not found:
-            raise ValueError(f"series {uid} is neither in the search index nor in the PACS")
-        out.append({"series_instance_uid": uid, "study_instance_uid": str(found[0].StudyInstanceUID)})
-    return out

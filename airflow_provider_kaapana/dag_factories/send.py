@@ -11,6 +11,7 @@ from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
     as_list,
+    find_series_in_pacs,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
@@ -59,9 +60,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
 
         @task
         def lookup_studies(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
-            from airflow_provider_kaapana.dag_factories.segmentation import _find_in_pacs
-
-            return _find_in_pacs(as_list(params["identifiers"]), s.pacs_conn_id)
+            return find_series_in_pacs(as_list(params["identifiers"]), s.pacs_conn_id)
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
