@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = ".kaapana"
 DEFAULT_DAG_ID = "kaapana_ingest"
+LISTENER_POLL_SECONDS = 0.0001
 
 
 @dataclass
@@ -330,6 +331,9 @@ class DicomListener:
         return self._disk_ok
 
     def _handle_requested(self, event: Any) -> None:
+        # pynetdicom's network reactor naps 1 ms whenever a read finds nothing yet; for a modality
+        # streaming large instances that nap dominates, so this association polls ten times as often.
+        event.assoc.dul._run_loop_delay = LISTENER_POLL_SECONDS
         self._free_checked = 0.0  # always look afresh when an association starts
         if not self._free_space_ok():
             calling = event.assoc.requestor.ae_title
