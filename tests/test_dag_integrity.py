@@ -18,6 +18,14 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    # nor Airflow Variables or Connections: structure must not depend on them when a DAG is parsed
+    from airflow.sdk import BaseHook, Variable
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError(f"Variable/Connection lookup at DAG parse time: {args}")
+
+    monkeypatch.setattr(Variable, "get", no_lookup)
+    monkeypatch.setattr(BaseHook, "get_connection", no_lookup)
 
 
 def test_dags_folder_loads_without_errors_or_network(no_network, airflow_db):

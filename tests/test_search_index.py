@@ -388,3 +388,18 @@ def test_partial_arrivals_merge_into_one_document(osmem, synthetic_series, tmp_p
     # without merging, re-indexing replaces the document
     index_series(client, index, [first], refresh=True)
     assert client.get(index, series.series_instance_uid)["kaapana"]["instance_count"] == 3
+
+
+def test_merging_the_same_instances_again_changes_nothing_even_without_sop_uids(synthetic_series):
+    from airflow_provider_kaapana.core.index_doc import build_series_document, merge_series_documents
+
+    def drop_sop_uid(k, ds):
+        if k == 0:
+            ds.SOPInstanceUID = ""  # a broken instance without its UID
+
+    series = synthetic_series(slices=3, rows=8, columns=8, per_instance=drop_sop_uid)
+    _, doc, _ = build_series_document(series.series_dir)
+    assert doc["kaapana"]["instance_count"] == 3
+    merged = merge_series_documents(doc, doc)
+    merged = merge_series_documents(merged, doc)
+    assert merged["kaapana"]["instance_count"] == 3

@@ -747,13 +747,14 @@ def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) 
     ):
         return dict(new)
     by_sop: dict[str, dict[str, Any]] = {}
-    anonymous: list[dict[str, Any]] = []
+    # instances without a SOP UID are united by their facts, so merging the same files again adds nothing
+    anonymous: dict[str, dict[str, Any]] = {}
     for fact in [*old_k["instances"], *new_k["instances"]]:
         if fact.get("sop"):
             by_sop[fact["sop"]] = fact
         else:
-            anonymous.append(fact)
-    facts = [*by_sop.values(), *anonymous]
+            anonymous[json.dumps(fact, sort_keys=True, default=str)] = fact
+    facts = [*by_sop.values(), *anonymous.values()]
     old_o, new_o = old_k.get("orientation"), new_k.get("orientation")
     mixed = bool((old_k.get("slice_spacing") or {}).get("mixed_orientation")) or bool(
         (new_k.get("slice_spacing") or {}).get("mixed_orientation")

@@ -48,8 +48,11 @@ def create_cleanup_dag(
             ):
                 try:
                     state = ti.get_dagrun_state(stale.dag_id, stale.run_id)
-                except Exception:  # the run is gone from the metadata DB: nothing can still use it
-                    state = None
+                except Exception as exc:
+                    if not _run_not_found(exc):  # cannot tell: keep it, a running run may use it
+                        log.warning("keeping %s: state of run %s unknown (%s)", stale.path, stale.run_id, exc)
+                        continue
+                    state = None  # the run is gone from the metadata DB: nothing can still use it
                 if state in ACTIVE_STATES:
                     log.info("keeping %s: run %s of %s is %s", stale.path, stale.run_id, stale.dag_id, state)
                     continue
@@ -62,3 +65,12 @@ def create_cleanup_dag(
 
         remove_stale_workspaces()
     return dag
+
+
+def _run_not_found(exc: Exception) -> bool:
+    """Whether asking for a DAG run's state failed because the run does not exist (HTTP 404)."""
+    response = getattr(exc, "response", None)  # airflow.sdk's ServerResponseError
+    if getattr(response, "status_code", None) == 404:
+        return True
+    detail = getattr(exc, "detail", None)
+    return isinstance(detail, dict) and detail.get("reason") == "not_found"

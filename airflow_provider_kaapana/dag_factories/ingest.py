@@ -9,6 +9,7 @@ run workspace (so they are neither stored nor indexed) and stay in the landing z
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def create_ingest_dag(
             index=s.index,
             search_conn_id=s.search_conn_id,
             merge_instances=True,
+            # the merge reads, merges and writes the series document: two batches of one series must
+            # not do that at the same time, or one batch's instances drop out of the document
+            max_active_tis_per_dag=1,
         )
 
         @task
@@ -103,19 +107,27 @@ def create_ingest_dag(
         ) -> list[str]:
             """Only after store and index succeeded (the default trigger rule): the batch's valid files.
 
-            Files that failed validation stay in the landing zone, so nothing received is ever lost.
+            A file is deleted only when it validated and is still the very file this run stored (a
+            modality may resend an instance under the same name meanwhile); anything else stays in the
+            landing zone, so nothing received is ever lost.
             """
             from airflow_provider_kaapana.core.listener import read_batch_files
 
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            if (params and params.get("keep_landing_files")) or not conf.get("batch_manifest"):
+            manifest = conf.get("batch_manifest")
+            if (params and params.get("keep_landing_files")) or not manifest or not Path(manifest).is_file():
                 return []  # a run by hand names someone's folder: never delete from it
-            set_aside = {q.split(":", 1)[0] for v in validated for q in v["quarantined"]}
+            stored = {name: Path(v["series_dir"]) / name for v in validated for name in v["valid_files"]}
             removed = []
             for path in read_batch_files(conf):
-                if path.name in set_aside:
+                copy = stored.get(path.name)
+                if copy is None:
                     log.warning("keeping %s in the landing zone: it failed validation", path)
-                elif path.exists():
+                elif not path.exists():
+                    continue
+                elif not same_file_content(path, copy):
+                    log.warning("keeping %s in the landing zone: it changed after this run received it", path)
+                else:
                     path.unlink()
                     removed.append(str(path))
             return removed
@@ -149,7 +161,8 @@ def arrival_facts(conf: dict[str, Any]) -> dict[str, str]:
 def validate_series(item: dict[str, str]) -> dict[str, Any]:
     """Check every file of a received (workspace) series; move bad ones to ``<series_dir>/../.invalid``.
 
-    Returns the item with ``instances`` (count) and ``quarantined`` (file names with reasons).
+    Returns the item with ``instances`` (count), ``valid_files`` (names) and ``quarantined`` (file names
+    with reasons). Idempotent: a retry finds the files set aside earlier and reports them again.
     """
     import pydicom
 
@@ -158,8 +171,9 @@ def validate_series(item: dict[str, str]) -> dict[str, Any]:
 
     series_dir = Path(item["series_dir"])
     expected = item.get("series_instance_uid")
-    good = 0
-    quarantined: list[str] = []
+    valid_files: list[str] = []
+    quarantine = series_dir.parent / ".invalid"
+    quarantined = [f"{p.name}: set aside by an earlier try" for p in sorted(quarantine.glob("*"))]
     for path in sorted(p for p in series_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -168,15 +182,30 @@ def validate_series(item: dict[str, str]) -> dict[str, Any]:
             if expected and uid != expected:
                 raise InvalidDicomError(f"{path.name} belongs to series {uid}, not {expected}")
             expected = expected or uid
-            good += 1
+            valid_files.append(path.name)
         except Exception as exc:
             log.error("%s: not ingested: %s", path, exc)
-            quarantine = series_dir.parent / ".invalid"
             quarantine.mkdir(parents=True, exist_ok=True)
             path.rename(quarantine / path.name)
             quarantined.append(f"{path.name}: {exc}")
-    if not good:
+    if not valid_files:
         raise InvalidDicomError(
             f"{series_dir}: no valid DICOM instance ({'; '.join(quarantined) or 'empty'})"
         )
-    return {**item, "series_instance_uid": expected, "instances": good, "quarantined": quarantined}
+    return {
+        **item,
+        "series_instance_uid": expected,
+        "instances": len(valid_files),
+        "valid_files": valid_files,
+        "quarantined": quarantined,
+    }
+
+
+def same_file_content(a: Path, b: Path) -> bool:
+    """The same inode (the workspace hard-links landing files), else byte-equal content."""
+    import filecmp
+
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
