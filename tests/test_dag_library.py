@@ -11,7 +11,6 @@ import importlib
 import json
 import time
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from airflow_provider_kaapana.core import dimse
 from airflow_provider_kaapana.core.dicomweb import DicomWebClient
 from airflow_provider_kaapana.core.listener import DicomListener, SeriesBatch
+from airflow_provider_kaapana.core.models import export_model_zip
 
 pytestmark = pytest.mark.slow
 
@@ -298,23 +298,13 @@ def test_send_series_to_another_pacs(send_method, lib, orthanc_factory, new_seri
 # --- install model and the segmentation form ------------------------------------------------------
 
 
-def export_zip(model_dir: Path, zip_path: Path) -> Path:
-    """A zip in the layout of ``nnUNetv2_export_model_to_zip``: Dataset/Trainer__Plans__Config/..."""
-    base = model_dir.parent.parent
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(base).as_posix())
-    return zip_path
-
-
 def test_install_model_then_the_segmentation_form_offers_it(lib, tiny_nnunet_model, tmp_path):
     from airflow_provider_kaapana.dag_factories.segmentation import create_segmentation_dag
 
     model = lib.module.segmentation.params.get_param("model")
     assert "enum" not in model.schema and model.schema["type"] == "string"  # nothing installed yet
 
-    zip_path = export_zip(tiny_nnunet_model, tmp_path / "tiny.zip")
+    zip_path = export_model_zip(tiny_nnunet_model, tmp_path / "tiny.zip")
     dag_run = lib.module.install_model.test(run_conf={"zip_path": str(zip_path)})
     assert dag_run.state == "success"
     state, installed = xcom(dag_run, "install")

@@ -14,6 +14,7 @@ import nibabel as nib
 import pytest
 
 from airflow_provider_kaapana.core.models import (
+    export_model_zip,
     install_model,
     list_models,
     resolve_model,
@@ -34,16 +35,6 @@ def kaapana(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=os.environ.copy(),
     )
-
-
-def export_zip(model_dir: Path, zip_path: Path) -> Path:
-    """A zip in the layout of ``nnUNetv2_export_model_to_zip``: Dataset/Trainer__Plans__Config/..."""
-    base = model_dir.parent.parent
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(base).as_posix())
-    return zip_path
 
 
 def test_cli_predicts_unseen_case_with_dice_and_label_map(tiny_nnunet_model: Path, tmp_path: Path):
@@ -125,7 +116,7 @@ def test_broken_model_folder_names_what_is_missing(tiny_nnunet_model: Path, tmp_
 
 
 def test_install_from_zip_round_trips(tiny_nnunet_model: Path, tmp_path: Path):
-    zip_path = export_zip(tiny_nnunet_model, tmp_path / "tiny.zip")
+    zip_path = export_model_zip(tiny_nnunet_model, tmp_path / "tiny.zip")
     models_dir = tmp_path / "models"
     result = kaapana("models", "install", str(zip_path), "--models-dir", str(models_dir))
     assert result.returncode == 0, result.stderr

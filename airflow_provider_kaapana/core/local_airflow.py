@@ -450,18 +450,10 @@ def create_postgres_database(
     admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres", name: str | None = None
 ) -> str:
     """Create a fresh database (``kaapana_e2e_<random>``) and return its SQLAlchemy URL for Airflow."""
-    import psycopg2  # lazily: only the PostgreSQL variant needs it
-
     name = name or f"kaapana_e2e_{secrets.token_hex(4)}"
     if not name.replace("_", "").isalnum():
         raise ValueError(f"unsafe database name {name!r}")
-    conn = psycopg2.connect(admin_url)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
+    _admin_execute(admin_url, f'CREATE DATABASE "{name}"')
     parts = urlsplit(admin_url)
     return f"postgresql+psycopg2://{parts.netloc}/{name}"
 
@@ -470,15 +462,20 @@ def drop_postgres_database(
     db_url: str, admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 ) -> None:
     """Drop the database named in ``db_url`` (ends its leftover connections first)."""
-    import psycopg2
-
     name = urlsplit(db_url).path.lstrip("/")
     if not name.replace("_", "").isalnum():
         raise ValueError(f"unsafe database name {name!r}")
+    _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin_execute(admin_url: str, statement: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE cannot run inside one)."""
+    import psycopg2  # lazily: only the PostgreSQL variant needs it
+
     conn = psycopg2.connect(admin_url)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(statement)
     finally:
         conn.close()

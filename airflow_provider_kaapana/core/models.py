@@ -256,3 +256,21 @@ def install_model(zip_path: str | Path, models_dir: str | Path | None = None) ->
         return installed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_model_zip(model_dir: str | Path, zip_path: str | Path) -> Path:
+    """Zip a trainer folder in the layout of ``nnUNetv2_export_model_to_zip`` (``Dataset/Trainer__Plans__Config/...``).
+
+    The inverse of :func:`install_model`: what this writes, ``install_model`` installs.
+    """
+    import zipfile
+
+    model_dir = Path(model_dir)
+    validate_model_dir(model_dir)
+    base = model_dir.parent.parent
+    zip_path = Path(zip_path)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(base).as_posix())
+    return zip_path
