@@ -484,3 +484,24 @@ def test_a_failed_manifest_write_keeps_the_instances_pending(tmp_path, synthetic
     assert failures == [1]
     (batch,) = announced
     assert batch.instance_count == 3
+
+
+def test_airflow_credentials_never_reach_logs_or_errors(fake_airflow, caplog):
+    """Wrong password, retried 503s and the final error: neither password nor token is ever shown."""
+    import logging
+
+    from airflow_provider_kaapana.exceptions import KaapanaError
+
+    handler, url = fake_airflow
+    caplog.set_level(logging.DEBUG)
+    wrong = AirflowTrigger(url, "kaapana_ingest", username="admin", password="s3cret-wrong", backoff=0.01)
+    with pytest.raises(KaapanaError) as refused:
+        wrong.trigger({"series_instance_uid": "1.2.3"})
+    handler.fail_next = 10
+    right = AirflowTrigger(url, "kaapana_ingest", username="admin", password="pw", retries=2, backoff=0.01)
+    with pytest.raises(KaapanaError) as gave_up:
+        right.trigger({"series_instance_uid": "1.2.3"})
+    shown = " ".join([caplog.text, str(refused.value), str(gave_up.value), repr(wrong), repr(right)])
+    assert "503" in shown  # the retries were logged ...
+    for secret in ("s3cret-wrong", "tok-123", "Bearer"):
+        assert secret not in shown  # ... without the credentials
