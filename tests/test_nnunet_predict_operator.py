@@ -179,11 +179,11 @@ def test_arguments_are_templated_and_checked():
 
 @pytest.mark.slow
 def test_local_mode_through_dag_test(airflow_db, tiny_nnunet_model: Path, tmp_path: Path):
+    from airflow_provider_kaapana.core.models import export_model_zip
     from tests.dags.nnunet_predict_local import dag
-    from tests.test_nnunet_predict import export_zip
 
     models_dir = tmp_path / "models"
-    install_model(export_zip(tiny_nnunet_model, tmp_path / "model.zip"), models_dir)
+    install_model(export_model_zip(tiny_nnunet_model, tmp_path / "model.zip"), models_dir)
     case = write_tiny_case(tmp_path / "nifti", case_id="series_a", seed=99)
     result_file = tmp_path / "result.json"
     dag_run = dag.test(
