@@ -281,7 +281,8 @@ def run_demo(
                 f"  SEG series         {seg_uid}\n"
                 f"  SEG SOP instance   {sop_uid}\n"
                 f"Index document {settings['index']}/{seg_uid}: Modality={doc.get('Modality')} segment labels={labels}\n"
-                f"Total {result.total_seconds:.1f} s; work folder {root}",
+                f"Total {result.total_seconds:.1f} s"
+                + (f"; work folder {root}" if keep or not own_dir else " (temporary work folder removed)"),
                 file=out,
                 flush=True,
             )
