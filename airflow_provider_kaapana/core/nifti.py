@@ -296,6 +296,15 @@ class _FastHeader(dict):
     pixel_offset: int | None = None
 
 
+def _element_length(data: bytes, pos: int, explicit: bool) -> tuple[int, int]:
+    """(value length, header size) of the little-endian data element starting at ``pos``."""
+    if explicit:
+        if data[pos + 4 : pos + 6] in _LONG_VRS:
+            return struct.unpack_from("<I", data, pos + 8)[0], 12
+        return struct.unpack_from("<H", data, pos + 6)[0], 8
+    return struct.unpack_from("<I", data, pos + 4)[0], 8
+
+
 def _skip_undefined(data: bytes, pos: int, explicit: bool) -> int:
     """Position after an undefined-length sequence or item whose content starts at ``pos``."""
     while pos + 8 <= len(data):
@@ -307,14 +316,7 @@ def _skip_undefined(data: bytes, pos: int, explicit: bool) -> int:
             pos += 8  # an item
             pos = _skip_undefined(data, pos, explicit) if length == _UNDEFINED else pos + length
             continue
-        if explicit:
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                length, hdr = struct.unpack_from("<I", data, pos + 8)[0], 12
-            else:
-                length, hdr = struct.unpack_from("<H", data, pos + 6)[0], 8
-        else:
-            length, hdr = struct.unpack_from("<I", data, pos + 4)[0], 8
+        length, hdr = _element_length(data, pos, explicit)
         pos += hdr
         pos = _skip_undefined(data, pos, explicit) if length == _UNDEFINED else pos + length
     raise ValueError("sequence runs past the end of the header")
@@ -358,14 +360,7 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
                 break
             group, elem = struct.unpack_from("<HH", data, pos)
             tag = group << 16 | elem
-            if explicit:
-                vr = data[pos + 4 : pos + 6]
-                if vr in _LONG_VRS:
-                    length, hdr = struct.unpack_from("<I", data, pos + 8)[0], 12
-                else:
-                    length, hdr = struct.unpack_from("<H", data, pos + 6)[0], 8
-            else:
-                length, hdr = struct.unpack_from("<I", data, pos + 4)[0], 8
+            length, hdr = _element_length(data, pos, explicit)
             if tag == 0x7FE00010:
                 out.pixel_offset = pos + hdr if length != _UNDEFINED else None
                 break
