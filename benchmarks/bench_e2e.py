@@ -22,8 +22,11 @@ def main() -> int:
     parser.add_argument("--postgres", action="store_true", help="Airflow on a fresh PostgreSQL database")
     args = parser.parse_args()
 
-    from airflow_provider_kaapana.core.local_airflow import create_postgres_database, drop_postgres_database
-    from airflow_provider_kaapana.demo import SEGMENTATION_DAG, run_demo
+    from airflow_provider_kaapana.testing.demo import SEGMENTATION_DAG, run_demo
+    from airflow_provider_kaapana.testing.local_airflow import (
+        create_postgres_database,
+        drop_postgres_database,
+    )
 
     db_url = create_postgres_database() if args.postgres else None
     try:

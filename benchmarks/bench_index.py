@@ -26,14 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from airflow_provider_kaapana.core.local_services import Osmem, find_tool  # noqa: E402
-from airflow_provider_kaapana.core.search import (  # noqa: E402
+from airflow_provider_kaapana.core.index.client import (  # noqa: E402
     bulk_index,
     ensure_index_template,
     index_series,
     make_search_client,
 )
-from airflow_provider_kaapana.core.synthetic import generate_series  # noqa: E402
+from airflow_provider_kaapana.testing.local_services import Osmem, find_tool  # noqa: E402
+from airflow_provider_kaapana.testing.synthetic import generate_series  # noqa: E402
 
 
 def make_dataset(root: Path, instances: int, slices_per_series: int) -> list[Path]:

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from airflow_provider_kaapana.core.local_services import Orthanc, _wait_port, find_tool, free_port
-from airflow_provider_kaapana.core.synthetic import generate_series
+from airflow_provider_kaapana.testing.local_services import Orthanc, _wait_port, find_tool, free_port
+from airflow_provider_kaapana.testing.synthetic import generate_series
 
 
 def send(files_dir: Path, port: int, called: str) -> float:

@@ -24,7 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from airflow_provider_kaapana.core.synthetic import Shape, generate_series  # noqa: E402
+from airflow_provider_kaapana.testing.synthetic import Shape, generate_series  # noqa: E402
 
 # Runs one command, prints its wall time and peak RSS (the wrapper has no other child).
 _WRAPPER = """
@@ -42,7 +42,7 @@ print(json.dumps({"wall_s": wall, "peak_mib": rss_kib / 1024, "stdout": proc.std
 _OURS = """
 import sys, time
 t0 = time.perf_counter()
-from airflow_provider_kaapana.core.nifti import convert_series
+from airflow_provider_kaapana.core.nifti.convert import convert_series
 t1 = time.perf_counter()
 convert_series(sys.argv[1], sys.argv[2], name="ours", compress=sys.argv[3] == "gz")
 t2 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from airflow_provider_kaapana.core.tiny_model import (  # noqa: E402
+from airflow_provider_kaapana.testing.tiny_model import (  # noqa: E402
     TINY_DATASET_ID,
     dice_score,
     train_tiny_model,

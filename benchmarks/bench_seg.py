@@ -1,6 +1,6 @@
 """Benchmark: NIfTI label map -> DICOM SEG for a 512x512x300 CT with 5 labels.
 
-Compares :func:`airflow_provider_kaapana.core.seg.export_seg` with a straightforward highdicom use on the
+Compares :func:`airflow_provider_kaapana.core.seg.export.export_seg` with a straightforward highdicom use on the
 same data in the same run (read the series with pixels, sort, one-hot stack, ``hd.seg.Segmentation``
 with defaults). Each runs in its own subprocess so its peak RSS is clean. Two more rows show ours with
 the label map reoriented to RAS (flipped axes: exact re-indexing) and on a coarser 1.5 mm grid
@@ -27,7 +27,7 @@ def _prepare(workdir: Path, size: int, slices: int) -> tuple[Path, Path, Path]:
     import nibabel as nib
     import numpy as np
 
-    from airflow_provider_kaapana.core.synthetic import Shape, generate_series
+    from airflow_provider_kaapana.testing.synthetic import Shape, generate_series
 
     source_dir = workdir / "source"
     label_map = workdir / "labels.nii.gz"
@@ -84,7 +84,7 @@ def _variants(workdir: Path, label_map: Path) -> dict[str, Path]:
 
 
 def _run_ours(source_dir: Path, label_map: Path, config: Path, out: Path) -> dict:
-    from airflow_provider_kaapana.core.seg import export_seg
+    from airflow_provider_kaapana.core.seg.export import export_seg
 
     start = time.perf_counter()
     result = export_seg(label_map, source_dir, config, out, model_id="bench")

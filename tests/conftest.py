@@ -41,13 +41,13 @@ os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
 # subprocesses (airflow CLI, kaapana CLI) import this checkout, not another copy of the package
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
-from airflow_provider_kaapana.core.local_services import (  # noqa: E402
+from airflow_provider_kaapana.testing.local_services import (  # noqa: E402
     Orthanc,
     Osmem,
     ServiceError,
     find_tool,
 )
-from airflow_provider_kaapana.core.synthetic import SyntheticSeries, generate_series  # noqa: E402
+from airflow_provider_kaapana.testing.synthetic import SyntheticSeries, generate_series  # noqa: E402
 
 
 def require_tool(name: str, request: pytest.FixtureRequest | None = None) -> str:
@@ -175,7 +175,7 @@ def tiny_nnunet_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Cached in ``$KAAPANA_TINY_MODEL_CACHE`` or ``~/.cache/kaapana/tiny-model``: the first session trains
     for about 1.5 minutes, later sessions reuse it.
     """
-    from airflow_provider_kaapana.core.tiny_model import train_tiny_model
+    from airflow_provider_kaapana.testing.tiny_model import train_tiny_model
 
     return train_tiny_model(
         tmp_path_factory.mktemp("tiny-model-work"), cache_dir=os.environ.get("KAAPANA_TINY_MODEL_CACHE")
@@ -199,7 +199,7 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory):
     ``E2E_LISTENER_USER`` (role USER) and ``E2E_VIEWER_USER`` (role VIEWER). The database is dropped
     afterwards.
     """
-    from airflow_provider_kaapana.core.local_airflow import (
+    from airflow_provider_kaapana.testing.local_airflow import (
         LocalAirflow,
         create_postgres_database,
         drop_postgres_database,

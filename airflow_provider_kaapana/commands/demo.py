@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.demo import run_demo
+    from airflow_provider_kaapana.testing.demo import run_demo
 
     print(
         "kaapana demo: incoming CT -> PACS + index -> nnU-Net segmentation -> DICOM SEG -> PACS + index",

@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from airflow_provider_kaapana.core.search import index_series, make_search_client
-from airflow_provider_kaapana.core.search_template import DEFAULT_INDEX
+from airflow_provider_kaapana.core.index.client import index_series, make_search_client
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.exceptions import KaapanaError
 
 NAME = "index"

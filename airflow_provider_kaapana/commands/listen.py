@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pynetdicom import _config as pynetdicom_config
 
-    from airflow_provider_kaapana.core.listener import AirflowTrigger, DicomListener
+    from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
 
     if getattr(args, "verbose", 0) < 2:
         # pynetdicom's per-message event logging costs ~0.5 ms CPU per instance even when nothing is

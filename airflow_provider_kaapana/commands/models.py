@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.models import install_model, list_models
+    from airflow_provider_kaapana.core.nnunet.models import install_model, list_models
 
     try:
         if args.action == "install":

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.nifti import convert_series
+    from airflow_provider_kaapana.core.nifti.convert import convert_series
     from airflow_provider_kaapana.exceptions import KaapanaError
 
     try:

@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.models import resolve_model
-    from airflow_provider_kaapana.core.nnunet import LABELS_FILE, predict
+    from airflow_provider_kaapana.core.nnunet.predict import LABELS_FILE, predict
+    from airflow_provider_kaapana.core.nnunet.models import resolve_model
 
     try:
         model_dir = resolve_model(args.model, args.models_dir, args.configuration)

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.seg import AlgorithmInfo, export_seg
+    from airflow_provider_kaapana.core.seg.export import AlgorithmInfo, export_seg
     from airflow_provider_kaapana.exceptions import KaapanaError, NoFindingsError
 
     algorithm = (

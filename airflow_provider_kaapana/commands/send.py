@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.dicomweb import DicomWebClient
-    from airflow_provider_kaapana.core.dimse import DimsePeer
-    from airflow_provider_kaapana.core.send import send
+    from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
+    from airflow_provider_kaapana.core.net.dimse import DimsePeer
+    from airflow_provider_kaapana.core.net.send import send
     from airflow_provider_kaapana.exceptions import KaapanaError
 
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_provider_kaapana.core.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
 
 DEFAULT_WORKSPACE_BASE = "/tmp/kaapana-workspace"
 RUN_MARKER = ".kaapana-run.json"

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_kaapana.core.uids import UID_PATTERN
+from airflow_provider_kaapana.core.dicom.uids import UID_PATTERN
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 
@@ -44,7 +44,7 @@ class PipelineSettings:
 def installed_model_names(models_dir: str) -> list[str]:
     """Installed nnU-Net models by dataset name (``Dataset901_TinySphere``): cheap local JSON reads."""
     try:
-        from airflow_provider_kaapana.core.models import list_models
+        from airflow_provider_kaapana.core.nnunet.models import list_models
 
         return sorted({m.dataset for m in list_models(models_dir)})
     except Exception as exc:  # a broken store must not break DAG parsing: the form falls back to text

@@ -1,7 +1,7 @@
 """Ingest: a received series (listener-triggered, or by hand with a path) -> validate -> PACS + index.
 
 The listener triggers one run per batch of a series with a conf naming the batch (see
-:func:`airflow_provider_kaapana.core.listener.read_batch_files`). The landing-zone files of that batch are
+:func:`airflow_provider_kaapana.core.listener.server.read_batch_files`). The landing-zone files of that batch are
 removed only after both the PACS store and the indexing succeeded. Invalid files are set aside in the
 run workspace (so they are neither stored nor indexed) and stay in the landing zone, never deleted.
 """
@@ -111,7 +111,7 @@ def create_ingest_dag(
             modality may resend an instance under the same name meanwhile); anything else stays in the
             landing zone, so nothing received is ever lost.
             """
-            from airflow_provider_kaapana.core.listener import read_batch_files
+            from airflow_provider_kaapana.core.listener.server import read_batch_files
 
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
             manifest = conf.get("batch_manifest")
@@ -143,7 +143,7 @@ def arrival_facts(conf: dict[str, Any]) -> dict[str, str]:
     creation time (from its manifest) its ``kaapana.received_at``; a run by hand has neither, and its
     document gets the indexing time.
     """
-    from airflow_provider_kaapana.core.listener import SeriesBatch
+    from airflow_provider_kaapana.core.listener.server import SeriesBatch
 
     facts = {
         "calling_ae_title": str(conf.get("calling_ae") or ""),
@@ -166,7 +166,7 @@ def validate_series(item: dict[str, str]) -> dict[str, Any]:
     """
     import pydicom
 
-    from airflow_provider_kaapana.core.uids import validate_uid
+    from airflow_provider_kaapana.core.dicom.uids import validate_uid
     from airflow_provider_kaapana.exceptions import InvalidDicomError
 
     series_dir = Path(item["series_dir"])

@@ -44,7 +44,7 @@ def create_install_model_dag(
 
         @task
         def install(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-            from airflow_provider_kaapana.core.models import install_model
+            from airflow_provider_kaapana.core.nnunet.models import install_model
 
             return [
                 info.to_dict() | {"path": str(info.path)}

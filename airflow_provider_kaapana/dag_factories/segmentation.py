@@ -133,7 +133,7 @@ def create_segmentation_dag(
         @task
         def select_series(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
             """The series to process: the given UIDs (study UIDs looked up) or a search."""
-            from airflow_provider_kaapana.core.search import select_cohort
+            from airflow_provider_kaapana.core.index.client import select_cohort
             from airflow_provider_kaapana.hooks.search import SearchHook
 
             client = SearchHook(search_conn_id=s.search_conn_id).get_client()

@@ -1,7 +1,7 @@
 """``PacsHook``: one Airflow connection for a PACS's DIMSE and DICOMweb interfaces.
 
-The hook turns the connection into a :class:`~airflow_provider_kaapana.core.dimse.DimsePeer` and a
-:class:`~airflow_provider_kaapana.core.dicomweb.DicomWebClient` and delegates every operation to them;
+The hook turns the connection into a :class:`~airflow_provider_kaapana.core.net.dimse.DimsePeer` and a
+:class:`~airflow_provider_kaapana.core.net.dicomweb.DicomWebClient` and delegates every operation to them;
 nothing here talks DICOM itself.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_kaapana.core import dimse
-from airflow_provider_kaapana.core.dicomweb import DicomWebClient
-from airflow_provider_kaapana.core.dimse import DimsePeer, RetrieveResult, StoreResult
+from airflow_provider_kaapana.core.net import dimse
+from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
+from airflow_provider_kaapana.core.net.dimse import DimsePeer, RetrieveResult, StoreResult
 from airflow_provider_kaapana.exceptions import PacsError
 
 CONN_TYPE = "kaapana_pacs"

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_kaapana.core.search import SearchClient, make_search_client
+from airflow_provider_kaapana.core.index.client import SearchClient, make_search_client
 
 _FLAVOR_BY_CONN_TYPE = {"elasticsearch": "elasticsearch", "opensearch": "opensearch"}
 _TRUE = {"true", "1", "yes", "on"}
@@ -111,7 +111,7 @@ class SearchHook(BaseHook):
         return make_search_client(url, flavor, **settings)  # type: ignore[arg-type]
 
     def get_conn(self) -> SearchClient:
-        """The :class:`~airflow_provider_kaapana.core.search.SearchClient` (created once)."""
+        """The :class:`~airflow_provider_kaapana.core.index.client.SearchClient` (created once)."""
         return self.client
 
     def get_client(self) -> SearchClient:

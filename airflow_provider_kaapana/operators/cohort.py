@@ -7,8 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.search import select_cohort
-from airflow_provider_kaapana.core.search_template import DEFAULT_INDEX
+from airflow_provider_kaapana.core.index.client import select_cohort
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.hooks.search import SearchHook
 
 
@@ -16,7 +16,7 @@ class CohortSelectOperator(BaseOperator):
     """Select series from the DICOM metadata index.
 
     :param query: raw query DSL (the value of ``"query"``, or ``{"query": {...}}``) (templated).
-    :param filters: a :class:`~airflow_provider_kaapana.core.search.CohortFilter` as a dict: ``modality``,
+    :param filters: a :class:`~airflow_provider_kaapana.core.index.client.CohortFilter` as a dict: ``modality``,
         ``body_part``, ``date_from``, ``date_to``, ``description_pattern``, ``patient_id``,
         ``study_instance_uid``, ``segment_label``, ``station_name`` (templated).
     :param limit: at most this many series (None: all).

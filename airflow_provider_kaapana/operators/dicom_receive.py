@@ -20,8 +20,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.listener import read_batch_files
-from airflow_provider_kaapana.core.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.listener.server import read_batch_files
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
 from airflow_provider_kaapana.exceptions import PacsError
 
@@ -86,7 +86,7 @@ def _with_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
         return conf
     from collections import Counter
 
-    from airflow_provider_kaapana.core.send import instance_uids
+    from airflow_provider_kaapana.core.net.send import instance_uids
     from airflow_provider_kaapana.exceptions import InvalidDicomError
 
     files = read_batch_files(conf)

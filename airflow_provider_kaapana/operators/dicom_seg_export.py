@@ -1,7 +1,7 @@
 """``DicomSegExportOperator``: an nnU-Net label map -> DICOM SEG referencing its source series.
 
 Thin: it resolves its inputs (explicit arguments, else the XComs of the predict and receive steps),
-calls :func:`airflow_provider_kaapana.core.seg.export_seg` and returns a small XCom of paths and UIDs.
+calls :func:`airflow_provider_kaapana.core.seg.export.export_seg` and returns a small XCom of paths and UIDs.
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ class DicomSegExportOperator(BaseOperator):
         raise ValueError(f"{name} must be a dict (an XCom of the previous step), got {type(value).__name__}")
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_provider_kaapana.core.seg import AlgorithmInfo, export_seg, source_series_instance_uid
+        from airflow_provider_kaapana.core.seg.export import (
+            AlgorithmInfo,
+            export_seg,
+            source_series_instance_uid,
+        )
         from airflow_provider_kaapana.core.workspace import RunWorkspace
         from airflow_provider_kaapana.exceptions import NoFindingsError
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.send import collect_dicom_files, instance_uids, verify_series_stored
+from airflow_provider_kaapana.core.net.send import collect_dicom_files, instance_uids, verify_series_stored
 from airflow_provider_kaapana.operators.dicom_receive import as_native
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.search import index_series
-from airflow_provider_kaapana.core.search_template import DEFAULT_INDEX
+from airflow_provider_kaapana.core.index.client import index_series
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.exceptions import SearchIndexError
 from airflow_provider_kaapana.hooks.search import SearchHook
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.nifti import ConvertedVolume, convert_series
-from airflow_provider_kaapana.core.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.nifti.convert import ConvertedVolume, convert_series
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
 from airflow_provider_kaapana.exceptions import InvalidDicomError, KaapanaError
 

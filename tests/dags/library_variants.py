@@ -1,4 +1,4 @@
-"""Configured variants of the DAG library, built with its factories, for ``tests/test_dag_library.py``.
+"""Configured variants of the DAG library, built with its factories, for ``tests/dag_factories/test_dag_library.py``.
 
 Test-only code: the settings come from environment variables the tests set (``KAAPANA_TEST_LIB_*``),
 with harmless defaults so the file always parses.

@@ -1,0 +1,1 @@
+"""The search index: one document per series, the index template, the client, cohorts, dashboards."""

@@ -1,0 +1,571 @@
+"""A thin, flavor-neutral client for Elasticsearch and OpenSearch: template, bulk, cohort queries.
+
+The client follows the server: the official ``elasticsearch`` client for Elasticsearch and
+``opensearch-py`` for OpenSearch. Both are wrapped in :class:`SearchClient`, which exposes only the
+few calls this package needs, so the hook, operators and CLI never branch on the flavor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import requests
+
+from airflow_provider_kaapana.core.index.document import merge_series_documents
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
+from airflow_provider_kaapana.exceptions import SearchIndexError
+
+log = logging.getLogger(__name__)
+
+Flavor = Literal["opensearch", "elasticsearch"]
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def detect_flavor(
+    url: str, *, auth: tuple[str, str] | None = None, verify: bool | str = True, timeout: float = 10.0
+) -> Flavor:
+    """``GET /`` once: ``opensearch`` when the server says its distribution is OpenSearch."""
+    try:
+        response = requests.get(url.rstrip("/") + "/", auth=auth, verify=verify, timeout=timeout)
+        response.raise_for_status()
+        info = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise SearchIndexError(f"search server {url}: cannot detect its flavor (GET /): {exc}") from exc
+    version = info.get("version", {}) if isinstance(info, dict) else {}
+    if version.get("distribution") == "opensearch" or "opensearch" in str(info.get("tagline", "")).lower():
+        return "opensearch"
+    return "elasticsearch"
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    meta = getattr(exc, "meta", None)
+    status = getattr(meta, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return type(exc).__name__ in {"ConnectionError", "ConnectionTimeout", "TransportError"} and (
+        _status_of(exc) in (None, "N/A")
+    )
+
+
+class SearchClient:
+    """The calls this package makes, over either official client library.
+
+    ``raw`` is the underlying ``elasticsearch.Elasticsearch`` or ``opensearchpy.OpenSearch``.
+    """
+
+    def __init__(self, raw: Any, flavor: Flavor, url: str) -> None:
+        self.raw = raw
+        self.flavor = flavor
+        self.url = url
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"SearchClient({self.flavor}, {self.url})"
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.raw.info())
+
+    def put_index_template(self, name: str, body: dict[str, Any]) -> None:
+        self.raw.indices.put_index_template(name=name, body=body)
+
+    def get_index_template(self, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.raw.indices.get_index_template(name=name)
+        except Exception as exc:
+            if _status_of(exc) == 404:
+                return None
+            raise
+        templates = dict(response).get("index_templates", [])
+        return templates[0]["index_template"] if templates else None
+
+    def bulk(self, payload: bytes, *, refresh: bool | str = False) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if refresh:
+            params["refresh"] = "true" if refresh is True else refresh
+        if self.flavor == "elasticsearch":
+            return dict(self.raw.bulk(body=payload, **params))
+        return dict(self.raw.bulk(body=payload, params=params))
+
+    def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.raw.search(index=index, body=body))
+
+    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
+        body = {"query": query} if query else None
+        return int(dict(self.raw.count(index=index, body=body))["count"])
+
+    def refresh(self, index: str) -> None:
+        self.raw.indices.refresh(index=index)
+
+    def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.raw.get(index=index, id=doc_id))["_source"]
+        except Exception as exc:
+            if _status_of(exc) == 404:
+                return None
+            raise
+
+    def delete_index(self, index: str) -> None:
+        try:
+            self.raw.indices.delete(index=index)
+        except Exception as exc:
+            if _status_of(exc) != 404:
+                raise
+
+
+def make_search_client(
+    url: str,
+    flavor: Literal["opensearch", "elasticsearch", "auto"] = "auto",
+    *,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    verify_certs: bool = True,
+    ca_certs: str | None = None,
+    timeout: float = 30.0,
+    client_options: dict[str, Any] | None = None,
+) -> SearchClient:
+    """A :class:`SearchClient` for ``url``; ``flavor="auto"`` asks the server once (``GET /``)."""
+    url = url.rstrip("/")
+    if flavor == "auto":
+        flavor = detect_flavor(url, auth=auth, verify=ca_certs or verify_certs, timeout=timeout)
+    options = dict(client_options or {})
+    if flavor == "opensearch":
+        try:
+            from opensearchpy import OpenSearch
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise SearchIndexError(
+                "OpenSearch server but opensearch-py is not installed: "
+                "pip install 'airflow-provider-kaapana[opensearch]'"
+            ) from exc
+        kwargs: dict[str, Any] = {
+            "hosts": [url],
+            "timeout": timeout,
+            "verify_certs": verify_certs,
+            "max_retries": 0,  # retries are ours (bulk_index), with backoff
+        }
+        if auth:
+            kwargs["http_auth"] = auth
+        if api_key:
+            kwargs.setdefault("headers", {})["Authorization"] = f"ApiKey {api_key}"
+        if ca_certs:
+            kwargs["ca_certs"] = ca_certs
+        kwargs.update(options)
+        return SearchClient(OpenSearch(**kwargs), "opensearch", url)
+    if flavor == "elasticsearch":
+        from elasticsearch import Elasticsearch
+
+        kwargs = {"hosts": [url], "request_timeout": timeout, "max_retries": 0}
+        if url.startswith("https"):
+            kwargs["verify_certs"] = verify_certs
+            if ca_certs:
+                kwargs["ca_certs"] = ca_certs
+        if auth:
+            kwargs["basic_auth"] = auth
+        if api_key:
+            kwargs["api_key"] = api_key
+        kwargs.update(options)
+        return SearchClient(Elasticsearch(**kwargs), "elasticsearch", url)
+    raise ValueError(f"flavor must be 'opensearch', 'elasticsearch' or 'auto', not {flavor!r}")
+
+
+def template_name(index: str) -> str:
+    return f"{index}-template"
+
+
+def ensure_index_template(
+    client: SearchClient, index: str = DEFAULT_INDEX, *, explicit: Literal["core", "all"] = "core"
+) -> bool:
+    """Install the series-document template for ``index`` (pattern ``<index>*``); idempotent.
+
+    Returns True when the template was (re)installed, False when an identical one was already there.
+    """
+    body = build_index_template(f"{index}*", explicit=explicit)
+    name = template_name(index)
+    current = client.get_index_template(name)
+    if current is not None and _same_template(current, body):
+        return False
+    try:
+        client.put_index_template(name, body)
+    except Exception as exc:
+        raise SearchIndexError(f"{client.url}: installing index template {name!r} failed: {exc}") from exc
+    return True
+
+
+def _same_template(current: dict[str, Any], body: dict[str, Any]) -> bool:
+    meta = current.get("_meta") or {}
+    if current.get("version") != body["version"] or meta.get("template_version") != body["version"]:
+        return False
+    mappings = (current.get("template") or {}).get("mappings") or {}
+    want = body["template"]["mappings"]
+    return sorted(mappings.get("properties", {})) == sorted(want["properties"]) and len(
+        mappings.get("dynamic_templates", [])
+    ) == len(want["dynamic_templates"])
+
+
+@dataclass
+class BulkResult:
+    """Outcome of :func:`bulk_index`: ids indexed, ``{doc_id: reason}`` rejected, requests sent."""
+
+    indexed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    requests: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "requests": self.requests,
+            "retries": self.retries,
+        }
+
+
+def _action_lines(index: str, doc_id: str, document: dict[str, Any]) -> bytes:
+    action = json.dumps({"index": {"_index": index, "_id": doc_id}}, separators=(",", ":"))
+    source = json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"{action}\n{source}\n".encode()
+
+
+def _batches(
+    index: str, docs: Iterable[tuple[str, dict[str, Any]]], max_bytes: int
+) -> Iterator[list[tuple[str, bytes]]]:
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for doc_id, document in docs:
+        lines = _action_lines(index, doc_id, document)
+        if batch and size + len(lines) > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append((doc_id, lines))
+        size += len(lines)
+    if batch:
+        yield batch
+
+
+def bulk_index(
+    client: SearchClient,
+    index: str,
+    docs: Iterable[tuple[str, dict[str, Any]]],
+    *,
+    max_bytes: int = 8 * 1024 * 1024,
+    max_retries: int = 5,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+    refresh: bool | str = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BulkResult:
+    """Index ``(doc_id, document)`` pairs in bulk requests of at most ``max_bytes``.
+
+    A whole request answered 429/5xx (or a lost connection) is retried with exponential backoff and
+    jitter; single documents rejected with 429/5xx inside a bulk response are retried the same way.
+    Documents rejected for other reasons (mapping errors...) are reported in ``BulkResult.failed``
+    with the server's reason. Raises :class:`SearchIndexError` only when retries run out for a whole
+    request.
+    """
+    result = BulkResult()
+    for batch in _batches(index, docs, max_bytes):
+        pending = batch
+        attempt = 0
+        while pending:
+            payload = b"".join(lines for _, lines in pending)
+            result.requests += 1
+            try:
+                response = client.bulk(payload, refresh=refresh)
+            except Exception as exc:
+                status = _status_of(exc)
+                retryable = status in RETRY_STATUSES or (status is None and _is_connection_error(exc))
+                if not retryable or attempt >= max_retries:
+                    raise SearchIndexError(
+                        f"{client.url}: bulk request of {len(pending)} documents to {index!r} failed"
+                        f"{f' after {attempt} retries' if attempt else ''}: {status or ''} {exc}"
+                    ) from exc
+                attempt += 1
+                result.retries += 1
+                delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                log.warning("bulk request answered %s; retry %d in %.2fs", status or exc, attempt, delay)
+                sleep(delay)
+                continue
+            retry: list[tuple[str, bytes]] = []
+            by_id = dict(pending)
+            for item in response.get("items", []):
+                op = item.get("index") or item.get("create") or {}
+                doc_id = str(op.get("_id"))
+                status = int(op.get("status", 0))
+                if 200 <= status < 300:
+                    result.indexed.append(doc_id)
+                    result.failed.pop(doc_id, None)
+                elif status in RETRY_STATUSES and attempt < max_retries and doc_id in by_id:
+                    retry.append((doc_id, by_id[doc_id]))
+                else:
+                    error = op.get("error")
+                    reason = error.get("reason") if isinstance(error, dict) else str(error)
+                    kind = error.get("type") if isinstance(error, dict) else ""
+                    result.failed[doc_id] = f"HTTP {status} {kind}: {reason}".strip()
+            if retry:
+                attempt += 1
+                result.retries += 1
+                delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                log.warning("%d documents answered 429/5xx; retry %d in %.2fs", len(retry), attempt, delay)
+                sleep(delay)
+            pending = retry
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# cohorts
+
+
+@dataclass
+class CohortFilter:
+    """A simple series filter; every set field must match (AND). Lists mean "any of".
+
+    ``date_from``/``date_to`` bound StudyDate (``YYYY-MM-DD`` or ``YYYYMMDD``, inclusive);
+    ``description_pattern`` is a case-insensitive wildcard on SeriesDescription (``*liver*``).
+    """
+
+    modality: str | Sequence[str] | None = None
+    body_part: str | Sequence[str] | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+    description_pattern: str | None = None
+    patient_id: str | Sequence[str] | None = None
+    study_instance_uid: str | Sequence[str] | None = None
+    segment_label: str | Sequence[str] | None = None
+    station_name: str | Sequence[str] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CohortFilter:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown cohort filter keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)
+
+    def to_query(self) -> dict[str, Any]:
+        clauses: list[dict[str, Any]] = []
+
+        def terms(field_name: str, value: str | Sequence[str] | None, upper: bool = False) -> None:
+            if value is None:
+                return
+            values = [value] if isinstance(value, str) else list(value)
+            if upper:
+                values = [v.upper() for v in values]
+            clauses.append({"terms": {field_name: values}})
+
+        terms("kaapana.modality", self.modality, upper=True)
+        terms("BodyPartExamined", self.body_part, upper=True)
+        terms("PatientID", self.patient_id)
+        terms("StudyInstanceUID", self.study_instance_uid)
+        terms("kaapana.segment_labels", self.segment_label)
+        terms("StationName", self.station_name)
+        if self.date_from or self.date_to:
+            bounds = {}
+            if self.date_from:
+                bounds["gte"] = _iso_day(self.date_from)
+            if self.date_to:
+                bounds["lte"] = _iso_day(self.date_to)
+            clauses.append({"range": {"StudyDate": bounds}})
+        if self.description_pattern:
+            clauses.append(
+                {
+                    "wildcard": {
+                        "SeriesDescription": {"value": self.description_pattern, "case_insensitive": True}
+                    }
+                }
+            )
+        return {"bool": {"filter": clauses}} if clauses else {"match_all": {}}
+
+
+def _iso_day(value: str) -> str:
+    value = str(value).strip()
+    if len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
+
+
+def select_cohort(
+    client: SearchClient,
+    index: str = DEFAULT_INDEX,
+    *,
+    query: dict[str, Any] | None = None,
+    filters: CohortFilter | dict[str, Any] | None = None,
+    limit: int | None = 100,
+    page_size: int = 1000,
+) -> list[dict[str, str]]:
+    """Series matching ``query`` (raw query DSL, the value of ``"query"``) or ``filters``.
+
+    Returns ``[{"series_instance_uid", "study_instance_uid"}, ...]`` sorted by SeriesInstanceUID,
+    at most ``limit`` (None: all, paged with ``search_after``).
+    """
+    if query is not None and filters is not None:
+        raise ValueError("give either a raw query or filters, not both")
+    if isinstance(filters, dict):
+        filters = CohortFilter.from_dict(filters)
+    if query is not None and "query" in query and len(query) == 1:
+        query = query["query"]  # accept {"query": {...}} as well as the bare query
+    effective = query if query is not None else (filters or CohortFilter()).to_query()
+    out: list[dict[str, str]] = []
+    search_after: list[Any] | None = None
+    while limit is None or len(out) < limit:
+        size = page_size if limit is None else min(page_size, limit - len(out))
+        body: dict[str, Any] = {
+            "query": effective,
+            "size": size,
+            "sort": [{"SeriesInstanceUID": "asc"}],
+            "_source": ["SeriesInstanceUID", "StudyInstanceUID"],
+        }
+        if search_after is not None:
+            body["search_after"] = search_after
+        try:
+            response = client.search(index, body)
+        except Exception as exc:
+            raise SearchIndexError(f"{client.url}: cohort query on {index!r} failed: {exc}") from exc
+        hits = response.get("hits", {}).get("hits", [])
+        for hit in hits:
+            source = hit.get("_source", {})
+            out.append(
+                {
+                    "series_instance_uid": str(source.get("SeriesInstanceUID", hit.get("_id"))),
+                    "study_instance_uid": str(source.get("StudyInstanceUID", "")),
+                }
+            )
+        if len(hits) < size or not hits:
+            break
+        search_after = hits[-1].get("sort")
+        if not search_after:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole step: headers -> documents -> bulk
+
+
+@dataclass
+class IndexReport:
+    """Outcome of :func:`index_series`; ``as_dict()`` is the operator's XCom and the CLI's output."""
+
+    index: str
+    indexed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    file_errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    instances: int = 0
+    requests: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "file_errors": self.file_errors,
+            "problems": self.problems[:200],
+            "instances": self.instances,
+        }
+
+
+def _build_one(args: tuple[str, dict[str, Any]]) -> tuple[list[Any], list[str]]:
+    from airflow_provider_kaapana.core.index.document import build_series_documents
+
+    path, kwargs = args
+    return build_series_documents([path], **kwargs)
+
+
+def iter_series_documents(
+    inputs: Sequence[tuple[str | Any, dict[str, Any]]], *, workers: int = 1
+) -> Iterator[tuple[list[Any], list[str]]]:
+    """``(documents, file_errors)`` per input ``(path, build kwargs)``; ``workers`` > 1 uses processes."""
+    items = [(str(path), kwargs) for path, kwargs in inputs]
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield _build_one(item)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    )
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_build_one, items, chunksize=max(1, min(16, len(items) // (workers * 8) or 1)))
+
+
+def index_series(
+    client: SearchClient,
+    index: str,
+    inputs: Sequence[str | Any | tuple[str | Any, dict[str, Any]]],
+    *,
+    workers: int = 1,
+    received_at: Any = None,
+    source: dict[str, Any] | None = None,
+    ensure_template: bool = True,
+    max_bytes: int = 8 * 1024 * 1024,
+    max_retries: int = 5,
+    backoff_s: float = 0.5,
+    refresh: bool | str = False,
+    merge_instances: bool = False,
+) -> IndexReport:
+    """Index series folders (or files) into ``index``: one document per SeriesInstanceUID.
+
+    ``merge_instances=True`` merges each document into the one already indexed for its series
+    (:func:`~airflow_provider_kaapana.core.index.document.merge_series_documents`: instances united by
+    SOPInstanceUID, aggregates recomputed) — for series that arrive in parts. Default: replace.
+
+    ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
+    give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
+    server rejects in ``failed``; nothing else stops the run. Raises :class:`SearchIndexError` only
+    when the server keeps failing whole requests after the retries.
+    """
+    if ensure_template:
+        ensure_index_template(client, index)
+    defaults = {"received_at": received_at, "source": source}
+    normalised: list[tuple[str | Any, dict[str, Any]]] = []
+    for item in inputs:
+        if isinstance(item, tuple):
+            path, kwargs = item
+            normalised.append((path, {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}))
+        else:
+            normalised.append((item, dict(defaults)))
+    report = IndexReport(index=index)
+
+    def documents() -> Iterator[tuple[str, dict[str, Any]]]:
+        for docs, errors in iter_series_documents(normalised, workers=workers):
+            report.file_errors.extend(errors)
+            for doc in docs:
+                report.instances += len(doc.files)
+                report.problems.extend(doc.problems)
+                document = doc.document
+                if merge_instances:
+                    try:
+                        existing = client.get(index, doc.doc_id)
+                    except Exception as exc:
+                        raise SearchIndexError(
+                            f"{client.url}: reading {doc.doc_id} to merge failed: {exc}"
+                        ) from exc
+                    if existing is not None:
+                        document = merge_series_documents(existing, document)
+                yield doc.doc_id, document
+
+    result = bulk_index(
+        client,
+        index,
+        documents(),
+        max_bytes=max_bytes,
+        max_retries=max_retries,
+        backoff_s=backoff_s,
+        refresh=refresh,
+    )
+    report.indexed, report.failed = result.indexed, result.failed
+    report.requests, report.retries = result.requests, result.retries
+    return report

@@ -1,0 +1,241 @@
+"""Saved objects (NDJSON) for Kibana and OpenSearch Dashboards over the series index.
+
+One data view (index pattern) and one dashboard of aggregation-based visualizations: series by
+modality, by study date, by body part, by station, completeness, and totals. Legacy
+``visualization`` objects are used on purpose: both Kibana 8/9 and OpenSearch Dashboards 2/3 import
+and migrate them. The shipped files under ``airflow_provider_kaapana/data/dashboards/`` are generated
+by :func:`write_saved_objects` (a test keeps them in sync).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
+
+Target = Literal["kibana", "opensearch-dashboards"]
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "dashboards"
+FILES: dict[str, str] = {"kibana": "kibana.ndjson", "opensearch-dashboards": "opensearch-dashboards.ndjson"}
+
+INDEX_PATTERN_ID = "kaapana-dicom-series"
+DASHBOARD_ID = "kaapana-dicom-overview"
+_SEARCH_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
+_MIGRATION = {"index-pattern": "7.6.0", "visualization": "7.10.0", "dashboard": "7.9.3"}
+
+
+def _search_source() -> str:
+    return json.dumps(
+        {"query": {"query": "", "language": "kuery"}, "filter": [], "indexRefName": _SEARCH_REF},
+        sort_keys=True,
+    )
+
+
+def _count() -> dict[str, Any]:
+    return {"id": "1", "enabled": True, "type": "count", "schema": "metric", "params": {}}
+
+
+def _terms(field: str, size: int, schema: str = "segment", missing: bool = True) -> dict[str, Any]:
+    return {
+        "id": "2",
+        "enabled": True,
+        "type": "terms",
+        "schema": schema,
+        "params": {
+            "field": field,
+            "size": size,
+            "order": "desc",
+            "orderBy": "1",
+            "otherBucket": True,
+            "otherBucketLabel": "Other",
+            "missingBucket": missing,
+            "missingBucketLabel": "Missing",
+        },
+    }
+
+
+def _bar_params(kind: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "addTooltip": True,
+        "addLegend": False,
+        "legendPosition": "right",
+        "times": [],
+        "addTimeMarker": False,
+        "grid": {"categoryLines": False},
+        "categoryAxes": [
+            {
+                "id": "CategoryAxis-1",
+                "type": "category",
+                "position": "left" if kind == "horizontal_bar" else "bottom",
+                "show": True,
+                "scale": {"type": "linear"},
+                "labels": {"show": True, "truncate": 100},
+                "title": {},
+            }
+        ],
+        "valueAxes": [
+            {
+                "id": "ValueAxis-1",
+                "name": "LeftAxis-1",
+                "type": "value",
+                "position": "bottom" if kind == "horizontal_bar" else "left",
+                "show": True,
+                "scale": {"type": "linear", "mode": "normal"},
+                "labels": {"show": True, "rotate": 0, "filter": False, "truncate": 100},
+                "title": {"text": "Series"},
+            }
+        ],
+        "seriesParams": [
+            {
+                "show": True,
+                "type": "histogram",
+                "mode": "normal",
+                "data": {"label": "Series", "id": "1"},
+                "valueAxis": "ValueAxis-1",
+                "drawLinesBetweenPoints": True,
+                "showCircles": True,
+            }
+        ],
+    }
+
+
+def _visualizations() -> list[tuple[str, str, dict[str, Any]]]:
+    """``(id, title, visState)`` of every panel."""
+    pie = {"type": "pie", "addTooltip": True, "addLegend": True, "legendPosition": "right", "isDonut": True}
+    date_histogram = {
+        "id": "2",
+        "enabled": True,
+        "type": "date_histogram",
+        "schema": "segment",
+        "params": {
+            "field": "StudyDate",
+            "interval": "M",
+            "min_doc_count": 1,
+            "extended_bounds": {},
+            "customLabel": "Study date",
+        },
+    }
+    instances = {
+        "id": "1",
+        "enabled": True,
+        "type": "sum",
+        "schema": "metric",
+        "params": {"field": "kaapana.instance_count", "customLabel": "Instances"},
+    }
+    series = dict(_count(), id="2", params={"customLabel": "Series"})
+    table = {"perPage": 20, "showPartialRows": False, "showMetricsAtAllLevels": False, "showTotal": True}
+    return [
+        ("kaapana-series-by-modality", "Series by modality", {"type": "pie", "params": pie,
+         "aggs": [_count(), _terms("kaapana.modality", 20)]}),
+        ("kaapana-series-by-date", "Series by study date", {"type": "histogram", "params": _bar_params("histogram"),
+         "aggs": [_count(), date_histogram]}),
+        ("kaapana-series-by-body-part", "Series by body part", {"type": "horizontal_bar",
+         "params": _bar_params("horizontal_bar"), "aggs": [_count(), _terms("BodyPartExamined", 25)]}),
+        ("kaapana-series-by-station", "Series by station", {"type": "table", "params": table,
+         "aggs": [_count(), _terms("StationName", 50, schema="bucket")]}),
+        ("kaapana-series-completeness", "Completeness (InstanceNumber gaps)", {"type": "pie", "params": pie,
+         "aggs": [_count(), _terms("kaapana.instance_number.complete", 3)]}),
+        ("kaapana-totals", "Series and instances", {"type": "metric",
+         "params": {"addTooltip": True, "addLegend": False, "type": "metric",
+                    "metric": {"percentageMode": False, "useRanges": False, "colorSchema": "Green to Red",
+                               "metricColorMode": "None", "colorsRange": [{"from": 0, "to": 10000}],
+                               "labels": {"show": True}, "invertColors": False,
+                               "style": {"bgFill": "#000", "bgColor": False, "labelColor": False,
+                                         "subText": "", "fontSize": 40}}},
+         "aggs": [instances, series]}),
+    ]  # fmt: skip
+
+
+def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict[str, Any]]:
+    """The saved objects for ``target``: index pattern, visualizations, dashboard (import order)."""
+    if target not in FILES:
+        raise ValueError(f"target must be one of {sorted(FILES)}, not {target!r}")
+    product = "Kibana" if target == "kibana" else "OpenSearch Dashboards"
+    objects: list[dict[str, Any]] = [
+        {
+            "id": INDEX_PATTERN_ID,
+            "type": "index-pattern",
+            "attributes": {"title": f"{index}*", "timeFieldName": "kaapana.received_at"},
+            "references": [],
+            "migrationVersion": {"index-pattern": _MIGRATION["index-pattern"]},
+        }
+    ]
+    panels: list[dict[str, Any]] = []
+    references: list[dict[str, str]] = []
+    for n, (vis_id, title, vis_state) in enumerate(_visualizations()):
+        objects.append(
+            {
+                "id": vis_id,
+                "type": "visualization",
+                "attributes": {
+                    "title": title,
+                    "description": f"DICOM series index ({product})",
+                    "version": 1,
+                    "uiStateJSON": "{}",
+                    "visState": json.dumps({"title": title, **vis_state}, sort_keys=True),
+                    "kibanaSavedObjectMeta": {"searchSourceJSON": _search_source()},
+                },
+                "references": [{"name": _SEARCH_REF, "type": "index-pattern", "id": INDEX_PATTERN_ID}],
+                "migrationVersion": {"visualization": _MIGRATION["visualization"]},
+            }
+        )
+        panel_ref = f"panel_{n}"
+        panels.append(
+            {
+                "panelIndex": str(n + 1),
+                "gridData": {"x": (n % 2) * 24, "y": (n // 2) * 15, "w": 24, "h": 15, "i": str(n + 1)},
+                "version": "7.10.0",
+                "embeddableConfig": {},
+                "panelRefName": panel_ref,
+            }
+        )
+        references.append({"name": panel_ref, "type": "visualization", "id": vis_id})
+    objects.append(
+        {
+            "id": DASHBOARD_ID,
+            "type": "dashboard",
+            "attributes": {
+                "title": "Kaapana DICOM series",
+                "description": "Series in the DICOM metadata index by modality, date, body part, station, completeness",
+                "hits": 0,
+                "version": 1,
+                "panelsJSON": json.dumps(panels, sort_keys=True),
+                "optionsJSON": json.dumps({"useMargins": True, "hidePanelTitles": False}),
+                "timeRestore": True,
+                "timeFrom": "now-5y",
+                "timeTo": "now",
+                "refreshInterval": {"pause": True, "value": 0},
+                "kibanaSavedObjectMeta": {
+                    "searchSourceJSON": json.dumps(
+                        {"query": {"query": "", "language": "kuery"}, "filter": []}
+                    )
+                },
+            },
+            "references": references,
+            "migrationVersion": {"dashboard": _MIGRATION["dashboard"]},
+        }
+    )
+    return objects
+
+
+def to_ndjson(objects: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(obj, sort_keys=True) + "\n" for obj in objects)
+
+
+def write_saved_objects(out_dir: str | Path = DATA_DIR, index: str = DEFAULT_INDEX) -> list[Path]:
+    """Write ``kibana.ndjson`` and ``opensearch-dashboards.ndjson`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target, name in FILES.items():
+        path = out / name
+        path.write_text(to_ndjson(build_saved_objects(target, index)), encoding="utf-8")  # type: ignore[arg-type]
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # regenerate the shipped files
+    for written_path in write_saved_objects():
+        print(written_path)

@@ -1,0 +1,1 @@
+"""The DICOM listener (C-STORE SCP): atomic landing zone, series batches, triggering the ingest DAG."""

@@ -1,0 +1,120 @@
+"""Sending DICOM files to a PACS (C-STORE or STOW-RS) with per-instance checks and optional verification.
+
+Shared by ``kaapana send`` and :class:`~airflow_provider_kaapana.operators.dicom_send.DicomSendOperator`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from airflow_provider_kaapana.core.net import dimse
+from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
+from airflow_provider_kaapana.core.net.dimse import DimsePeer, StoreResult
+from airflow_provider_kaapana.exceptions import InvalidDicomError, PacsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceUids:
+    path: Path
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+def collect_dicom_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and every ``*.dcm`` below given directories (hidden files skipped), sorted."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.dcm") if not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    if not files:
+        raise InvalidDicomError(f"no DICOM files in {[str(p) for p in paths]}")
+    return list(dict.fromkeys(files))
+
+
+def instance_uids(path: Path) -> InstanceUids:
+    try:
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+        )
+        return InstanceUids(path, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    except Exception as exc:  # noqa: BLE001 - name the file
+        raise InvalidDicomError(f"{path}: cannot read Study/Series/SOP Instance UIDs ({exc})") from exc
+
+
+def verify_series_stored(
+    study_instance_uid: str,
+    series_instance_uid: str,
+    sop_instance_uids: Iterable[str],
+    qido: DicomWebClient | None = None,
+    find: Callable[..., list[Any]] | None = None,
+    where: str = "the PACS",
+) -> None:
+    """Raise :class:`PacsError` unless the PACS lists every SOP Instance UID (QIDO-RS or C-FIND)."""
+    wanted = set(sop_instance_uids)
+    if qido is not None:
+        missing = qido.verify_stored(study_instance_uid, series_instance_uid, wanted)
+    elif find is not None:
+        found = find(
+            "instance",
+            {"StudyInstanceUID": study_instance_uid, "SeriesInstanceUID": series_instance_uid},
+            ["SOPInstanceUID"],
+        )
+        missing = wanted - {str(ds.SOPInstanceUID) for ds in found}
+    else:
+        raise ValueError("verification needs a QIDO client or a C-FIND function")
+    if missing:
+        raise PacsError(
+            f"verification at {where}: {len(missing)} of {len(wanted)} instances of series "
+            f"{series_instance_uid} not found after sending, e.g. {sorted(missing)[0]}"
+        )
+
+
+def send(
+    paths: Iterable[str | Path],
+    peer: DimsePeer | None = None,
+    dicomweb: DicomWebClient | None = None,
+    verify: bool = False,
+) -> list[StoreResult]:
+    """Send files/directories by C-STORE (``peer``) or STOW-RS (``dicomweb``); optionally verify.
+
+    Raises :class:`PacsError` naming the failed files (after the retries of the transport).
+    """
+    if (peer is None) == (dicomweb is None):
+        raise ValueError("give exactly one of peer (C-STORE) or dicomweb (STOW-RS)")
+    files = collect_dicom_files(paths)
+    if peer is not None:
+        results = dimse.store(peer, files)
+    else:
+        assert dicomweb is not None
+        results = dicomweb.stow(files)
+    if verify:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for uids in map(instance_uids, files):
+            groups.setdefault((uids.study_instance_uid, uids.series_instance_uid), []).append(
+                uids.sop_instance_uid
+            )
+        for (study, series), sops in groups.items():
+            if dicomweb is not None:
+                verify_series_stored(study, series, sops, qido=dicomweb, where=dicomweb.base_url)
+            else:
+                assert peer is not None
+                verify_series_stored(
+                    study, series, sops, find=lambda *a, **k: dimse.find(peer, *a, **k), where=str(peer)
+                )
+    return results

@@ -1,0 +1,1 @@
+"""nnU-Net: the model store (install, list, resolve) and the inference runner."""

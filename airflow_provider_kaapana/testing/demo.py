@@ -1,0 +1,309 @@
+"""The one-command demo: the whole pipeline on a synthetic CT study, with local stand-in services.
+
+Steps (each printed with its time): start Orthanc (PACS) and osmem-server (search), get the tiny
+nnU-Net model (trained once, then cached), start an Airflow on its embedded SQLite database with the
+ingest and segmentation DAGs built from the factories with demo settings (local-mode nnU-Net on CPU),
+start the DICOM listener triggering the ingest DAG over REST, send a synthetic CT by C-STORE, wait for
+the ingest run, trigger the segmentation run over REST, and report where the SEG is.
+
+This module starts processes and talks HTTP/DIMSE; it never imports Airflow itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+DEMO_USER = ("kaapana-listener", "demo-listener-pw")
+INGEST_DAG = "kaapana_ingest"
+SEGMENTATION_DAG = "kaapana_nnunet_segmentation"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+_DAG_FILE = '''"""Demo variant of a shipped DAG: local services, local-mode nnU-Net on CPU (written by kaapana demo)."""
+
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings
+from airflow_provider_kaapana.dag_factories.{module} import {factory}
+
+dag = {factory}(settings=PipelineSettings(**{settings!r}))
+'''
+
+
+@dataclass
+class DemoResult:
+    study_instance_uid: str
+    series_instance_uid: str
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    seg_document: dict[str, Any]
+    source_document: dict[str, Any]
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    task_durations: dict[str, dict[str, float]] = field(default_factory=dict)  # dag id -> task -> seconds
+    landing_files_left: list[str] = field(default_factory=list)
+    ingest_triggered_by: str | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(t for _, t in self.steps)
+
+
+class _Steps:
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out
+        self.steps: list[tuple[str, float]] = []
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.monotonic()
+        result = fn()
+        elapsed = time.monotonic() - start
+        self.steps.append((name, elapsed))
+        if self.out is not None:
+            print(f"[{elapsed:7.1f} s] {name}", file=self.out, flush=True)
+        return result
+
+
+def _demo_series(out_dir: Path, seed: int = 7):
+    """A small synthetic CT (1 mm isotropic, 32^3) with one bright sphere, like the tiny model's data."""
+    from airflow_provider_kaapana.testing.synthetic import Shape, generate_series
+
+    centre = (0.0, 0.0, 0.0)
+    return generate_series(
+        out_dir,
+        modality="CT",
+        rows=32,
+        columns=32,
+        slices=32,
+        pixel_spacing=(1.0, 1.0),
+        slice_spacing=1.0,
+        origin=(-15.5, -15.5, -15.5),
+        shapes=[Shape(1, centre, radius=7.0, intensity=400.0)],
+        noise_sd=20.0,
+        seed=seed,
+        patient_id="DEMO0001",
+        patient_name="Demo^Patient",
+        series_description="demo CT",
+        body_part="ABDOMEN",
+    )
+
+
+def run_demo(
+    workdir: str | Path | None = None,
+    out: TextIO | None = None,
+    keep: bool = False,
+    db_url: str | None = None,
+) -> DemoResult:
+    """Run the demo end to end; returns where the SEG is. ``out`` receives one line per step.
+
+    ``db_url`` ``None`` runs Airflow on SQLite in the work folder; the end-to-end test passes a
+    PostgreSQL URL instead.
+    """
+    from airflow_provider_kaapana.core.index.client import make_search_client
+    from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
+    from airflow_provider_kaapana.core.net import dimse
+    from airflow_provider_kaapana.testing.local_airflow import LocalAirflow
+    from airflow_provider_kaapana.testing.local_services import Orthanc, Osmem
+    from airflow_provider_kaapana.testing.tiny_model import TINY_DATASET_NAME, train_tiny_model
+
+    own_dir = workdir is None
+    root = Path(workdir or tempfile.mkdtemp(prefix="kaapana-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    steps = _Steps(out)
+    with ExitStack() as stack:
+        orthanc = steps.run(
+            "start Orthanc (PACS, DIMSE + DICOMweb)", lambda: Orthanc(workdir=root / "orthanc").start()
+        )
+        stack.callback(orthanc.stop)
+        osmem = steps.run("start osmem-server (OpenSearch API)", lambda: Osmem().start())
+        stack.callback(osmem.stop)
+
+        models_dir = root / "models"
+
+        def get_model() -> Path:
+            trained = train_tiny_model(root / "tiny-model-work")
+            target = models_dir / TINY_DATASET_NAME / trained.name
+            if not target.exists():
+                shutil.copytree(trained, target)
+            return target
+
+        steps.run("tiny nnU-Net model (trained once, then cached)", get_model)
+
+        settings = {
+            "workspace_base": str(root / "workspace"),
+            "pacs_conn_id": "kaapana_pacs_default",
+            "search_conn_id": "kaapana_search_default",
+            "index": "kaapana-dicom",
+            "models_dir": str(models_dir),
+            "predict_mode": "local",
+            "predict_kwargs": {"device": "cpu"},
+            "default_args": {"retries": 0},
+        }
+        dags = root / "dags"
+        dags.mkdir(exist_ok=True)
+        for module, factory, name in (
+            ("ingest", "create_ingest_dag", INGEST_DAG),
+            ("segmentation", "create_segmentation_dag", SEGMENTATION_DAG),
+        ):
+            (dags / f"{name}.py").write_text(
+                _DAG_FILE.format(module=module, factory=factory, settings=settings)
+            )
+
+        pacs_extra = {"called_ae": orthanc.aet, "calling_ae": "KAAPANA", "dicomweb_url": orthanc.dicomweb_url}
+        airflow = LocalAirflow(
+            root / "airflow",
+            [dags],
+            db_url=db_url,
+            users={DEMO_USER[0]: ("user", DEMO_USER[1])},
+            extra_env={
+                "AIRFLOW_CONN_KAAPANA_PACS_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "kaapana_pacs",
+                        "host": "127.0.0.1",
+                        "port": orthanc.dicom_port,
+                        "extra": pacs_extra,
+                    }
+                ),
+                "AIRFLOW_CONN_KAAPANA_SEARCH_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "kaapana_search",
+                        "host": "127.0.0.1",
+                        "port": osmem.port,
+                        "extra": {"flavor": "opensearch"},
+                    }
+                ),
+            },
+        )
+        database = "PostgreSQL" if db_url else "SQLite"
+        steps.run(f"start Airflow (api-server, scheduler, dag-processor; {database})", airflow.start)
+        stack.callback(airflow.stop)
+        steps.run(
+            "DAGs parsed and unpaused",
+            lambda: [airflow.wait_for_dag(d) for d in (INGEST_DAG, SEGMENTATION_DAG)],
+        )
+
+        landing = root / "landing"
+        trigger = AirflowTrigger(airflow.url, INGEST_DAG, username=DEMO_USER[0], password=DEMO_USER[1])
+        listener = DicomListener(
+            landing, port=0, ae_title="KAAPANA", quiet_seconds=2.0, on_series_complete=trigger
+        )
+        steps.run("start DICOM listener (kaapana listen)", listener.start)
+        stack.callback(listener.stop)
+
+        series = steps.run("generate synthetic CT study", lambda: _demo_series(root / "synthetic"))
+        peer = dimse.DimsePeer("127.0.0.1", listener.port, called_ae="KAAPANA", calling_ae="DEMO_CT")
+        steps.run(
+            f"C-STORE {len(series.files)} instances to the listener", lambda: dimse.store(peer, series.files)
+        )
+
+        durations: dict[str, dict[str, float]] = {}
+        triggered_by: list[str | None] = []
+
+        def ingest() -> str:
+            run_id = _wait_for_first_run(airflow, INGEST_DAG, timeout=120)
+            state = airflow.wait_for_run(INGEST_DAG, run_id, timeout=600)
+            if state != "success":
+                raise RuntimeError(
+                    f"ingest run {run_id} ended {state}: {airflow.task_states(INGEST_DAG, run_id)}"
+                )
+            durations[INGEST_DAG] = airflow.task_durations(INGEST_DAG, run_id)
+            triggered_by.append(
+                airflow.api("GET", f"dags/{INGEST_DAG}/dagRuns/{run_id}").json().get("triggering_user_name")
+            )
+            return run_id
+
+        steps.run("ingest DAG: validate -> PACS -> index -> landing zone cleared", ingest)
+
+        def segment() -> str:
+            run_id = airflow.trigger(
+                SEGMENTATION_DAG, {"identifiers": [series.series_instance_uid], "model": TINY_DATASET_NAME}
+            )
+            state = airflow.wait_for_run(SEGMENTATION_DAG, run_id, timeout=900)
+            if state != "success":
+                raise RuntimeError(
+                    f"segmentation run {run_id} ended {state}: {airflow.task_states(SEGMENTATION_DAG, run_id)}"
+                )
+            durations[SEGMENTATION_DAG] = airflow.task_durations(SEGMENTATION_DAG, run_id)
+            return run_id
+
+        steps.run("segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG -> PACS -> index", segment)
+
+        def locate() -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+            import requests
+
+            r = requests.get(
+                f"{orthanc.dicomweb_url}/studies/{series.study_instance_uid}/series",
+                params={"Modality": "SEG"},
+                headers={"Accept": "application/dicom+json"},
+                timeout=30,
+            )
+            r.raise_for_status()
+            seg_series = [s for s in r.json() if s.get("00080060", {}).get("Value") == ["SEG"]]
+            if not seg_series:
+                raise RuntimeError(f"no SEG series in the PACS for study {series.study_instance_uid}")
+            seg_uid = seg_series[0]["0020000E"]["Value"][0]
+            r = requests.get(
+                f"{orthanc.dicomweb_url}/studies/{series.study_instance_uid}/series/{seg_uid}/instances",
+                headers={"Accept": "application/dicom+json"},
+                timeout=30,
+            )
+            r.raise_for_status()
+            sop_uid = r.json()[0]["00080018"]["Value"][0]
+            client = make_search_client(osmem.url, flavor="opensearch")
+            client.refresh(settings["index"])
+            doc = client.get(settings["index"], seg_uid) or {}
+            source_doc = client.get(settings["index"], series.series_instance_uid) or {}
+            return seg_uid, sop_uid, doc, source_doc
+
+        seg_uid, sop_uid, doc, source_doc = steps.run("locate the SEG in the PACS and the index", locate)
+        result = DemoResult(
+            series.study_instance_uid,
+            series.series_instance_uid,
+            seg_uid,
+            sop_uid,
+            doc,
+            source_doc,
+            steps.steps,
+            durations,
+            sorted(str(p.relative_to(landing)) for p in landing.rglob("*.dcm")),
+            triggered_by[0] if triggered_by else None,
+        )
+        if out is not None:
+            labels = (doc.get("kaapana") or {}).get("segment_labels")
+            print(
+                f"\nSEG stored in Orthanc ({orthanc.dicomweb_url})\n"
+                f"  StudyInstanceUID   {series.study_instance_uid}\n"
+                f"  source series      {series.series_instance_uid}\n"
+                f"  SEG series         {seg_uid}\n"
+                f"  SEG SOP instance   {sop_uid}\n"
+                f"Index document {settings['index']}/{seg_uid}: Modality={doc.get('Modality')} segment labels={labels}\n"
+                f"Total {result.total_seconds:.1f} s"
+                + (f"; work folder {root}" if keep or not own_dir else " (temporary work folder removed)"),
+                file=out,
+                flush=True,
+            )
+            if keep:
+                print("--keep: services stay up until Ctrl-C", file=out, flush=True)
+        if keep:
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    if own_dir and not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _wait_for_first_run(airflow: Any, dag_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = airflow.api("GET", f"/dags/{dag_id}/dagRuns").json().get("dag_runs", [])
+        if runs:
+            return runs[0]["dag_run_id"]
+        time.sleep(1)
+    raise RuntimeError(f"the listener did not trigger {dag_id} within {timeout} s")

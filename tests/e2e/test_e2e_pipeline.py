@@ -1,0 +1,85 @@
+"""The whole chain in a real Airflow: listener -> ingest DAG (REST v2, token auth) -> segmentation DAG.
+
+Runs :func:`airflow_provider_kaapana.testing.demo.run_demo` (the README's demo) once on PostgreSQL with the
+LocalExecutor and once through the ``kaapana demo`` command on SQLite, and checks what ended where.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _seg_mask(seg_path, source) -> np.ndarray:
+    """The SEG's segment 1 on the source grid as (slices, rows, cols) in the source's slice order."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(seg_path)
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=source.sop_instance_uids, segment_numbers=[1], combine_segments=False
+    )
+    return np.asarray(frames)[..., 0]
+
+
+def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
+    from airflow_provider_kaapana.testing.demo import DEMO_USER, _demo_series, run_demo
+    from airflow_provider_kaapana.testing.local_airflow import (
+        create_postgres_database,
+        drop_postgres_database,
+    )
+    from airflow_provider_kaapana.testing.tiny_model import dice_score
+
+    try:
+        db_url = create_postgres_database()
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (user postgres) is needed: {exc}", pytrace=False)
+    try:
+        result = run_demo(tmp_path / "demo", db_url=db_url)
+    finally:
+        drop_postgres_database(db_url)
+
+    # the listener's own Airflow user triggered the ingest run over REST v2
+    assert result.ingest_triggered_by == DEMO_USER[0]
+    # both documents are in the index: the CT (all 32 instances) and the SEG with its label
+    assert result.source_document["Modality"] == "CT"
+    assert result.source_document["kaapana"]["instance_count"] == 32
+    assert "DEMO_CT" in result.source_document["kaapana"]["source_aes"]  # the modality's calling AE
+    assert result.seg_document["Modality"] == "SEG"
+    assert result.seg_document["kaapana"]["segment_labels"] == ["sphere"]
+    # the SEG references the source study and is in the PACS (located by QIDO-RS in run_demo)
+    assert result.seg_document["StudyInstanceUID"] == result.study_instance_uid
+    assert result.seg_series_instance_uid != result.series_instance_uid
+    # the landing zone was cleared only after store + index succeeded
+    assert result.landing_files_left == []
+    # the segmentation is right: Dice against the synthetic truth on the source grid
+    truth_series = _demo_series(tmp_path / "truth")
+    assert truth_series.series_instance_uid == result.series_instance_uid
+    seg_files = list((tmp_path / "demo" / "workspace" / "kaapana_nnunet_segmentation").rglob("seg.dcm"))
+    assert len(seg_files) == 1
+    mask = _seg_mask(seg_files[0], truth_series)
+    assert dice_score(mask.astype(np.uint8), truth_series.truth) >= 0.8
+    # every mapped step of the one series ran
+    seg_tasks = result.task_durations["kaapana_nnunet_segmentation"]
+    for step in ("receive", "nifti", "predict", "seg", "send", "index"):
+        assert f"per_series.{step}[0]" in seg_tasks
+
+
+def test_kaapana_demo_command_on_sqlite(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_kaapana", "demo", "--workdir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("[") and " s] " in line]
+    assert len(steps) >= 10, out.stdout
+    assert any("SQLite" in line for line in steps)
+    assert any(line.strip().startswith("SEG series") for line in lines)
+    assert "segment labels=['sphere']" in out.stdout
