@@ -163,6 +163,14 @@ def pydicom_test_files() -> list[Path]:
     return [p for p in files if p.name not in {"README", "LICENSE"}]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/e2e/ carry the ``e2e`` marker, so ``-m "not e2e"`` is the fast loop."""
+    e2e_root = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e_root in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 

@@ -53,14 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pynetdicom import _config as pynetdicom_config
-
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
+    from airflow_provider_kaapana.core.net.dimse import configure_pynetdicom
 
     if getattr(args, "verbose", 0) < 2:
         # pynetdicom's per-message event logging costs ~0.5 ms CPU per instance even when nothing is
         # printed; this process only listens, so turn it off unless -vv asks for it
-        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        configure_pynetdicom(log_events=False)
 
     trigger = None
     if args.airflow_url:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from airflow_provider_kaapana.core.nnunet.models import DEFAULT_CHECKPOINT
+from airflow_provider_kaapana.core.nnunet.predict import DEVICES
 from airflow_provider_kaapana.exceptions import KaapanaError
 
 NAME = "predict"
@@ -24,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", default=None, help="model store (default: $KAAPANA_MODELS_DIR)")
     parser.add_argument("--configuration", default=None, help="e.g. 3d_fullres (default: the model's)")
     parser.add_argument("--folds", nargs="+", default=None, help="folds to use (default: all available)")
-    parser.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps", "auto"])
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint file name")
+    parser.add_argument("--device", default="cuda", choices=list(DEVICES))
     parser.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring")
     parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window tile step (0, 1]")
     parser.add_argument(
@@ -40,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.nnunet.predict import LABELS_FILE, predict
     from airflow_provider_kaapana.core.nnunet.models import resolve_model
+    from airflow_provider_kaapana.core.nnunet.predict import LABELS_FILE, predict
 
     try:
         model_dir = resolve_model(args.model, args.models_dir, args.configuration)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             peer = DimsePeer.parse(
                 args.dimse, calling_ae=args.calling_ae, retries=args.retries, backoff=args.backoff
             )
-            results = send(args.paths, peer=peer, verify=args.verify)
+            report = send(args.paths, peer=peer, verify=args.verify)
             where = str(peer)
         else:
             token = os.environ.get(args.token_env)
@@ -50,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
             if not auth and args.user:
                 auth = (args.user, os.environ.get(args.password_env, ""))
             client = DicomWebClient(args.dicomweb, auth=auth, retries=args.retries, backoff=args.backoff)
-            results = send(args.paths, dicomweb=client, verify=args.verify)
+            report = send(args.paths, dicomweb=client, verify=args.verify)
             where = client.base_url
     except (KaapanaError, ValueError, FileNotFoundError) as exc:
         print(f"kaapana send: {exc}")
         return 1
     print(
-        f"kaapana send: {len(results)} instances stored at {where}" + (" and verified" if args.verify else "")
+        f"kaapana send: {len(report.results)} instances stored at {where}"
+        + (" and verified" if report.verified_at else "")
     )
     return 0

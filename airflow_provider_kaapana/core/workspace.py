@@ -94,3 +94,10 @@ def find_stale_workspaces(
 
 def remove_workspace(path: str | Path) -> None:
     shutil.rmtree(path)
+
+
+def run_workspace(base: str | Path, dag_id: str, run_id: str) -> RunWorkspace:
+    """The workspace of one DAG run, from its ids: what every operator and step writes into."""
+    if not dag_id or not run_id:
+        raise ValueError(f"a run workspace needs a DAG id and a run id, got {dag_id!r} and {run_id!r}")
+    return RunWorkspace(Path(base), str(dag_id), str(run_id))

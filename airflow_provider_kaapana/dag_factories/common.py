@@ -7,7 +7,6 @@ JSON files from a local folder (never the network).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,13 +14,15 @@ from typing import Any
 from airflow.sdk import DAG, Param
 
 from airflow_provider_kaapana.core.dicom.uids import UID_PATTERN
+from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
+from airflow_provider_kaapana.core.net.send import SEND_METHODS
+from airflow_provider_kaapana.core.nnunet.models import POD_MODELS_DIR
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 
 log = logging.getLogger(__name__)
 
-RETRIEVE_METHODS = ["c-get", "c-move", "wado-rs"]
-SEND_METHODS = ["c-store", "stow-rs"]
 # JSON schema of one Series Instance UID in a form: the same rule as core.uids (PS3.5 9.1), so a UID the
 # form accepts is never refused by the tasks later (e.g. "1.02.3": leading zero in a component).
 UID_ITEMS: dict[str, Any] = {"type": "string", "pattern": UID_PATTERN, "maxLength": 64}
@@ -34,8 +35,8 @@ class PipelineSettings:
     workspace_base: str = DEFAULT_WORKSPACE_BASE
     pacs_conn_id: str = "kaapana_pacs_default"
     search_conn_id: str = "kaapana_search_default"
-    index: str = "kaapana-dicom"
-    models_dir: str = "/models"  # the model store, as mounted on workers and in the nnU-Net pods
+    index: str = DEFAULT_INDEX
+    models_dir: str = POD_MODELS_DIR  # the model store, as mounted on workers and in the nnU-Net pods
     predict_mode: str = "kubernetes"  # or "local": same CLI as a subprocess on the worker
     predict_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. image, PVC names, tolerations
     default_args: dict[str, Any] = field(default_factory=lambda: {"retries": 1})
@@ -62,21 +63,6 @@ def model_param(models_dir: str, section: str = "Model") -> Param:
     if names:
         return Param(names[0], type="string", enum=names, **common)
     return Param("", type="string", minLength=1, **common)
-
-
-def as_list(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, str):
-        return [v.strip() for v in value.replace(",", "\n").splitlines() if v.strip()]
-    return [value]
-
-
-def clean_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Drop empty form fields so they do not become match-nothing filter terms."""
-    return {k: v for k, v in (filters or {}).items() if v not in (None, "", [], {})}
 
 
 def pipeline_dag(
@@ -116,21 +102,10 @@ def receive_from_pacs(series: Any, settings: PipelineSettings) -> DicomReceiveOp
 
 
 def retrieve_method_param(**kwargs: Any) -> Param:
-    return Param("c-get", type="string", enum=RETRIEVE_METHODS, title="Retrieve from the PACS by", **kwargs)
+    return Param(
+        "c-get", type="string", enum=list(RETRIEVE_METHODS), title="Retrieve from the PACS by", **kwargs
+    )
 
 
-def find_series_in_pacs(
-    series_uids: list[str], pacs_conn_id: str, also_looked_in: str = ""
-) -> list[dict[str, str]]:
-    """``{"series_instance_uid", "study_instance_uid"}`` for each series, by C-FIND at series level."""
-    from airflow_provider_kaapana.hooks.pacs import PacsHook
-
-    hook = PacsHook(pacs_conn_id)
-    out: list[dict[str, str]] = []
-    for uid in series_uids:
-        found = hook.find("series", {"SeriesInstanceUID": uid}, ["StudyInstanceUID"])
-        if not found:
-            elsewhere = f" (nor in the {also_looked_in})" if also_looked_in else ""
-            raise ValueError(f"series {uid} is not in the PACS of connection {pacs_conn_id}{elsewhere}")
-        out.append({"series_instance_uid": uid, "study_instance_uid": str(found[0].StudyInstanceUID)})
-    return out
+def send_method_param(**kwargs: Any) -> Param:
+    return Param("c-store", type="string", enum=list(SEND_METHODS), title="Send by", **kwargs)

@@ -4,24 +4,22 @@ The listener triggers one run per batch of a series with a conf naming the batch
 :func:`airflow_provider_kaapana.core.listener.server.read_batch_files`). The landing-zone files of that batch are
 removed only after both the PACS store and the indexing succeeded. Invalid files are set aside in the
 run workspace (so they are neither stored nor indexed) and stay in the landing zone, never deleted.
+The work of each task is in :mod:`airflow_provider_kaapana.core.ingest`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_kaapana.dag_factories.common import SEND_METHODS, PipelineSettings, pipeline_dag
+from airflow_provider_kaapana.core import ingest
+from airflow_provider_kaapana.core.net.send import SEND_METHODS
+from airflow_provider_kaapana.core.params import parse_bool
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings, pipeline_dag
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
-
-log = logging.getLogger(__name__)
 
 DOC = """
 ### Ingest
@@ -43,7 +41,7 @@ def create_ingest_dag(
 ) -> DAG:
     s = settings or PipelineSettings()
     if send_method not in SEND_METHODS:
-        raise ValueError(f"send_method must be one of {SEND_METHODS}")
+        raise ValueError(f"send_method must be one of {list(SEND_METHODS)}")
     with pipeline_dag(
         dag_id,
         s,
@@ -78,11 +76,8 @@ def create_ingest_dag(
             received_series: list[dict[str, str]] | dict[str, str], dag_run=None
         ) -> list[dict[str, Any]]:
             """Every file must be DICOM of the announced series; others are set aside."""
-            from airflow_provider_kaapana.dag_factories.ingest import arrival_facts, validate_series
-
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            items = [received_series] if isinstance(received_series, dict) else list(received_series)
-            return [validate_series(item) | arrival_facts(conf) for item in items]
+            return ingest.validate_batch(received_series, conf)
 
         valid = validate(received.output)
         store = DicomSendOperator(
@@ -111,101 +106,9 @@ def create_ingest_dag(
             modality may resend an instance under the same name meanwhile); anything else stays in the
             landing zone, so nothing received is ever lost.
             """
-            from airflow_provider_kaapana.core.listener.server import read_batch_files
-
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            manifest = conf.get("batch_manifest")
-            if (params and params.get("keep_landing_files")) or not manifest or not Path(manifest).is_file():
-                return []  # a run by hand names someone's folder: never delete from it
-            stored = {name: Path(v["series_dir"]) / name for v in validated for name in v["valid_files"]}
-            removed = []
-            for path in read_batch_files(conf):
-                copy = stored.get(path.name)
-                if copy is None:
-                    log.warning("keeping %s in the landing zone: it failed validation", path)
-                elif not path.exists():
-                    continue
-                elif not same_file_content(path, copy):
-                    log.warning("keeping %s in the landing zone: it changed after this run received it", path)
-                else:
-                    path.unlink()
-                    removed.append(str(path))
-            return removed
+            keep = parse_bool((params or {}).get("keep_landing_files"), "keep_landing_files", default=False)
+            return ingest.remove_from_landing(conf, validated, keep=keep)
 
         [store, index] >> remove_from_landing(valid)
     return dag
-
-
-def arrival_facts(conf: dict[str, Any]) -> dict[str, str]:
-    """What a listener batch's conf says about the arrival, under the index operator's keys.
-
-    ``calling_ae_title``/``called_ae_title`` become the document's ``kaapana.source``, and the batch's
-    creation time (from its manifest) its ``kaapana.received_at``; a run by hand has neither, and its
-    document gets the indexing time.
-    """
-    from airflow_provider_kaapana.core.listener.server import SeriesBatch
-
-    facts = {
-        "calling_ae_title": str(conf.get("calling_ae") or ""),
-        "called_ae_title": str(conf.get("called_ae") or ""),
-    }
-    manifest = conf.get("batch_manifest")
-    created = SeriesBatch.load(manifest).created if manifest and Path(manifest).is_file() else None
-    if isinstance(created, (int, float)) and created > 0:
-        facts["received_at"] = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(
-            timespec="milliseconds"
-        )
-    return {k: v for k, v in facts.items() if v}
-
-
-def validate_series(item: dict[str, str]) -> dict[str, Any]:
-    """Check every file of a received (workspace) series; move bad ones to ``<series_dir>/../.invalid``.
-
-    Returns the item with ``instances`` (count), ``valid_files`` (names) and ``quarantined`` (file names
-    with reasons). Idempotent: a retry finds the files set aside earlier and reports them again.
-    """
-    import pydicom
-
-    from airflow_provider_kaapana.core.dicom.uids import validate_uid
-    from airflow_provider_kaapana.exceptions import InvalidDicomError
-
-    series_dir = Path(item["series_dir"])
-    expected = item.get("series_instance_uid")
-    valid_files: list[str] = []
-    quarantine = series_dir.parent / ".invalid"
-    quarantined = [f"{p.name}: set aside by an earlier try" for p in sorted(quarantine.glob("*"))]
-    for path in sorted(p for p in series_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            uid = validate_uid(str(ds.SeriesInstanceUID), f"SeriesInstanceUID of {path}")
-            validate_uid(str(ds.SOPInstanceUID), f"SOPInstanceUID of {path}")
-            if expected and uid != expected:
-                raise InvalidDicomError(f"{path.name} belongs to series {uid}, not {expected}")
-            expected = expected or uid
-            valid_files.append(path.name)
-        except Exception as exc:
-            log.error("%s: not ingested: %s", path, exc)
-            quarantine.mkdir(parents=True, exist_ok=True)
-            path.rename(quarantine / path.name)
-            quarantined.append(f"{path.name}: {exc}")
-    if not valid_files:
-        raise InvalidDicomError(
-            f"{series_dir}: no valid DICOM instance ({'; '.join(quarantined) or 'empty'})"
-        )
-    return {
-        **item,
-        "series_instance_uid": expected,
-        "instances": len(valid_files),
-        "valid_files": valid_files,
-        "quarantined": quarantined,
-    }
-
-
-def same_file_content(a: Path, b: Path) -> bool:
-    """The same inode (the workspace hard-links landing files), else byte-equal content."""
-    import filecmp
-
-    try:
-        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
-    except OSError:
-        return False

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk import DAG, Param, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
-    as_list,
-    clean_filters,
-    find_series_in_pacs,
     model_param,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
 )
+from airflow_provider_kaapana.operators.cohort import CohortSelectOperator
 from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
@@ -38,6 +36,9 @@ in the PACS and index it. Example conf:
 {"identifiers": ["1.2.826.0.1.3680043.8.498.1"], "model": "Dataset901_TinySphere"}
 ```
 """
+
+# the form's filter fields, each a CohortFilter key of the same name
+FILTER_PARAMS = ("modality", "body_part", "description_pattern", "date_from", "date_to")
 
 
 def create_segmentation_dag(
@@ -129,46 +130,19 @@ def create_segmentation_dag(
             "retrieve_method": retrieve_method_param(section="PACS"),
         },
     ) as dag:
-
-        @task
-        def select_series(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
-            """The series to process: the given UIDs (study UIDs looked up) or a search."""
-            from airflow_provider_kaapana.core.index.client import select_cohort
-            from airflow_provider_kaapana.hooks.search import SearchHook
-
-            client = SearchHook(search_conn_id=s.search_conn_id).get_client()
-            limit = int(params["limit"])
-            identifiers = as_list(params.get("identifiers"))
-            if identifiers:
-                found = select_cohort(
-                    client, s.index, query={"terms": {"SeriesInstanceUID": identifiers}}, limit=None
-                )
-                known = {f["series_instance_uid"] for f in found}
-                missing = [uid for uid in identifiers if uid not in known]
-                if missing:
-                    found += find_series_in_pacs(
-                        missing, s.pacs_conn_id, also_looked_in=f"search index {s.index}"
-                    )
-                order = {uid: i for i, uid in enumerate(identifiers)}
-                series = sorted(found, key=lambda f: order.get(f["series_instance_uid"], 0))[:limit]
-            elif params.get("query"):
-                series = select_cohort(client, s.index, query=params["query"], limit=limit)
-            else:
-                filters = clean_filters(
-                    {
-                        k: params.get(k)
-                        for k in ("modality", "body_part", "description_pattern", "date_from", "date_to")
-                    }
-                )
-                if not filters:
-                    # an empty form would otherwise segment whatever the index holds first (SEGs included)
-                    raise ValueError("give Series Instance UIDs, at least one filter, or a raw query")
-                series = select_cohort(client, s.index, filters=filters, limit=limit)
-            if not series:
-                from airflow.exceptions import AirflowSkipException
-
-                raise AirflowSkipException("no series matched the input selection")
-            return series
+        # UIDs first, else the raw query, else the filters; an empty form fails, no match skips the run
+        select_series = CohortSelectOperator(
+            task_id="select_series",
+            identifiers="{{ params.identifiers }}",
+            query="{{ params.query }}",
+            filters={key: "{{ params." + key + " }}" for key in FILTER_PARAMS},
+            index=s.index,
+            limit="{{ params.limit }}",
+            search_conn_id=s.search_conn_id,
+            pacs_conn_id=s.pacs_conn_id,
+            require_selection=True,
+            skip_if_empty=True,
+        )
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
@@ -203,5 +177,5 @@ def create_segmentation_dag(
             )
             seg >> [send, index]
 
-        per_series.expand(series=select_series())
+        per_series.expand(series=select_series.output)
     return dag

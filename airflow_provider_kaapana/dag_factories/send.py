@@ -6,16 +6,16 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task, task_group
 
+from airflow_provider_kaapana.core.params import as_list
 from airflow_provider_kaapana.dag_factories.common import (
-    SEND_METHODS,
     UID_ITEMS,
     PipelineSettings,
-    as_list,
-    find_series_in_pacs,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
+    send_method_param,
 )
+from airflow_provider_kaapana.operators.cohort import find_series_in_pacs
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 
 DOC = """
@@ -52,7 +52,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
                 title="Destination PACS connection",
                 description="A kaapana_pacs connection id.",
             ),
-            "send_method": Param("c-store", type="string", enum=SEND_METHODS, title="Send by"),
+            "send_method": send_method_param(),
             "retrieve_method": retrieve_method_param(),
             "verify": Param(True, type="boolean", title="Verify by query afterwards"),
         },

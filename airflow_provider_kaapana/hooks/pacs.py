@@ -19,11 +19,12 @@ from airflow.sdk import BaseHook
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
 from airflow_provider_kaapana.core.net.dimse import DimsePeer, RetrieveResult, StoreResult
+from airflow_provider_kaapana.core.net.retry import DEFAULT_RETRY, RetryPolicy
+from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.exceptions import PacsError
 
 CONN_TYPE = "kaapana_pacs"
 RETRIEVE_METHODS = ("c-get", "c-move", "wado-rs")
-SEND_METHODS = ("c-store", "stow-rs")
 
 # Declarative connection form (Airflow >= 3.2 reads these from provider info; older versions call
 # get_connection_form_widgets / get_ui_field_behaviour, which are built from the same table).
@@ -82,6 +83,20 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "Verify HTTPS certificates",
         "schema": {"type": ["boolean", "null"], "default": True},
     },
+    "retries": {
+        "label": "Retries",
+        "description": "retries of each operation after the first attempt (transient failures only)",
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_RETRY.retries},
+    },
+    "backoff": {
+        "label": "Retry backoff (s)",
+        "description": "seconds before the first retry, doubled for each further one",
+        "schema": {"type": ["number", "null"], "default": DEFAULT_RETRY.backoff},
+    },
+    "max_backoff": {
+        "label": "Longest retry wait (s)",
+        "schema": {"type": ["number", "null"], "default": DEFAULT_RETRY.max_backoff},
+    },
 }
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden_fields": ["schema"],
@@ -112,20 +127,13 @@ def declarative_connection_type_info() -> dict[str, Any]:
     }
 
 
-def _as_bool(value: Any, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class PacsHook(BaseHook):
     """A PACS reached by DIMSE (host, port, AE titles) and DICOMweb (base URL, basic/bearer auth).
 
     :param pacs_conn_id: connection of type ``kaapana_pacs``
     :param retries: retries of each operation (default: extra ``retries``, else 3)
     :param backoff: seconds before the first retry, doubled each time (default: extra ``backoff``, else 1)
+    :param max_backoff: the longest wait between retries (default: extra ``max_backoff``, else 60)
     """
 
     conn_name_attr = "pacs_conn_id"
@@ -138,22 +146,35 @@ class PacsHook(BaseHook):
         pacs_conn_id: str = default_conn_name,
         retries: int | None = None,
         backoff: float | None = None,
+        max_backoff: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.pacs_conn_id = pacs_conn_id
         self._retries = retries
         self._backoff = backoff
+        self._max_backoff = max_backoff
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy of every operation: the arguments, else the connection's ``retries``,
+        ``backoff`` and ``max_backoff`` extras, else 3 retries after 1, 2, 4 s."""
+        from_connection = RetryPolicy.from_extra(
+            self.connection.extra_dejson, DEFAULT_RETRY, prefix=f"extra__{CONN_TYPE}__"
+        )
+        return from_connection.updated(
+            retries=self._retries, backoff=self._backoff, max_backoff=self._max_backoff
+        )
 
     @property
     def retries(self) -> int:
         """Retries per operation: the argument, else the connection's ``retries`` extra, else 3."""
-        return int(self._retries if self._retries is not None else self._extra("retries", 3))
+        return self.retry_policy.retries
 
     @property
     def backoff(self) -> float:
         """Seconds before the first retry (doubled each time): argument, ``backoff`` extra, else 1."""
-        return float(self._backoff if self._backoff is not None else self._extra("backoff", 1.0))
+        return self.retry_policy.backoff
 
     # --- connection form -------------------------------------------------------------------------
 
@@ -205,14 +226,18 @@ class PacsHook(BaseHook):
         conn = self.connection
         if not conn.host:
             raise PacsError(f"connection {self.pacs_conn_id!r} has no host")
+        policy = self.retry_policy
         return DimsePeer(
             host=conn.host,
             port=int(conn.port or 11112),
             called_ae=str(self._extra("called_ae", "DCM4CHEE")),
             calling_ae=str(self._extra("calling_ae", "KAAPANA")),
-            tls=self._ssl_context() if _as_bool(self._extra("dimse_tls"), False) else None,
-            retries=self.retries,
-            backoff=self.backoff,
+            tls=self._ssl_context()
+            if parse_bool(self._extra("dimse_tls") or None, "extra dimse_tls", default=False)
+            else None,
+            retries=policy.retries,
+            backoff=policy.backoff,
+            max_backoff=policy.max_backoff,
         )
 
     @cached_property
@@ -228,14 +253,21 @@ class PacsHook(BaseHook):
             auth = (conn.login, conn.password or "")
         elif auth_type == "bearer" and conn.password:
             auth = conn.password
-        verify: bool | str = _as_bool(self._extra("http_verify"), True)
+        verify: bool | str = parse_bool(self._extra("http_verify") or None, "extra http_verify", default=True)
         if verify and self._extra("tls_ca_file"):
             verify = self._extra("tls_ca_file")
         cert = None
         if self._extra("tls_cert_file"):
             cert = (self._extra("tls_cert_file"), self._extra("tls_key_file"))
+        policy = self.retry_policy
         return DicomWebClient(
-            url, auth=auth, verify=verify, cert=cert, retries=self.retries, backoff=self.backoff
+            url,
+            auth=auth,
+            verify=verify,
+            cert=cert,
+            retries=policy.retries,
+            backoff=policy.backoff,
+            max_backoff=policy.max_backoff,
         )
 
     @property
@@ -331,17 +363,6 @@ class PacsHook(BaseHook):
         if method == "wado-rs":
             return self.wado_series(study_instance_uid, series_instance_uid, dest_dir)
         raise ValueError(f"retrieve method {method!r} is not one of {', '.join(RETRIEVE_METHODS)}")
-
-    def send(
-        self, paths: Iterable[str | Path], method: str = "c-store", raise_on_failure: bool = True
-    ) -> list[StoreResult]:
-        """Send files by ``c-store`` or ``stow-rs``; per-instance results."""
-        method = method.lower()
-        if method == "c-store":
-            return self.store(paths, raise_on_failure=raise_on_failure)
-        if method == "stow-rs":
-            return self.stow(paths, raise_on_failure=raise_on_failure)
-        raise ValueError(f"send method {method!r} is not one of {', '.join(SEND_METHODS)}")
 
     def test_connection(self) -> tuple[bool, str]:
         """C-ECHO, plus a QIDO-RS probe when a DICOMweb URL is configured (no retries: answers fast)."""

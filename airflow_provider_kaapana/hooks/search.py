@@ -14,18 +14,11 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_kaapana.core.index.client import SearchClient, make_search_client
+from airflow_provider_kaapana.core.index.client import BULK_RETRY, SearchClient, make_search_client
+from airflow_provider_kaapana.core.net.retry import RetryPolicy
+from airflow_provider_kaapana.core.params import parse_bool
 
 _FLAVOR_BY_CONN_TYPE = {"elasticsearch": "elasticsearch", "opensearch": "opensearch"}
-_TRUE = {"true", "1", "yes", "on"}
-
-
-def _as_bool(value: Any, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in _TRUE
 
 
 def connection_url(conn: Any) -> str:
@@ -35,7 +28,7 @@ def connection_url(conn: Any) -> str:
     if "://" in host:
         scheme, _, rest = host.partition("://")
     else:
-        use_ssl = _as_bool(extra.get("use_ssl"), False)
+        use_ssl = parse_bool(extra.get("use_ssl") or None, "extra use_ssl", default=False)
         scheme = (conn.schema if conn.schema in ("http", "https") else None) or (
             "https" if use_ssl else "http"
         )
@@ -51,7 +44,8 @@ class SearchHook(BaseHook):
 
     :param search_conn_id: an Airflow connection of type ``kaapana_search``, ``elasticsearch`` or
         ``opensearch``. Extras: ``flavor`` (``opensearch``/``elasticsearch``/``auto``), ``verify_certs``,
-        ``ca_certs``, ``api_key``, ``use_ssl``, ``timeout``.
+        ``ca_certs``, ``api_key``, ``use_ssl``, ``timeout``, and the retry policy of bulk requests:
+        ``retries``, ``backoff``, ``max_backoff`` (default 5 retries, 0.5 s doubling up to 30 s).
     """
 
     conn_name_attr = "search_conn_id"
@@ -88,6 +82,18 @@ class SearchHook(BaseHook):
             },
         }
 
+    @staticmethod
+    def _retry_policy_of(conn: Any) -> RetryPolicy:
+        return RetryPolicy.from_extra(
+            conn.extra_dejson or {}, BULK_RETRY, prefix=f"extra__{conn.conn_type}__"
+        )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The bulk retry policy: the connection's ``retries``, ``backoff``, ``max_backoff`` extras,
+        else 5 retries after 0.5 s doubling up to 30 s, with jitter."""
+        return self._retry_policy_of(self.get_connection(self.search_conn_id))
+
     def _settings(self) -> dict[str, Any]:
         conn = self.get_connection(self.search_conn_id)
         extra = conn.extra_dejson or {}
@@ -98,9 +104,10 @@ class SearchHook(BaseHook):
             "flavor": flavor,
             "auth": auth,
             "api_key": extra.get("api_key") or None,
-            "verify_certs": _as_bool(extra.get("verify_certs"), True),
+            "verify_certs": parse_bool(extra.get("verify_certs") or None, "extra verify_certs", default=True),
             "ca_certs": extra.get("ca_certs") or None,
             "timeout": float(extra.get("timeout") or 30.0),
+            "retry": self._retry_policy_of(conn),
         }
 
     @cached_property

@@ -10,15 +10,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from airflow_provider_kaapana.core.params import as_mapping
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 SEG_FILE_NAME = "seg.dcm"
 
 
-class DicomSegExportOperator(BaseOperator):
+class DicomSegExportOperator(KaapanaBaseOperator):
     """Write a DICOM SEG for one series.
 
     :param prediction: the predict step's XCom ``{"series_instance_uid", "label_map_path",
@@ -95,39 +96,16 @@ class DicomSegExportOperator(BaseOperator):
         self.algorithm_version = algorithm_version
         self.algorithm_family = algorithm_family
 
-    @staticmethod
-    def _as_mapping(value: Any, name: str) -> Mapping[str, Any]:
-        """An XCom dict; a rendered template gives its JSON or Python text, which is parsed back."""
-        if value in (None, ""):
-            return {}
-        if isinstance(value, str):
-            import ast
-            import json
-
-            try:
-                value = json.loads(value)
-            except ValueError:
-                try:
-                    value = ast.literal_eval(value)
-                except (ValueError, SyntaxError):
-                    raise ValueError(
-                        f"{name} is text that is neither JSON nor a Python dict: {value[:200]!r}"
-                    ) from None
-        if isinstance(value, Mapping):
-            return value
-        raise ValueError(f"{name} must be a dict (an XCom of the previous step), got {type(value).__name__}")
-
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.seg.export import (
             AlgorithmInfo,
             export_seg,
             source_series_instance_uid,
         )
-        from airflow_provider_kaapana.core.workspace import RunWorkspace
         from airflow_provider_kaapana.exceptions import NoFindingsError
 
-        prediction = self._as_mapping(self.prediction, "prediction")
-        source = self._as_mapping(self.source, "source")
+        prediction = as_mapping(self.prediction, "prediction")
+        source = as_mapping(self.source, "source")
         label_map = self.label_map or prediction.get("label_map_path")
         label_config = self.label_config or prediction.get("labels_path")
         source_dir = self.source_dir or source.get("series_dir") or prediction.get("series_dir")
@@ -149,8 +127,7 @@ class DicomSegExportOperator(BaseOperator):
         if self.output_dir:
             out_dir = Path(self.output_dir)
         else:
-            workspace = RunWorkspace(Path(self.workspace_base), context["dag"].dag_id, context["run_id"])
-            out_dir = workspace.step_dir(series_uid, "seg")
+            out_dir = self.run_workspace(context).step_dir(series_uid, "seg")
         algorithm = (
             AlgorithmInfo(self.algorithm_name, self.algorithm_version, self.algorithm_family)
             if self.algorithm_name

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
-from airflow_provider_kaapana.core.net.send import collect_dicom_files, instance_uids, verify_series_stored
-from airflow_provider_kaapana.operators.dicom_receive import as_native
+from airflow_provider_kaapana.core.net.send import send
+from airflow_provider_kaapana.core.params import as_native, parse_bool
+from airflow_provider_kaapana.hooks.pacs import PacsHook
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _paths_of(value: Any) -> list[str]:
     raise ValueError(f"cannot read paths from {value!r}")
 
 
-class DicomSendOperator(BaseOperator):
+class DicomSendOperator(KaapanaBaseOperator):
     """Send files (or every ``*.dcm`` under directories) to the PACS of ``pacs_conn_id``.
 
     ``paths`` may be file/directory paths or the XCom of another step (dicts with ``series_dir``).
@@ -44,6 +44,9 @@ class DicomSendOperator(BaseOperator):
     SOP Instance UID is there. Mappable: ``.partial(...).expand(paths=...)``.
 
     :param method: ``c-store`` (default) or ``stow-rs``
+    :param verify: a boolean or its text (true/false, yes/no, on/off, 1/0); other text fails the task
+
+    The work is :func:`airflow_provider_kaapana.core.net.send.send`, as for ``kaapana send``.
     """
 
     template_fields: Sequence[str] = ("paths", "method", "pacs_conn_id", "verify")
@@ -64,31 +67,26 @@ class DicomSendOperator(BaseOperator):
         self.pacs_conn_id = pacs_conn_id
         self.verify = verify
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_provider_kaapana.hooks.pacs import PacsHook
+    def get_hook(self) -> PacsHook:
+        return PacsHook(self.pacs_conn_id)
 
-        files = collect_dicom_files(_paths_of(self.paths))
-        uids = [instance_uids(f) for f in files]  # also proves every file is readable before sending
-        hook = PacsHook(self.pacs_conn_id)
-        results = hook.send(files, method=self.method)  # raises PacsError naming failed files
-        log.info("sent %d instances by %s", len(results), self.method)
-        groups: dict[tuple[str, str], list[str]] = {}
-        for u in uids:
-            groups.setdefault((u.study_instance_uid, u.series_instance_uid), []).append(u.sop_instance_uid)
-        if self.verify is True or str(self.verify).strip().lower() in ("true", "1", "yes", "on"):
-            use_web = hook.has_dicomweb
-            for (study, series_uid), sops in groups.items():
-                verify_series_stored(
-                    study,
-                    series_uid,
-                    sops,
-                    qido=hook.dicomweb if use_web else None,
-                    find=None if use_web else hook.find,
-                    where=hook.dicomweb.base_url if use_web else str(hook.dimse_peer),
-                )
-            log.info("verified %d instances in %d series", len(files), len(groups))
+    def execute(self, context: Any) -> dict[str, Any]:
+        method = str(self.method).lower()
+        verify = parse_bool(self.verify, "verify", default=False)
+        hook = self.hook
+        report = send(  # raises PacsError naming failed files
+            _paths_of(self.paths),
+            peer=hook.dimse_peer if method == "c-store" else None,
+            # verification asks DICOMweb (QIDO-RS) whenever the connection has it, else C-FIND
+            dicomweb=hook.dicomweb if method == "stow-rs" or hook.has_dicomweb else None,
+            verify=verify,
+            method=method,
+        )
+        log.info("sent %d instances by %s", len(report.results), self.method)
+        if report.verified_at:
+            log.info("verified %d instances in %d series", len(report.results), len(report.series))
         return {
-            "sent": len(results),
+            "sent": len(report.results),
             "method": self.method,
-            "series": [{"study_instance_uid": s, "series_instance_uid": se} for s, se in sorted(groups)],
+            "series": [{"study_instance_uid": s, "series_instance_uid": se} for s, se in report.series],
         }

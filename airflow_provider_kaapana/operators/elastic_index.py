@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
-
-from airflow.sdk import BaseOperator
 
 from airflow_provider_kaapana.core.index.client import index_series
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.exceptions import SearchIndexError
 from airflow_provider_kaapana.hooks.search import SearchHook
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 # keys of an upstream XCom item that become derived fields of the series document
 _SOURCE_KEYS = ("calling_ae_title", "called_ae_title", "source")
@@ -51,7 +49,7 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-class ElasticIndexOperator(BaseOperator):
+class ElasticIndexOperator(KaapanaBaseOperator):
     """Index DICOM series into Elasticsearch/OpenSearch: one document per SeriesInstanceUID.
 
     :param series_dirs: series folders (or files), or the receive step's list of
@@ -62,7 +60,8 @@ class ElasticIndexOperator(BaseOperator):
     :param workers: processes parsing headers in parallel.
     :param fail_on_rejected: fail the task (after all other series were indexed) when the server
         rejected a document; unreadable files never fail the task, they are reported.
-    :param max_bytes: size of one bulk request; ``max_retries``/``backoff_s`` for 429/5xx answers.
+    :param max_bytes: size of one bulk request; ``retries``/``backoff`` for 429/5xx
+        answers (``None``: the connection's ``retries``/``backoff`` extras, else 5 and 0.5 s).
     :param merge_instances: merge into the already indexed document of the series (partial
         arrivals: instances united by SOPInstanceUID) instead of replacing it.
 
@@ -82,8 +81,8 @@ class ElasticIndexOperator(BaseOperator):
         workers: int = 1,
         fail_on_rejected: bool = True,
         max_bytes: int = 8 * 1024 * 1024,
-        max_retries: int = 5,
-        backoff_s: float = 0.5,
+        retries: int | None = None,
+        backoff: float | None = None,
         refresh: bool | str = "wait_for",
         merge_instances: bool = False,
         **kwargs: Any,
@@ -95,13 +94,12 @@ class ElasticIndexOperator(BaseOperator):
         self.workers = workers
         self.fail_on_rejected = fail_on_rejected
         self.max_bytes = max_bytes
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
+        self.retries = retries
+        self.backoff = backoff
         self.refresh = refresh
         self.merge_instances = merge_instances
 
-    @cached_property
-    def hook(self) -> SearchHook:
+    def get_hook(self) -> SearchHook:
         return SearchHook(search_conn_id=self.search_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -112,8 +110,8 @@ class ElasticIndexOperator(BaseOperator):
             inputs,
             workers=self.workers,
             max_bytes=self.max_bytes,
-            max_retries=self.max_retries,
-            backoff_s=self.backoff_s,
+            retries=self.retries,
+            backoff=self.backoff,
             refresh=self.refresh,
             merge_instances=self.merge_instances,
         )

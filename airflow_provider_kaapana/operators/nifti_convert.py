@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from airflow.sdk import BaseOperator
+from typing import Any
 
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.nifti.convert import ConvertedVolume, convert_series
-from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
+from airflow_provider_kaapana.core.nifti.select import ChannelSelector, first_header, select_channels
+from airflow_provider_kaapana.core.params import as_native
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import InvalidDicomError, KaapanaError
-
-if TYPE_CHECKING:
-    import pydicom
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 SeriesInput = Mapping[str, Any] | str
-ChannelSelector = Mapping[str, str] | str
 
 
 def _as_entry(item: SeriesInput) -> dict[str, Any]:
@@ -29,44 +25,7 @@ def _as_entry(item: SeriesInput) -> dict[str, Any]:
     return dict(item)
 
 
-def _first_header(series_dir: str | Path) -> pydicom.Dataset:
-    """The header of the first image-like DICOM file in ``series_dir`` (for UIDs and channel selection)."""
-    import pydicom  # imported on use: DAG files import this module at parse time
-
-    for path in sorted(Path(series_dir).rglob("*")):
-        if not path.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # not DICOM: convert_series reports it with the reason
-            continue
-        if "SeriesInstanceUID" in ds and "Rows" in ds:
-            return ds
-    raise InvalidDicomError(f"{series_dir}: no DICOM image file found")
-
-
-def _matches(selector: ChannelSelector, entry: Mapping[str, Any], header: pydicom.Dataset) -> bool:
-    """A string is a regex on SeriesDescription; a mapping is ``{DICOM keyword: regex}``, all must match.
-
-    A keyword is looked up in the input dict first (``series_description`` or the keyword itself), then in
-    the first file's header.
-    """
-    from pydicom.multival import MultiValue
-
-    rules = {"SeriesDescription": selector} if isinstance(selector, str) else dict(selector)
-    for keyword, pattern in rules.items():
-        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", keyword).lower()
-        value = entry.get(keyword, entry.get(snake))
-        if value is None:
-            value = header.get(keyword, "")
-        if isinstance(value, (list, tuple, MultiValue)):
-            value = "\\".join(str(v) for v in value)
-        if not re.fullmatch(str(pattern), str(value)):
-            return False
-    return True
-
-
-class NiftiConvertOperator(BaseOperator):
+class NiftiConvertOperator(KaapanaBaseOperator):
     """Convert received series to NIfTI for nnU-Net, with a geometry sidecar per volume.
 
     :param series: what the receive operator returns: one ``{"series_instance_uid", "series_dir", ...}``
@@ -77,7 +36,8 @@ class NiftiConvertOperator(BaseOperator):
     :param channel_suffix: nnU-Net channel suffix of single-channel cases (``"_0000"``).
     :param channels: several series as channels of one case: ``{"0000": selector, "0001": selector}``; a
         selector is a regex on SeriesDescription or ``{DICOM keyword: regex}``; each must match exactly one
-        series. Files are ``<case>_<channel>.nii.gz``; the case id defaults to the StudyInstanceUID.
+        series (:func:`~airflow_provider_kaapana.core.nifti.select.select_channels`). Files are
+        ``<case>_<channel>.nii.gz``; the case id defaults to the StudyInstanceUID.
     :param case_id: case id for a single series or a channel set (default: SeriesInstanceUID / StudyInstanceUID).
     :param compress: ``.nii.gz`` (default) or ``.nii``.
 
@@ -114,16 +74,15 @@ class NiftiConvertOperator(BaseOperator):
     def _out_dir(self, series_uid: str, context: Mapping[str, Any]) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
-        dag_id = context["dag"].dag_id if "dag" in context else context["dag_run"].dag_id
-        return RunWorkspace(Path(self.workspace_base), dag_id, context["run_id"]).step_dir(
-            series_uid, "nifti"
-        )
+        return self.run_workspace(context).step_dir(series_uid, "nifti")
 
     def execute(self, context: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
-        single = isinstance(self.series, (str, Path, Mapping))
-        entries = [_as_entry(s) for s in ([self.series] if single else self.series)]  # type: ignore[list-item]
-        if self.channels:
-            return self._channel_case(entries, context)
+        series = as_native(self.series)
+        single = isinstance(series, (str, Path, Mapping))
+        entries = [_as_entry(s) for s in ([series] if single else series)]
+        channels = as_native(self.channels)
+        if channels:
+            return self._channel_case(entries, channels, context)
         if self.case_id and len(entries) > 1:
             raise ValueError("case_id names one case: give one series, or use channels for several")
         cases: list[dict[str, Any]] = []
@@ -147,7 +106,7 @@ class NiftiConvertOperator(BaseOperator):
 
     # (no "_convert_<field>" method names: Airflow treats those as setattr converters of that field)
     def _series_cases(self, entry: dict[str, Any], context: Mapping[str, Any]) -> list[dict[str, Any]]:
-        uid = entry.get("series_instance_uid") or str(_first_header(entry["series_dir"]).SeriesInstanceUID)
+        uid = entry.get("series_instance_uid") or str(first_header(entry["series_dir"]).SeriesInstanceUID)
         uid = validate_uid(uid, "SeriesInstanceUID")
         case = self.case_id or uid
         out = self._out_dir(uid, context)
@@ -168,18 +127,13 @@ class NiftiConvertOperator(BaseOperator):
             self._case_dict(uid, "_".join(filter(None, [case, v.split_suffix])), out, [v]) for v in volumes
         ]
 
-    def _channel_case(self, entries: list[dict[str, Any]], context: Mapping[str, Any]) -> dict[str, Any]:
-        headers = [_first_header(e["series_dir"]) for e in entries]
-        chosen: list[tuple[str, dict[str, Any], pydicom.Dataset]] = []
-        for channel, selector in self.channels.items():  # type: ignore[union-attr]
-            hits = [(e, h) for e, h in zip(entries, headers) if _matches(selector, e, h)]
-            if len(hits) != 1:
-                described = [f"{h.get('SeriesDescription', '')!r} ({h.SeriesInstanceUID})" for h in headers]
-                raise InvalidDicomError(
-                    f"channel {channel} selector {selector!r} matches {len(hits)} series, needs exactly one; "
-                    f"series: {', '.join(described)}"
-                )
-            chosen.append((channel, *hits[0]))
+    def _channel_case(
+        self,
+        entries: list[dict[str, Any]],
+        channels: Mapping[str, ChannelSelector],
+        context: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        chosen = select_channels(entries, channels)
         first_uid = validate_uid(str(chosen[0][2].SeriesInstanceUID), "SeriesInstanceUID")
         case = self.case_id or validate_uid(str(chosen[0][2].StudyInstanceUID), "StudyInstanceUID")
         out = self._out_dir(first_uid, context)

@@ -25,15 +25,16 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from kubernetes.client import models as k8s
 
 from airflow_provider_kaapana import __version__
-from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
+from airflow_provider_kaapana.core.nnunet.models import DEFAULT_CHECKPOINT, POD_MODELS_DIR
+from airflow_provider_kaapana.core.nnunet.predict import LABELS_FILE, PROVENANCE_FILE
+from airflow_provider_kaapana.core.params import parse_bool
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import KaapanaError
+from airflow_provider_kaapana.operators.base import WorkspaceMixin
 
 DEFAULT_IMAGE = f"ghcr.io/kaapana-provider/kaapana-nnunet-predict:{__version__}"
-DEFAULT_MODELS_DIR = "/models"
 MODES = ("kubernetes", "local")
 STEP = "nnunet"
-LABELS_FILE = "labels.json"  # as written by core.nnunet beside the predictions
-PROVENANCE_FILE = "prediction.json"
 
 
 def _volume(name: str, claim: str | None, host_path: str | None) -> k8s.V1Volume | None:
@@ -50,7 +51,7 @@ def _volume(name: str, claim: str | None, host_path: str | None) -> k8s.V1Volume
     return None
 
 
-class NnUNetPredictOperator(KubernetesPodOperator):
+class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
     """Run an nnU-Net model on one series' NIfTI files (see ``docs/operators/nnunet_predict.rst``).
 
     :param model: trainer folder, or dataset name/id installed in ``models_dir`` (templated).
@@ -101,12 +102,12 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         case_id: str | None = None,
         configuration: str | None = None,
         folds: Sequence[int | str] | str | None = None,
-        checkpoint: str = "checkpoint_final.pth",
+        checkpoint: str = DEFAULT_CHECKPOINT,
         device: str | None = None,
         tta: bool = True,
         step_size: float = 0.5,
         mode: str = "kubernetes",
-        models_dir: str = DEFAULT_MODELS_DIR,
+        models_dir: str = POD_MODELS_DIR,
         workspace_base: str = DEFAULT_WORKSPACE_BASE,
         workspace_claim: str | None = None,
         workspace_host_path: str | None = None,
@@ -201,7 +202,7 @@ class NnUNetPredictOperator(KubernetesPodOperator):
                 raise KaapanaError(
                     "no output_dir, and no series_instance_uid/run to place it in the workspace"
                 )
-            workspace = RunWorkspace(Path(self.workspace_base), context["ti"].dag_id, context["run_id"])
+            workspace = self.run_workspace(context)
             output_dir = str(workspace.step_dir(uid, STEP, create=self.mode == "local"))
         return {
             "series_instance_uid": uid,
@@ -227,7 +228,7 @@ class NnUNetPredictOperator(KubernetesPodOperator):
         if folds:
             args += ["--folds", *(str(f) for f in folds)]
         args += ["--checkpoint", str(self.checkpoint), "--step-size", str(self.step_size)]
-        if str(self.tta).strip().lower() in ("false", "0", "no", "off", "none", ""):
+        if not parse_bool(self.tta, "tta"):
             args.append("--no-tta")
         return args
 

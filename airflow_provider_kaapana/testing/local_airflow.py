@@ -2,11 +2,14 @@
 
 Used by the end-to-end tests, the demo and the benchmarks. Nothing here imports Airflow: the class
 writes Airflow's configuration as environment variables, runs the ``airflow`` CLI and talks to the
-api-server over REST API v2 with a JWT, like any external client (the DICOM listener) would.
+api-server over REST API v2 with a JWT through
+:class:`~airflow_provider_kaapana.core.net.airflow_api.AirflowClient`, the client the DICOM listener
+uses too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -14,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +25,29 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
+from airflow_provider_kaapana.core.net.retry import redact
 from airflow_provider_kaapana.testing.local_services import ServiceError, free_port
 
 LOCAL_DAG_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+# REST calls to the local api-server: a short retry of connection errors and 5xx, no long waits
+_CLIENT_RETRY = {"retries": 2, "backoff": 0.5, "max_backoff": 2.0}
 
 
 class AirflowError(ServiceError):
     """The local Airflow could not be started, or a REST call or a DAG run did not go as asked."""
+
+
+@contextlib.contextmanager
+def _rest_errors(secrets: Iterable[str] = ()) -> Iterator[None]:
+    """The REST client's errors as :class:`AirflowError` (``secrets`` hidden)."""
+    try:
+        yield
+    except AirflowApiError as exc:
+        raise AirflowError(redact(str(exc), secrets)) from exc
 
 
 @dataclass
@@ -67,6 +83,7 @@ class LocalAirflow:
     # seconds measured: db_migrate, components_healthy (after the migration), total; stop (after stop())
     timings: dict[str, float] = field(default_factory=dict, init=False)
     _token: str | None = field(default=None, init=False, repr=False)
+    _client: AirflowClient | None = field(default=None, init=False, repr=False)
     _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -202,7 +219,9 @@ class LocalAirflow:
             components_started = time.monotonic()
             self._wait_healthy(started + timeout)
             self.timings["components_healthy"] = round(time.monotonic() - components_started, 1)
-            self._token = self.get_token(self.username, self.password)
+            self._client = self._new_client(username=self.username, password=self.password)
+            with _rest_errors():
+                self._token = self._client.fetch_token()
             self.timings["total"] = round(time.monotonic() - started, 1)
         except BaseException:
             self.stop()
@@ -280,14 +299,13 @@ class LocalAirflow:
 
     # --- REST API v2 ---------------------------------------------------------------------------
 
+    def _new_client(self, **credentials: Any) -> AirflowClient:
+        return AirflowClient(self.url, timeout=30, **_CLIENT_RETRY, **credentials)
+
     def get_token(self, username: str, password: str) -> str:
         """A JWT from ``POST /auth/token`` (the simple auth manager's login endpoint)."""
-        r = requests.post(
-            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=10
-        )
-        if r.status_code not in (200, 201):
-            raise AirflowError(f"login as {username!r} refused: HTTP {r.status_code} {r.text[:200]}")
-        return r.json()["access_token"]
+        with _rest_errors():
+            return self._new_client(username=username, password=password).fetch_token()
 
     @property
     def token(self) -> str:
@@ -295,15 +313,20 @@ class LocalAirflow:
             raise AirflowError("LocalAirflow is not started")
         return self._token
 
+    @property
+    def client(self) -> AirflowClient:
+        """The admin's REST client (logs in again by itself when its token expires)."""
+        if self._client is None:
+            raise AirflowError("LocalAirflow is not started")
+        return self._client
+
+    def _client_for(self, token: str | None) -> AirflowClient:
+        return self.client if token is None else self._new_client(token=token)
+
     def api(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
         """A REST call under ``/api/v2`` with the admin's (or the given) bearer token; raises on HTTP errors."""
-        headers = {"Authorization": f"Bearer {token or self.token}", **kwargs.pop("headers", {})}
-        r = requests.request(
-            method, f"{self.url}/api/v2/{path.lstrip('/')}", headers=headers, timeout=30, **kwargs
-        )
-        if r.status_code >= 400:
-            raise AirflowError(f"{method} /api/v2/{path.lstrip('/')}: HTTP {r.status_code} {r.text[:500]}")
-        return r
+        with _rest_errors():
+            return self._client_for(token).request(method, path, **kwargs)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
         """Wait until the dag-processor has parsed ``dag_id``, then unpause it; returns the DAG's JSON.
@@ -316,14 +339,15 @@ class LocalAirflow:
         polls = 0
         while time.monotonic() < deadline:
             self._check_alive()
-            r = requests.get(
-                f"{self.url}/api/v2/dags/{quote(dag_id, safe='')}",
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=10,
-            )
-            if r.status_code == 200:
-                return self.api("PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": False}).json()
-            last = f"HTTP {r.status_code} {r.text[:200]}"
+            try:
+                self.client.get_dag(dag_id)
+            except AirflowApiError as exc:
+                if exc.status is None:  # no answer at all, even after the retries
+                    raise AirflowError(str(exc)) from exc
+                last = str(exc)
+            else:
+                with _rest_errors():
+                    return self.client.set_dag_paused(dag_id, False)
             polls += 1
             if polls % 4 == 0 and (error := self._import_error_for(dag_id)) is not None:
                 raise AirflowError(
@@ -362,15 +386,12 @@ class LocalAirflow:
         run_id: str | None = None,
     ) -> str:
         """``POST /api/v2/dags/{dag_id}/dagRuns`` with ``conf``; returns the new run's ``dag_run_id``."""
-        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
-        if run_id:
-            body["dag_run_id"] = run_id
-        r = self.api("POST", f"dags/{quote(dag_id, safe='')}/dagRuns", json=body, token=token)
-        return r.json()["dag_run_id"]
+        with _rest_errors():
+            return self._client_for(token).trigger_dag_run(dag_id, conf, run_id=run_id)["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        r = self.api("GET", f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}")
-        return r.json()["state"]
+        with _rest_errors():
+            return self.client.get_dag_run(dag_id, run_id)["state"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
         """Poll the run until it is ``success`` or ``failed``; returns that state (raises on timeout)."""
@@ -388,14 +409,11 @@ class LocalAirflow:
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         """Task id (``task[map_index]`` for mapped tasks) -> the REST API's task instance of one run."""
-        r = self.api(
-            "GET",
-            f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances",
-            params={"limit": 1000},
-        )
+        with _rest_errors():
+            instances = self.client.list_task_instances(dag_id, run_id)
         return {
             (ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti
-            for ti in r.json()["task_instances"]
+            for ti in instances
         }
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
@@ -434,16 +452,16 @@ class LocalAirflow:
         if isinstance(fields.get("extra"), dict):
             fields["extra"] = json.dumps(fields["extra"])
         body = {"connection_id": conn_id, "conn_type": conn_type, **fields}
-        r = requests.post(
-            f"{self.url}/api/v2/connections",
-            json=body,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-        if r.status_code == 409:
-            self.api("PATCH", f"connections/{quote(conn_id, safe='')}", json=body)
-        elif r.status_code >= 400:
-            raise AirflowError(f"creating connection {conn_id}: HTTP {r.status_code} {r.text[:300]}")
+        secrets = [str(fields["password"])] if fields.get("password") else []
+        with _rest_errors(secrets):
+            try:
+                self.client.request(
+                    "POST", "connections", json=body, operation=f"creating connection {conn_id}"
+                )
+            except AirflowApiError as exc:
+                if exc.status != 409:
+                    raise
+                self.client.request("PATCH", f"connections/{quote(conn_id, safe='')}", json=body)
 
 
 def create_postgres_database(

@@ -13,13 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from airflow_provider_kaapana.core.index.client import (
-    CohortFilter,
-    bulk_index,
-    ensure_index_template,
-    make_search_client,
-    select_cohort,
-)
+from airflow_provider_kaapana.core.index.client import bulk_index, ensure_index_template, make_search_client
+from airflow_provider_kaapana.core.index.cohort import CohortFilter, select_cohort
 from airflow_provider_kaapana.core.index.document import build_series_document, build_series_documents
 from airflow_provider_kaapana.core.index.template import build_index_template
 from airflow_provider_kaapana.exceptions import InvalidDicomError, SearchIndexError

@@ -379,7 +379,7 @@ def _slice_fields(slices) -> list[dict]:
     "name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm"]
 )
 def test_fast_header_parser_agrees_with_pydicom(name, monkeypatch, tmp_path):
-    from airflow_provider_kaapana.core.nifti import convert as nifti
+    from airflow_provider_kaapana.core.nifti import scan as nifti
 
     path = Path(get_testdata_file(name))
     fast = nifti.read_slices(path)

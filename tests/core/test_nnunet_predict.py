@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+
 from airflow_provider_kaapana.core.nnunet.models import (
     export_model_zip,
     install_model,
@@ -19,7 +20,6 @@ from airflow_provider_kaapana.core.nnunet.models import (
     resolve_model,
     validate_model_dir,
 )
-
 from airflow_provider_kaapana.core.nnunet.predict import predict
 from airflow_provider_kaapana.exceptions import KaapanaError, ModelError
 from airflow_provider_kaapana.testing.tiny_model import TINY_LABELS, dice_score, write_tiny_case

@@ -391,7 +391,7 @@ def test_snomed_table_holds_only_real_codes():
     """Every code in the curated table is in pydicom's DICOM code dictionary with the same meaning."""
     from pydicom.sr import _concepts_dict
 
-    from airflow_provider_kaapana.core.seg.export import _structure_table
+    from airflow_provider_kaapana.core.seg.codes import _structure_table
 
     meanings: dict[str, set[str]] = {}
     for entries in _concepts_dict.concepts["SCT"].values():

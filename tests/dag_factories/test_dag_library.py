@@ -14,11 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from airflow_provider_kaapana.core.nnunet.models import export_model_zip
 
 from airflow_provider_kaapana.core.listener.server import DicomListener, SeriesBatch
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
+from airflow_provider_kaapana.core.nnunet.models import export_model_zip
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from airflow_provider_kaapana.dag_factories.ingest import same_file_content, validate_series
+from airflow_provider_kaapana.core.ingest import same_file_content, validate_series
 
 
 def test_retried_validation_still_reports_files_set_aside(synthetic_series, tmp_path):

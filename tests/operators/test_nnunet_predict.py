@@ -10,10 +10,10 @@ import kubernetes_validate
 import nibabel as nib
 import pytest
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow_provider_kaapana.core.nnunet.models import install_model
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
+from airflow_provider_kaapana.core.nnunet.models import install_model
 from airflow_provider_kaapana.core.workspace import RunWorkspace
 from airflow_provider_kaapana.exceptions import KaapanaError
 from airflow_provider_kaapana.operators.nnunet_predict import DEFAULT_IMAGE, NnUNetPredictOperator
@@ -180,7 +180,6 @@ def test_arguments_are_templated_and_checked():
 @pytest.mark.slow
 def test_local_mode_through_dag_test(airflow_db, tiny_nnunet_model: Path, tmp_path: Path):
     from airflow_provider_kaapana.core.nnunet.models import export_model_zip
-
     from tests.dags.nnunet_predict_local import dag
 
     models_dir = tmp_path / "models"

@@ -1,1 +1,1 @@
-"""DICOM primitives: the UID rule, the one encoded-dataset walker, header reading, atomic file writes."""
+"""DICOM primitives: the UID rule, the one element walker, received datasets and their file meta."""

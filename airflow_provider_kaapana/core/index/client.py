@@ -1,4 +1,6 @@
-"""A thin, flavor-neutral client for Elasticsearch and OpenSearch: template, bulk, cohort queries.
+"""A thin, flavor-neutral client for Elasticsearch and OpenSearch: template, bulk, indexing.
+
+Cohort queries are in :mod:`airflow_provider_kaapana.core.index.cohort`.
 
 The client follows the server: the official ``elasticsearch`` client for Elasticsearch and
 ``opensearch-py`` for OpenSearch. Both are wrapped in :class:`SearchClient`, which exposes only the
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ import requests
 
 from airflow_provider_kaapana.core.index.document import merge_series_documents
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
+from airflow_provider_kaapana.core.net.retry import RetryPolicy
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
 log = logging.getLogger(__name__)
 
 Flavor = Literal["opensearch", "elasticsearch"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
+BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
 
 def detect_flavor(
@@ -62,12 +66,14 @@ class SearchClient:
     """The calls this package makes, over either official client library.
 
     ``raw`` is the underlying ``elasticsearch.Elasticsearch`` or ``opensearchpy.OpenSearch``.
+    ``retry``: the policy of :func:`bulk_index` with this client (None: :data:`BULK_RETRY`).
     """
 
-    def __init__(self, raw: Any, flavor: Flavor, url: str) -> None:
+    def __init__(self, raw: Any, flavor: Flavor, url: str, retry: RetryPolicy | None = None) -> None:
         self.raw = raw
         self.flavor = flavor
         self.url = url
+        self.retry = retry
 
     def __repr__(self) -> str:  # never shows credentials
         return f"SearchClient({self.flavor}, {self.url})"
@@ -132,8 +138,11 @@ def make_search_client(
     ca_certs: str | None = None,
     timeout: float = 30.0,
     client_options: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> SearchClient:
-    """A :class:`SearchClient` for ``url``; ``flavor="auto"`` asks the server once (``GET /``)."""
+    """A :class:`SearchClient` for ``url``; ``flavor="auto"`` asks the server once (``GET /``).
+
+    ``retry`` is the policy of bulk requests (default :data:`BULK_RETRY`)."""
     url = url.rstrip("/")
     if flavor == "auto":
         flavor = detect_flavor(url, auth=auth, verify=ca_certs or verify_certs, timeout=timeout)
@@ -150,7 +159,7 @@ def make_search_client(
             "hosts": [url],
             "timeout": timeout,
             "verify_certs": verify_certs,
-            "max_retries": 0,  # retries are ours (bulk_index), with backoff
+            "max_retries": 0,  # retries are ours (bulk_index, RetryPolicy)
         }
         if auth:
             kwargs["http_auth"] = auth
@@ -159,7 +168,7 @@ def make_search_client(
         if ca_certs:
             kwargs["ca_certs"] = ca_certs
         kwargs.update(options)
-        return SearchClient(OpenSearch(**kwargs), "opensearch", url)
+        return SearchClient(OpenSearch(**kwargs), "opensearch", url, retry)
     if flavor == "elasticsearch":
         from elasticsearch import Elasticsearch
 
@@ -173,7 +182,7 @@ def make_search_client(
         if api_key:
             kwargs["api_key"] = api_key
         kwargs.update(options)
-        return SearchClient(Elasticsearch(**kwargs), "elasticsearch", url)
+        return SearchClient(Elasticsearch(**kwargs), "elasticsearch", url, retry)
     raise ValueError(f"flavor must be 'opensearch', 'elasticsearch' or 'auto', not {flavor!r}")
 
 
@@ -251,17 +260,43 @@ def _batches(
         yield batch
 
 
+class _RetryDocuments(Exception):
+    """Some documents of a bulk request were answered 429/5xx: send those again."""
+
+
+def _bulk_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _RetryDocuments):
+        return True
+    status = _status_of(exc)
+    return status in RETRY_STATUSES or (status is None and _is_connection_error(exc))
+
+
+def _bulk_problem(exc: BaseException) -> str:
+    if isinstance(exc, _RetryDocuments):
+        return str(exc)
+    return f"answered {_status_of(exc) or exc}"
+
+
+def _bulk_policy(client: SearchClient, **given: Any) -> RetryPolicy:
+    """The client's policy (else :data:`BULK_RETRY`) with the caller's non-None values."""
+    base = getattr(client, "retry", None) or BULK_RETRY
+    return base.updated(**given)
+
+
 def bulk_index(
     client: SearchClient,
     index: str,
     docs: Iterable[tuple[str, dict[str, Any]]],
     *,
     max_bytes: int = 8 * 1024 * 1024,
-    max_retries: int = 5,
-    backoff_s: float = 0.5,
-    max_backoff_s: float = 30.0,
+    retries: int | None = None,
+    backoff: float | None = None,
+    max_backoff: float | None = None,
     refresh: bool | str = False,
     sleep: Callable[[float], None] = time.sleep,
+    max_retries: int | None = None,
+    backoff_s: float | None = None,
+    max_backoff_s: float | None = None,
 ) -> BulkResult:
     """Index ``(doc_id, document)`` pairs in bulk requests of at most ``max_bytes``.
 
@@ -270,181 +305,82 @@ def bulk_index(
     Documents rejected for other reasons (mapping errors...) are reported in ``BulkResult.failed``
     with the server's reason. Raises :class:`SearchIndexError` only when retries run out for a whole
     request.
+
+    ``retries``, ``backoff``, ``max_backoff`` change the client's retry policy (default
+    :data:`BULK_RETRY`: 5 retries, 0.5 s doubling up to 30 s, with jitter); ``max_retries``,
+    ``backoff_s`` and ``max_backoff_s`` are their former names.
     """
+    policy = _bulk_policy(
+        client,
+        retries=retries if retries is not None else max_retries,
+        backoff=backoff if backoff is not None else backoff_s,
+        max_backoff=max_backoff if max_backoff is not None else max_backoff_s,
+    )
     result = BulkResult()
     for batch in _batches(index, docs, max_bytes):
-        pending = batch
-        attempt = 0
-        while pending:
-            payload = b"".join(lines for _, lines in pending)
-            result.requests += 1
-            try:
-                response = client.bulk(payload, refresh=refresh)
-            except Exception as exc:
-                status = _status_of(exc)
-                retryable = status in RETRY_STATUSES or (status is None and _is_connection_error(exc))
-                if not retryable or attempt >= max_retries:
-                    raise SearchIndexError(
-                        f"{client.url}: bulk request of {len(pending)} documents to {index!r} failed"
-                        f"{f' after {attempt} retries' if attempt else ''}: {status or ''} {exc}"
-                    ) from exc
-                attempt += 1
-                result.retries += 1
-                delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                log.warning("bulk request answered %s; retry %d in %.2fs", status or exc, attempt, delay)
-                sleep(delay)
-                continue
-            retry: list[tuple[str, bytes]] = []
-            by_id = dict(pending)
-            for item in response.get("items", []):
-                op = item.get("index") or item.get("create") or {}
-                doc_id = str(op.get("_id"))
-                status = int(op.get("status", 0))
-                if 200 <= status < 300:
-                    result.indexed.append(doc_id)
-                    result.failed.pop(doc_id, None)
-                elif status in RETRY_STATUSES and attempt < max_retries and doc_id in by_id:
-                    retry.append((doc_id, by_id[doc_id]))
-                else:
-                    error = op.get("error")
-                    reason = error.get("reason") if isinstance(error, dict) else str(error)
-                    kind = error.get("type") if isinstance(error, dict) else ""
-                    result.failed[doc_id] = f"HTTP {status} {kind}: {reason}".strip()
-            if retry:
-                attempt += 1
-                result.retries += 1
-                delay = min(max_backoff_s, backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                log.warning("%d documents answered 429/5xx; retry %d in %.2fs", len(retry), attempt, delay)
-                sleep(delay)
-            pending = retry
+        _bulk_batch(client, index, batch, policy, result, refresh, sleep)
     return result
 
 
-# --------------------------------------------------------------------------------------------------
-# cohorts
-
-
-@dataclass
-class CohortFilter:
-    """A simple series filter; every set field must match (AND). Lists mean "any of".
-
-    ``date_from``/``date_to`` bound StudyDate (``YYYY-MM-DD`` or ``YYYYMMDD``, inclusive);
-    ``description_pattern`` is a case-insensitive wildcard on SeriesDescription (``*liver*``).
-    """
-
-    modality: str | Sequence[str] | None = None
-    body_part: str | Sequence[str] | None = None
-    date_from: str | None = None
-    date_to: str | None = None
-    description_pattern: str | None = None
-    patient_id: str | Sequence[str] | None = None
-    study_instance_uid: str | Sequence[str] | None = None
-    segment_label: str | Sequence[str] | None = None
-    station_name: str | Sequence[str] | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CohortFilter:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown cohort filter keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**data)
-
-    def to_query(self) -> dict[str, Any]:
-        clauses: list[dict[str, Any]] = []
-
-        def terms(field_name: str, value: str | Sequence[str] | None, upper: bool = False) -> None:
-            if value is None:
-                return
-            values = [value] if isinstance(value, str) else list(value)
-            if upper:
-                values = [v.upper() for v in values]
-            clauses.append({"terms": {field_name: values}})
-
-        terms("kaapana.modality", self.modality, upper=True)
-        terms("BodyPartExamined", self.body_part, upper=True)
-        terms("PatientID", self.patient_id)
-        terms("StudyInstanceUID", self.study_instance_uid)
-        terms("kaapana.segment_labels", self.segment_label)
-        terms("StationName", self.station_name)
-        if self.date_from or self.date_to:
-            bounds = {}
-            if self.date_from:
-                bounds["gte"] = _iso_day(self.date_from)
-            if self.date_to:
-                bounds["lte"] = _iso_day(self.date_to)
-            clauses.append({"range": {"StudyDate": bounds}})
-        if self.description_pattern:
-            clauses.append(
-                {
-                    "wildcard": {
-                        "SeriesDescription": {"value": self.description_pattern, "case_insensitive": True}
-                    }
-                }
-            )
-        return {"bool": {"filter": clauses}} if clauses else {"match_all": {}}
-
-
-def _iso_day(value: str) -> str:
-    value = str(value).strip()
-    if len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value
-
-
-def select_cohort(
+def _bulk_batch(
     client: SearchClient,
-    index: str = DEFAULT_INDEX,
-    *,
-    query: dict[str, Any] | None = None,
-    filters: CohortFilter | dict[str, Any] | None = None,
-    limit: int | None = 100,
-    page_size: int = 1000,
-) -> list[dict[str, str]]:
-    """Series matching ``query`` (raw query DSL, the value of ``"query"``) or ``filters``.
+    index: str,
+    batch: list[tuple[str, bytes]],
+    policy: RetryPolicy,
+    result: BulkResult,
+    refresh: bool | str,
+    sleep: Callable[[float], None],
+) -> None:
+    """One batch: the whole request and then the documents answered 429/5xx, under ``policy``."""
+    pending = batch
+    attempt_number = 0
 
-    Returns ``[{"series_instance_uid", "study_instance_uid"}, ...]`` sorted by SeriesInstanceUID,
-    at most ``limit`` (None: all, paged with ``search_after``).
-    """
-    if query is not None and filters is not None:
-        raise ValueError("give either a raw query or filters, not both")
-    if isinstance(filters, dict):
-        filters = CohortFilter.from_dict(filters)
-    if query is not None and "query" in query and len(query) == 1:
-        query = query["query"]  # accept {"query": {...}} as well as the bare query
-    effective = query if query is not None else (filters or CohortFilter()).to_query()
-    out: list[dict[str, str]] = []
-    search_after: list[Any] | None = None
-    while limit is None or len(out) < limit:
-        size = page_size if limit is None else min(page_size, limit - len(out))
-        body: dict[str, Any] = {
-            "query": effective,
-            "size": size,
-            "sort": [{"SeriesInstanceUID": "asc"}],
-            "_source": ["SeriesInstanceUID", "StudyInstanceUID"],
-        }
-        if search_after is not None:
-            body["search_after"] = search_after
-        try:
-            response = client.search(index, body)
-        except Exception as exc:
-            raise SearchIndexError(f"{client.url}: cohort query on {index!r} failed: {exc}") from exc
-        hits = response.get("hits", {}).get("hits", [])
-        for hit in hits:
-            source = hit.get("_source", {})
-            out.append(
-                {
-                    "series_instance_uid": str(source.get("SeriesInstanceUID", hit.get("_id"))),
-                    "study_instance_uid": str(source.get("StudyInstanceUID", "")),
-                }
-            )
-        if len(hits) < size or not hits:
-            break
-        search_after = hits[-1].get("sort")
-        if not search_after:
-            break
-    return out
+    def attempt() -> None:
+        nonlocal pending, attempt_number
+        attempt_number += 1
+        if attempt_number > 1:
+            result.retries += 1
+        payload = b"".join(lines for _, lines in pending)
+        result.requests += 1
+        response = client.bulk(payload, refresh=refresh)
+        retry: list[tuple[str, bytes]] = []
+        by_id = dict(pending)
+        for item in response.get("items", []):
+            op = item.get("index") or item.get("create") or {}
+            doc_id = str(op.get("_id"))
+            status = int(op.get("status", 0))
+            if 200 <= status < 300:
+                result.indexed.append(doc_id)
+                result.failed.pop(doc_id, None)
+            elif status in RETRY_STATUSES and attempt_number <= policy.retries and doc_id in by_id:
+                retry.append((doc_id, by_id[doc_id]))
+            else:
+                error = op.get("error")
+                reason = error.get("reason") if isinstance(error, dict) else str(error)
+                kind = error.get("type") if isinstance(error, dict) else ""
+                result.failed[doc_id] = f"HTTP {status} {kind}: {reason}".strip()
+        pending = retry
+        if retry:
+            raise _RetryDocuments(f"{len(retry)} documents answered 429/5xx")
+
+    try:
+        policy.call(
+            attempt,
+            _bulk_retryable,
+            operation=f"bulk request to {index!r} at {client.url}",
+            describe=_bulk_problem,
+            sleep=sleep,
+            logger=log,
+        )
+    except _RetryDocuments:  # pragma: no cover - the last attempt never asks for another
+        pass
+    except Exception as exc:
+        status = _status_of(exc)
+        done = attempt_number - 1
+        raise SearchIndexError(
+            f"{client.url}: bulk request of {len(pending)} documents to {index!r} failed"
+            f"{f' after {done} retries' if done else ''}: {status or ''} {exc}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,10 +447,12 @@ def index_series(
     source: dict[str, Any] | None = None,
     ensure_template: bool = True,
     max_bytes: int = 8 * 1024 * 1024,
-    max_retries: int = 5,
-    backoff_s: float = 0.5,
+    max_retries: int | None = None,
+    backoff_s: float | None = None,
     refresh: bool | str = False,
     merge_instances: bool = False,
+    retries: int | None = None,
+    backoff: float | None = None,
 ) -> IndexReport:
     """Index series folders (or files) into ``index``: one document per SeriesInstanceUID.
 
@@ -525,7 +463,8 @@ def index_series(
     ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
     give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
     server rejects in ``failed``; nothing else stops the run. Raises :class:`SearchIndexError` only
-    when the server keeps failing whole requests after the retries.
+    when the server keeps failing whole requests after the retries. ``retries``/``backoff`` (former
+    names ``max_retries``/``backoff_s``) change the client's bulk retry policy (see :func:`bulk_index`).
     """
     if ensure_template:
         ensure_index_template(client, index)
@@ -562,8 +501,8 @@ def index_series(
         index,
         documents(),
         max_bytes=max_bytes,
-        max_retries=max_retries,
-        backoff_s=backoff_s,
+        retries=retries if retries is not None else max_retries,
+        backoff=backoff if backoff is not None else backoff_s,
         refresh=refresh,
     )
     report.indexed, report.failed = result.indexed, result.failed

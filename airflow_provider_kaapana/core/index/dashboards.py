@@ -16,7 +16,7 @@ from typing import Any, Literal
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 
 Target = Literal["kibana", "opensearch-dashboards"]
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "dashboards"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "dashboards"
 FILES: dict[str, str] = {"kibana": "kibana.ndjson", "opensearch-dashboards": "opensearch-dashboards.ndjson"}
 
 INDEX_PATTERN_ID = "kaapana-dicom-series"

@@ -24,20 +24,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from airflow_provider_kaapana.core.dicom.raw import fsync_dir, recover_partial_files, write_atomic
+from airflow_provider_kaapana.core.dicom.raw import recover_partial_files
 from airflow_provider_kaapana.core.dicom.uids import is_valid_uid
+from airflow_provider_kaapana.core.files import fsync_dir, write_atomic
+from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
 from airflow_provider_kaapana.core.net.dimse import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
+    configure_pynetdicom,
     write_received,
 )
-from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError, KaapanaError
+from airflow_provider_kaapana.core.net.retry import redact
+from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +112,13 @@ class _Series:
 
 
 class AirflowTrigger:
-    """Triggers a DAG run per batch through Airflow's REST API v2, with a bearer token.
+    """Triggers a DAG run per batch through Airflow's REST API v2 (an
+    :class:`~airflow_provider_kaapana.core.net.airflow_api.AirflowClient`).
 
     The token is given, or fetched from ``POST /auth/token`` with ``username``/``password`` (and
-    fetched again once on a 401). Connection errors, 5xx and 429 are retried with backoff; a 409
-    (run id exists: this batch was already triggered) counts as success.
+    fetched again once on a 401). Connection errors, 5xx and 429 are retried with the client's retry
+    policy (``retries``, ``backoff``, ``max_backoff``); a 409 (run id exists: this batch was already
+    triggered) counts as success.
     """
 
     def __init__(
@@ -127,72 +132,34 @@ class AirflowTrigger:
         backoff: float = 1.0,
         timeout: float = 30.0,
         verify: bool | str = True,
+        max_backoff: float = 60.0,
+        client: AirflowClient | None = None,
     ) -> None:
-        self.airflow_url = airflow_url.rstrip("/")
+        self.client = client or AirflowClient(
+            airflow_url,
+            token=token,
+            username=username,
+            password=password,
+            verify=verify,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+        )
+        self.airflow_url = self.client.base_url
         self.dag_id = dag_id
-        self._token = token
-        self._username = username
-        self._password = password
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.verify = verify
 
     def __repr__(self) -> str:
-        return f"AirflowTrigger({self.airflow_url!r}, dag_id={self.dag_id!r})"
-
-    def _fetch_token(self) -> str:
-        if not (self._username and self._password):
-            raise KaapanaError("Airflow token rejected and no username/password to fetch a new one")
-        response = self.session.post(
-            f"{self.airflow_url}/auth/token",
-            json={"username": self._username, "password": self._password},
-            timeout=self.timeout,
-        )
-        if response.status_code not in (200, 201):
-            raise KaapanaError(f"POST {self.airflow_url}/auth/token answered HTTP {response.status_code}")
-        self._token = response.json()["access_token"]
-        return self._token
+        return f"AirflowTrigger({redact(self.airflow_url)!r}, dag_id={self.dag_id!r})"
 
     def trigger(self, conf: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """POST a DAG run; returns Airflow's answer (``{"dag_run_id": ...}``). Raises KaapanaError."""
-        url = f"{self.airflow_url}/api/v2/dags/{self.dag_id}/dagRuns"
-        body: dict[str, Any] = {"conf": conf, "logical_date": None}
-        if run_id:
-            body["dag_run_id"] = run_id
-        delay = self.backoff
-        refreshed = False
-        problem = ""
-        for n in range(self.retries + 1):
-            try:
-                token = self._token or self._fetch_token()
-                response = self.session.post(
-                    url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout
-                )
-            except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code in (200, 201):
-                    return response.json()
-                if response.status_code == 409:
-                    return {"dag_run_id": run_id, "already_triggered": True}
-                if response.status_code == 401 and not refreshed and self._username:
-                    self._token = None
-                    refreshed = True
-                    continue
-                problem = f"HTTP {response.status_code}: {response.text[:300]!r}"
-                if response.status_code not in (408, 429, 500, 502, 503, 504):
-                    raise KaapanaError(
-                        f"triggering DAG {self.dag_id} at {self.airflow_url} failed: {problem}"
-                    )
-            if n < self.retries:
-                log.warning("triggering DAG %s failed (%s); retrying in %.1f s", self.dag_id, problem, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise KaapanaError(
-            f"triggering DAG {self.dag_id} at {self.airflow_url} failed after {self.retries + 1} attempts: {problem}"
-        )
+        try:
+            return self.client.trigger_dag_run(self.dag_id, conf, run_id=run_id)
+        except AirflowApiError as exc:
+            if exc.status == 409:
+                return {"dag_run_id": run_id, "already_triggered": True}
+            raise
 
     def __call__(self, batch: SeriesBatch) -> dict[str, Any]:
         return self.trigger(batch.conf(), run_id=batch.run_id)
@@ -269,6 +236,7 @@ class DicomListener:
                 removed,
             )
         self._recover()
+        configure_pynetdicom()
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
         ae.maximum_associations = self.max_associations

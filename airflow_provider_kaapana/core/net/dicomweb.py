@@ -2,7 +2,8 @@
 
 WADO-RS responses are parsed as a stream of ``multipart/related`` parts and written straight to disk,
 one part at a time, so a study never sits in memory. STOW-RS bodies are streamed from the files in
-batches. Transient failures (connection errors, 429, 5xx) are retried with backoff; then a
+batches. Transient failures (connection errors, 408, 429, 5xx, a body stream breaking off) are retried
+with the client's :class:`~airflow_provider_kaapana.core.net.retry.RetryPolicy`; then a
 :class:`~airflow_provider_kaapana.exceptions.PacsError` names the server and the operation.
 """
 
@@ -12,7 +13,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,9 +22,10 @@ from urllib.parse import quote
 import requests
 from pydicom.filereader import read_file_meta_info
 
-from airflow_provider_kaapana.core.dicom.raw import fsync_dir
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.files import fsync_dir
 from airflow_provider_kaapana.core.net.dimse import RetrieveResult, StoreResult
+from airflow_provider_kaapana.core.net.retry import RetryPolicy, TransientError, is_transient, redact
 from airflow_provider_kaapana.exceptions import InvalidDicomError, PacsError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class DicomWebClient:
     ``http://H:8080/dcm4chee-arc/aets/DCM4CHEE/rs``).
 
     ``auth``: ``(user, password)`` for basic auth or a string for a bearer token. ``verify`` and
-    ``cert`` are passed to requests (CA bundle path or bool; client certificate).
+    ``cert`` are passed to requests (CA bundle path or bool; client certificate). ``retries``,
+    ``backoff`` and ``max_backoff`` make the :attr:`retry` policy of every request.
     """
 
     def __init__(
@@ -54,48 +56,59 @@ class DicomWebClient:
         retries: int = 3,
         backoff: float = 1.0,
         session: requests.Session | None = None,
+        max_backoff: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.max_backoff = max_backoff
         self.session = session or requests.Session()
         self.session.verify = verify
         if cert:
             self.session.cert = cert
+        self._secrets: tuple[str, ...] = ()
         if isinstance(auth, tuple):
             self.session.auth = auth
+            self._secrets = (auth[1],)
         elif isinstance(auth, str) and auth:
             self.session.headers["Authorization"] = f"Bearer {auth}"
+            self._secrets = (auth,)
 
     def __repr__(self) -> str:  # never shows credentials
         return f"DicomWebClient({self.base_url!r})"
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every request (from ``retries``, ``backoff``, ``max_backoff``)."""
+        return RetryPolicy(retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
+
     def _request(self, operation: str, method: str, url: str, ok: Sequence[int] = (200,), **kwargs: Any):
-        delay = self.backoff
+        where = redact(f"{operation} at DICOMweb {self.base_url}")  # no user:password@ of a URL
         body_factory = kwargs.pop("body_factory", None)
-        for n in range(self.retries + 1):
+
+        def attempt() -> requests.Response:
             if body_factory is not None:
                 kwargs["data"] = body_factory()
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code in ok:
-                    return response
-                problem = f"HTTP {response.status_code}: {response.text[:300]!r}"
-                response.close()
-                if response.status_code not in _TRANSIENT_HTTP:
-                    raise PacsError(f"{operation} at DICOMweb {self.base_url} failed: {problem}")
-            if n == self.retries:
-                raise PacsError(
-                    f"{operation} at DICOMweb {self.base_url} failed after {self.retries + 1} attempts: {problem}"
-                )
-            log.warning("%s at %s failed (%s); retrying in %.1f s", operation, self.base_url, problem, delay)
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code in ok:
+                return response
+            problem = f"HTTP {response.status_code}: {response.text[:300]!r}"
+            response.close()
+            if response.status_code not in _TRANSIENT_HTTP:
+                raise PacsError(f"{where} failed: {redact(problem, self._secrets)}")
+            raise TransientError(problem)
+
+        policy = self.retry
+        try:
+            return policy.call(attempt, is_transient, operation=where, secrets=self._secrets, logger=log)
+        except TransientError as exc:
+            raise PacsError(
+                f"{where} failed after {policy.attempts} attempts: {redact(str(exc), self._secrets)}"
+            ) from None
 
     # --- QIDO-RS ---------------------------------------------------------------------------------
 
@@ -154,28 +167,32 @@ class DicomWebClient:
     def _retrieve(self, path: str, dest_dir: str | Path, operation: str) -> RetrieveResult:
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
-        delay = self.backoff
-        for n in range(self.retries + 1):
+        where = redact(f"{operation} at DICOMweb {self.base_url}")  # no user:password@ of a URL
+
+        def attempt() -> list[Path]:
             response = self._request(
                 operation, "GET", self.base_url + path, headers={"Accept": ACCEPT_DICOM}, stream=True
             )
             try:
-                files = write_multipart(
+                return write_multipart(
                     response.headers.get("Content-Type", ""), response.iter_content(_CHUNK), dest
                 )
-                break
-            except requests.RequestException as exc:  # the body stream broke off: start again
-                if n == self.retries:
-                    raise PacsError(f"{operation} at DICOMweb {self.base_url} failed: {exc}") from exc
-                log.warning(
-                    "%s at %s broke off (%s); retrying in %.1f s", operation, self.base_url, exc, delay
-                )
-                time.sleep(delay)
-                delay *= 2
             except InvalidDicomError as exc:
-                raise PacsError(f"{operation} at DICOMweb {self.base_url}: {exc}") from exc
+                raise PacsError(f"{where}: {exc}") from exc
             finally:
                 response.close()
+
+        try:  # a body stream that breaks off is started again
+            files = self.retry.call(
+                attempt,
+                lambda exc: isinstance(exc, requests.RequestException),
+                operation=where,
+                describe=lambda exc: f"body broke off: {type(exc).__name__}: {exc}",
+                secrets=self._secrets,
+                logger=log,
+            )
+        except requests.RequestException as exc:
+            raise PacsError(f"{where} failed: {redact(str(exc), self._secrets)}") from exc
         if not files:
             raise PacsError(f"{operation} at DICOMweb {self.base_url} returned no instances")
         return RetrieveResult(files=sorted(files), completed=len(files))

@@ -1,9 +1,13 @@
 """DIMSE client operations against a PACS (pynetdicom): C-ECHO, C-FIND, C-GET, C-MOVE, C-STORE.
 
 Every operation opens its own association, retries transient failures (association refused or aborted,
-network errors, out-of-resources statuses) with exponential backoff, and finally raises
+network errors, out-of-resources statuses) with the peer's
+:class:`~airflow_provider_kaapana.core.net.retry.RetryPolicy`, and finally raises
 :class:`~airflow_provider_kaapana.exceptions.PacsError` naming the PACS (``AET@host:port``) and the
 operation. Received instances are written exactly as they arrived, atomically.
+
+pynetdicom's process-wide settings are applied by :func:`configure_pynetdicom` when an association or
+a server is about to start, never on import (importing this module from a DAG file changes nothing).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +31,38 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from airflow_provider_kaapana.core.dicom.raw import file_header, scan_dataset, write_atomic
+from airflow_provider_kaapana.core.dicom.raw import file_header, scan_dataset
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.files import write_atomic
+from airflow_provider_kaapana.core.net.retry import RetryPolicy, TransientError, is_transient
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError, PacsError
 
 log = logging.getLogger(__name__)
 
-# Send files as they are on disk (no decode/re-encode). Only affects send_c_store() given a path.
-_config.STORE_SEND_CHUNKED_DATASET = True
-# pynetdicom logs every PDU at INFO/DEBUG; keep its chatter out of task logs unless asked for.
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+_configure_lock = threading.Lock()
+_configured = False
+
+
+def configure_pynetdicom(log_events: bool | None = None) -> None:
+    """Apply this package's pynetdicom settings; called wherever an AE, association or server starts.
+
+    Idempotent: the first call sends files as they are on disk (``STORE_SEND_CHUNKED_DATASET``: no
+    decode/re-encode; only affects ``send_c_store()`` given a path) and quiets the ``pynetdicom``
+    logger to WARNING (it logs every PDU at INFO/DEBUG) unless a level was already set for it.
+    ``log_events=False`` also turns off pynetdicom's per-message event logging
+    (``LOG_HANDLER_LEVEL = "none"``), ``True`` turns it back on; ``None`` leaves it.
+    """
+    global _configured
+    with _configure_lock:
+        if not _configured:
+            _config.STORE_SEND_CHUNKED_DATASET = True
+            logger = logging.getLogger("pynetdicom")
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.WARNING)
+            _configured = True
+        if log_events is not None:
+            _config.LOG_HANDLER_LEVEL = "standard" if log_events else "none"
+
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -103,11 +128,17 @@ class DimsePeer:
     dimse_timeout: float = 120.0
     network_timeout: float = 60.0
     max_pdu: int = 0  # our maximum receive PDU; 0 = unlimited (fewest fragments)
-    retries: int = 3
+    retries: int = 3  # retries after the first attempt (see RetryPolicy)
     backoff: float = 1.0  # seconds before the first retry, doubled for each further one
+    max_backoff: float = 60.0  # the longest single wait
 
     def __str__(self) -> str:
         return f"{self.called_ae}@{self.host}:{self.port}"
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every operation with this peer."""
+        return RetryPolicy(retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
 
     @classmethod
     def parse(cls, spec: str, **kwargs: Any) -> DimsePeer:
@@ -118,10 +149,6 @@ class DimsePeer:
             return cls(host=host.strip("[]"), port=int(port), called_ae=aet, **kwargs)
         except ValueError as exc:
             raise ValueError(f"{spec!r} is not AET@HOST:PORT") from exc
-
-
-class _Transient(Exception):
-    """A failure worth retrying (association refused/aborted, network error)."""
 
 
 @dataclass
@@ -147,22 +174,18 @@ class RetrieveResult:
 
 
 def _retrying(peer: DimsePeer, operation: str, attempt: Callable[[], Any]) -> Any:
-    delay = peer.backoff
-    for n in range(peer.retries + 1):
-        try:
-            return attempt()
-        except _Transient as exc:
-            if n == peer.retries:
-                raise PacsError(
-                    f"{operation} with PACS {peer} failed after {peer.retries + 1} attempts: {exc}"
-                ) from None
-            log.warning("%s with PACS %s failed (%s); retrying in %.1f s", operation, peer, exc, delay)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Run ``attempt`` under the peer's retry policy; used-up retries become a :class:`PacsError`."""
+    policy = peer.retry
+    try:
+        return policy.call(attempt, is_transient, operation=f"{operation} with PACS {peer}", logger=log)
+    except TransientError as exc:
+        raise PacsError(
+            f"{operation} with PACS {peer} failed after {policy.attempts} attempts: {exc}"
+        ) from None
 
 
 def _ae(peer: DimsePeer) -> AE:
+    configure_pynetdicom()
     ae = AE(ae_title=peer.calling_ae)
     ae.acse_timeout = peer.acse_timeout
     ae.dimse_timeout = peer.dimse_timeout
@@ -176,7 +199,7 @@ def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, tls_args=tls_args, **kwargs)
     except OSError as exc:
-        raise _Transient(f"cannot connect: {exc}") from exc
+        raise TransientError(f"cannot connect: {exc}") from exc
     if not assoc.is_established:
         why = (
             "rejected"
@@ -185,13 +208,13 @@ def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
             if assoc.is_aborted
             else "not established"
         )
-        raise _Transient(f"association {why}")
+        raise TransientError(f"association {why}")
     return assoc
 
 
 def _check_alive(assoc: Any, what: str) -> None:
     if not assoc.is_established:
-        raise _Transient(f"association lost during {what}")
+        raise TransientError(f"association lost during {what}")
 
 
 def echo(peer: DimsePeer) -> None:
@@ -207,7 +230,7 @@ def echo(peer: DimsePeer) -> None:
         finally:
             assoc.release()
         if not status or status.Status != STATUS_SUCCESS:
-            raise _Transient(f"C-ECHO status {getattr(status, 'Status', None)!r}")
+            raise TransientError(f"C-ECHO status {getattr(status, 'Status', None)!r}")
 
     _retrying(peer, "C-ECHO", attempt)
 
@@ -252,7 +275,7 @@ def find(
         try:
             for status, ident in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
                 if not status:
-                    raise _Transient("no response (association aborted or timed out)")
+                    raise TransientError("no response (association aborted or timed out)")
                 if status.Status in _PENDING:
                     if ident is not None:
                         matches.append(ident)
@@ -379,16 +402,16 @@ def _collect_substatus(responses: Iterable, result: RetrieveResult, operation: s
     final = None
     for status, _ident in responses:
         if not status:
-            raise _Transient("no response (association aborted or timed out)")
+            raise TransientError("no response (association aborted or timed out)")
         if status.Status not in _PENDING:
             final = status
     if final is None:
-        raise _Transient("no final response")
+        raise TransientError("no final response")
     result.completed = int(final.get("NumberOfCompletedSuboperations", len(result.files)) or 0)
     result.failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
     result.warning = int(final.get("NumberOfWarningSuboperations", 0) or 0)
     if final.Status in (0xA701, 0xA702, STATUS_OUT_OF_RESOURCES):
-        raise _Transient(f"status 0x{final.Status:04X} (out of resources)")
+        raise TransientError(f"status 0x{final.Status:04X} (out of resources)")
     if final.Status not in (STATUS_SUCCESS, *_WARNINGS, 0xFE00):
         raise PacsError(
             f"{operation} with PACS {peer} failed: status 0x{final.Status:04X}, "
@@ -479,6 +502,7 @@ def move(
         if dest_dir is not None:
             dest = Path(dest_dir)
             dest.mkdir(parents=True, exist_ok=True)
+            configure_pynetdicom()
             scp = AE(ae_title=move_destination)
             scp.maximum_pdu_size = 0
             scp.network_timeout = peer.network_timeout
@@ -567,28 +591,39 @@ def store(
     """C-STORE files (sent as they are on disk) over as few associations as possible.
 
     Each file's status is checked; files without a response or with an out-of-resources status are
-    retried on a new association with backoff. With ``raise_on_failure`` a :class:`PacsError` lists
-    the files that did not succeed; otherwise the per-file results say so.
+    retried on a new association (the peer's retry policy). With ``raise_on_failure`` a
+    :class:`PacsError` lists the files that did not succeed; otherwise the per-file results say so.
     """
     files = _file_contexts([Path(p) for p in paths])
     results: dict[Path, StoreResult] = {}
     for group in _context_groups(files):
-        todo = list(group)
-        delay = peer.backoff
-        for n in range(peer.retries + 1):
-            todo = _store_group(peer, todo, results, progress)
-            if not todo:
-                break
-            if n < peer.retries:
-                log.warning("C-STORE to PACS %s: %d files to retry in %.1f s", peer, len(todo), delay)
-                time.sleep(delay)
-                delay *= 2
+        _store_with_retries(peer, list(group), results, progress)
     ordered = [results[f[0]] for f in files]
     failed = [r for r in ordered if not r.ok]
     if failed and raise_on_failure:
         shown = "; ".join(f"{r.path.name}: {r.error}" for r in failed[:5])
         raise PacsError(f"C-STORE to PACS {peer}: {len(failed)} of {len(ordered)} files failed ({shown})")
     return ordered
+
+
+def _store_with_retries(
+    peer: DimsePeer,
+    todo: list[tuple[Path, str, str, str]],
+    results: dict[Path, StoreResult],
+    progress: Callable[[StoreResult], None] | None,
+) -> None:
+    """Send ``todo``, then again the files worth retrying, under the peer's retry policy."""
+
+    def attempt() -> None:
+        nonlocal todo
+        todo = _store_group(peer, todo, results, progress)
+        if todo:
+            raise TransientError(f"{len(todo)} files to retry")
+
+    try:
+        peer.retry.call(attempt, is_transient, operation=f"C-STORE to PACS {peer}", logger=log)
+    except TransientError:
+        pass  # the per-file results name what did not succeed
 
 
 def _store_group(
@@ -603,7 +638,7 @@ def _store_group(
         ae.add_requested_context(pair[0], [pair[1]])
     try:
         assoc = _associate(ae, peer, "C-STORE")
-    except _Transient as exc:
+    except TransientError as exc:
         for path, _cls, sop, _ts in todo:
             results[path] = StoreResult(path, sop, None, False, f"C-STORE: {exc}")
         return todo

@@ -1,6 +1,7 @@
 """Sending DICOM files to a PACS (C-STORE or STOW-RS) with per-instance checks and optional verification.
 
-Shared by ``kaapana send`` and :class:`~airflow_provider_kaapana.operators.dicom_send.DicomSendOperator`.
+:func:`send` is the one implementation: ``kaapana send`` and
+:class:`~airflow_provider_kaapana.operators.dicom_send.DicomSendOperator` both call it.
 """
 
 from __future__ import annotations
@@ -85,36 +86,67 @@ def verify_series_stored(
         )
 
 
+SEND_METHODS = ("c-store", "stow-rs")
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What :func:`send` did: per-instance results, the series sent, and where it verified them."""
+
+    results: list[StoreResult]
+    method: str
+    series: list[tuple[str, str]]  # (StudyInstanceUID, SeriesInstanceUID), sorted
+    verified_at: str | None = None  # the DICOMweb URL or DIMSE peer asked afterwards; None: not verified
+
+
 def send(
     paths: Iterable[str | Path],
     peer: DimsePeer | None = None,
     dicomweb: DicomWebClient | None = None,
     verify: bool = False,
-) -> list[StoreResult]:
+    *,
+    method: str | None = None,
+) -> SendReport:
     """Send files/directories by C-STORE (``peer``) or STOW-RS (``dicomweb``); optionally verify.
+
+    With one of ``peer``/``dicomweb`` its protocol is used; with both (a PACS with DIMSE and DICOMweb),
+    ``method`` (``c-store`` or ``stow-rs``) chooses. Every file's UIDs are read before anything is sent,
+    so an unreadable file fails the send before the PACS sees any of it. ``verify`` then asks the PACS
+    for every SOP Instance UID: by QIDO-RS when a DICOMweb client is given, else by C-FIND.
 
     Raises :class:`PacsError` naming the failed files (after the retries of the transport).
     """
-    if (peer is None) == (dicomweb is None):
-        raise ValueError("give exactly one of peer (C-STORE) or dicomweb (STOW-RS)")
+    if method is None:
+        if (peer is None) == (dicomweb is None):
+            raise ValueError("give exactly one of peer (C-STORE) or dicomweb (STOW-RS)")
+        method = "c-store" if peer is not None else "stow-rs"
+    method = method.lower()
+    if method not in SEND_METHODS:
+        raise ValueError(f"send method {method!r} is not one of {', '.join(SEND_METHODS)}")
     files = collect_dicom_files(paths)
-    if peer is not None:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for uids in map(instance_uids, files):  # also proves every file is readable before sending
+        groups.setdefault((uids.study_instance_uid, uids.series_instance_uid), []).append(
+            uids.sop_instance_uid
+        )
+    if method == "c-store":
+        if peer is None:
+            raise ValueError("C-STORE needs a DIMSE peer")
         results = dimse.store(peer, files)
     else:
-        assert dicomweb is not None
+        if dicomweb is None:
+            raise ValueError("STOW-RS needs a DICOMweb client")
         results = dicomweb.stow(files)
+    where = None
     if verify:
-        groups: dict[tuple[str, str], list[str]] = {}
-        for uids in map(instance_uids, files):
-            groups.setdefault((uids.study_instance_uid, uids.series_instance_uid), []).append(
-                uids.sop_instance_uid
-            )
         for (study, series), sops in groups.items():
             if dicomweb is not None:
-                verify_series_stored(study, series, sops, qido=dicomweb, where=dicomweb.base_url)
+                where = dicomweb.base_url
+                verify_series_stored(study, series, sops, qido=dicomweb, where=where)
             else:
                 assert peer is not None
+                where = str(peer)
                 verify_series_stored(
-                    study, series, sops, find=lambda *a, **k: dimse.find(peer, *a, **k), where=str(peer)
+                    study, series, sops, find=lambda *a, **k: dimse.find(peer, *a, **k), where=where
                 )
-    return results
+    return SendReport(results, method, sorted(groups), where)

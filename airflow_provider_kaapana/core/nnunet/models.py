@@ -24,7 +24,10 @@ from typing import Any
 from airflow_provider_kaapana.exceptions import ModelError
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-DEFAULT_MODELS_DIR = "~/.local/share/kaapana/models"
+DEFAULT_MODELS_DIR = "~/.local/share/kaapana/models"  # the CLI's model store on a workstation
+# The model store of a deployment: where the DAG library's workers and the nnU-Net pods mount it
+# (PipelineSettings.models_dir, NnUNetPredictOperator's models_dir); not a default of the CLI.
+POD_MODELS_DIR = "/models"
 MODELS_DIR_ENV = "KAAPANA_MODELS_DIR"
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")

@@ -1,0 +1,180 @@
+"""The one walker over encoded DICOM element headers, for the listener's structure check and the NIfTI reader.
+
+It reads tags, VRs and lengths only — no value is decoded — and proves on the way that every element,
+item and sequence fits inside its container. Callers name the top-level tags whose raw values they want
+(``wanted``) and those at which the walk ends (``stop``: PixelData for a header reader).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Container
+
+from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1"})
+
+TAG_TRANSFER_SYNTAX_UID = 0x00020010
+TAG_PIXEL_DATA = 0x7FE00010
+
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2); all others have a 2-byte length.
+LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+MAX_DEPTH = 32
+
+# One unpack per element header: (group, element, VR, 2-byte length) explicit, (group, element, length) implicit.
+_LE_EXPLICIT, _BE_EXPLICIT = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
+_LE_IMPLICIT, _BE_IMPLICIT = struct.Struct("<HHI"), struct.Struct(">HHI")
+_LE_U32, _BE_U32 = struct.Struct("<I"), struct.Struct(">I")
+# A VR is two upper-case letters; checked by one set lookup instead of four comparisons.
+_VR_LIKE = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))
+_NOTHING: frozenset[int] = frozenset()
+
+
+class TruncatedDatasetError(InvalidDicomError):
+    """The data ends inside an element or sequence: a longer read of the same file may complete it."""
+
+
+class ElementWalker:
+    """Walks the element headers of an encoded dataset; raises :class:`InvalidDicomError` on any overrun.
+
+    Offsets are positions in ``data``, so a walk may start after a file's preamble and meta group and
+    the offsets it reports are file offsets. After :meth:`dataset`, ``found`` holds the raw value of
+    each top-level tag in ``wanted`` that occurred, and ``stopped`` the ``(tag, vr, length,
+    value_offset)`` of the top-level tag in ``stop`` that ended the walk (``None`` if none did).
+    """
+
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        implicit: bool,
+        little: bool = True,
+        *,
+        wanted: Container[int] = _NOTHING,
+        stop: Container[int] = _NOTHING,
+    ) -> None:
+        self.data = data if isinstance(data, bytes) else memoryview(data)
+        self.implicit = implicit
+        self.end = len(self.data)
+        self.explicit_header = (_LE_EXPLICIT if little else _BE_EXPLICIT).unpack_from
+        self.implicit_header = (_LE_IMPLICIT if little else _BE_IMPLICIT).unpack_from
+        self.u32 = (_LE_U32 if little else _BE_U32).unpack_from
+        self.wanted = wanted
+        self.stop = stop
+        self.found: dict[int, bytes] = {}
+        self.stopped: tuple[int, bytes | None, int, int] | None = None
+
+    def need(self, pos: int, n: int, what: str) -> None:
+        """Raise :class:`TruncatedDatasetError` unless ``n`` bytes are left at ``pos``."""
+        if pos + n > self.end:
+            raise TruncatedDatasetError(
+                f"truncated dataset: {what} at byte {pos} needs {n} bytes, {self.end - pos} left"
+            )
+
+    def header(self, pos: int) -> tuple[int, bytes | None, int, int]:
+        """(tag, vr, length, value_offset) of the element at ``pos``; ``vr`` is None when implicit."""
+        if pos + 8 > self.end:
+            self.need(pos, 8, "element header")
+        if self.implicit:
+            group, elem, length = self.implicit_header(self.data, pos)
+            return (group << 16) | elem, None, length, pos + 8
+        group, elem, vr, length = self.explicit_header(self.data, pos)
+        if group == 0xFFFE:  # items and delimiters: always tag + 4-byte length
+            return (group << 16) | elem, None, self.u32(self.data, pos + 4)[0], pos + 8
+        if vr not in _VR_LIKE:
+            raise InvalidDicomError(
+                f"not DICOM: invalid VR {vr!r} for tag ({group:04X},{elem:04X}) at byte {pos}"
+            )
+        if vr in LONG_VRS:
+            if pos + 12 > self.end:
+                self.need(pos, 12, "element header")
+            return (group << 16) | elem, vr, self.u32(self.data, pos + 8)[0], pos + 12
+        return (group << 16) | elem, vr, length, pos + 8
+
+    def dataset(
+        self, pos: int, end: int | None = None, depth: int = 0, until_item_delim: bool = False
+    ) -> int:
+        """Walk a dataset from ``pos``; return the offset just after it (or of the ``stop`` element)."""
+        if depth > MAX_DEPTH:
+            raise InvalidDicomError("not DICOM: sequences nested too deeply")
+        limit = self.end if end is None else end
+        wanted = self.wanted if depth == 0 else _NOTHING
+        stop = self.stop if depth == 0 else _NOTHING
+        header = self.header
+        last_tag = -1
+        while pos < limit:
+            tag, vr, length, value = header(pos)
+            if tag == ITEM_DELIMITER:
+                if not until_item_delim:
+                    raise InvalidDicomError(f"not DICOM: unexpected item delimiter at byte {pos}")
+                return value
+            if tag >> 16 == 0xFFFE:
+                raise InvalidDicomError(f"not DICOM: unexpected item tag {tag:08X} at byte {pos}")
+            if tag <= last_tag:
+                raise InvalidDicomError(f"not DICOM: tag {tag:08X} out of order at byte {pos}")
+            last_tag = tag
+            if tag in stop:
+                self.stopped = (tag, vr, length, value)
+                return pos
+            if length == UNDEFINED_LENGTH:
+                # UN of undefined length holds implicit VR little endian items (PS3.5 6.2.2)
+                implicit_items = vr == b"UN"
+                pos = self.items(value, depth + 1, implicit_items)
+                continue
+            if value + length > self.end:
+                self.need(value, length, f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if tag in wanted:
+                self.found[tag] = bytes(self.data[value : value + length])
+            pos = value + length
+        if until_item_delim:
+            raise TruncatedDatasetError("truncated dataset: item delimiter missing")
+        if pos != limit:
+            raise InvalidDicomError(f"truncated dataset: element overruns its container at byte {pos}")
+        return pos
+
+    def items(self, pos: int, depth: int, implicit_items: bool) -> int:
+        """Walk the items of an undefined-length sequence / encapsulated value up to its delimiter."""
+        saved = self.implicit
+        if implicit_items:
+            self.implicit = True
+        try:
+            while True:
+                self.need(pos, 8, "item header")
+                group, elem, length = self.implicit_header(self.data, pos)  # items: tag + 4-byte length
+                tag = (group << 16) | elem
+                pos += 8
+                if tag == SEQUENCE_DELIMITER:
+                    return pos
+                if tag != ITEM:
+                    raise InvalidDicomError(
+                        f"not DICOM: expected an item, found tag {tag:08X} at byte {pos - 8}"
+                    )
+                if length == UNDEFINED_LENGTH:
+                    pos = self.dataset(pos, None, depth, until_item_delim=True)
+                else:
+                    self.need(pos, length, "item value")
+                    pos += length
+        finally:
+            self.implicit = saved
+
+
+def read_file_meta(data: bytes, pos: int = 132) -> tuple[dict[int, bytes], int]:
+    """The File Meta Information group at ``pos`` (after preamble and ``DICM``): raw values by tag, and
+    the offset where the dataset starts. The group is always explicit VR little endian (PS3.10 7.1)."""
+    walker = ElementWalker(data, implicit=False)
+    values: dict[int, bytes] = {}
+    while pos + 8 <= walker.end and data[pos : pos + 2] == b"\x02\x00":
+        tag, _vr, length, value = walker.header(pos)
+        if value + length > walker.end:
+            walker.need(value, length, f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        values[tag] = bytes(data[value : value + length])
+        pos = value + length
+    return values, pos

@@ -1,0 +1,72 @@
+"""Crash-safe file writes: atomic replace with data sync, directory sync, and leftovers of killed writers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | Path,
+    chunks: Iterable[bytes | memoryview],
+    fsync: bool = True,
+    fsync_directory: bool = True,
+) -> Path:
+    """Write ``chunks`` to ``path`` so that ``path`` either does not exist or is complete.
+
+    The data goes to a hidden temporary file in the same directory, is fdatasynced, and renamed over
+    ``path``; the directory is fsynced too, so the name survives a crash. Readers never see a partial
+    file, and temporary leftovers of a killed writer start with ``.`` and end with ``.part``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from workers running as another user
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            if fsync:
+                # fdatasync: the data and the metadata needed to read it back (size, blocks); on a
+                # journalling file system this commits the temporary's creation too
+                _datasync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if fsync and fsync_directory:
+        fsync_dir(path.parent)
+    return path
+
+
+def remove_partial_files(root: str | Path) -> int:
+    """Delete leftover ``.*.part`` temporaries under ``root`` (after a crash); return how many."""
+    count = 0
+    for tmp in Path(root).rglob(".*.part"):
+        try:
+            tmp.unlink()
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def final_name_of_partial(tmp: Path) -> str:
+    """``.<name>.<random>.part`` (from :func:`write_atomic`) -> ``<name>``."""
+    return tmp.name[1:].rsplit(".", 2)[0]

@@ -1,0 +1,203 @@
+"""Ingest from the listener's landing zone: bring a batch into the run workspace, validate it, and
+remove from the landing zone only what was stored.
+
+The listener announces one batch of a series with a conf naming its files (see
+:func:`airflow_provider_kaapana.core.listener.server.read_batch_files`); a run by hand names only a
+``series_dir``. Invalid files are set aside in the run workspace (neither stored nor indexed) and stay
+in the landing zone: nothing received is ever deleted unless it was stored.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.listener.server import SeriesBatch, read_batch_files
+from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+log = logging.getLogger(__name__)
+
+INVALID_DIR = ".invalid"  # beside the series folder in the workspace: files that failed validation
+
+
+# --- landing zone -> workspace --------------------------------------------------------------------
+
+
+def _link_or_copy(src: Path, dst: Path, mode: str) -> None:
+    if dst.exists() and dst.stat().st_size == src.stat().st_size:
+        return  # idempotent re-run
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.unlink(missing_ok=True)
+    if mode == "link":
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem: copy
+            shutil.copyfile(src, tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def receive_from_landing(conf: Mapping[str, Any], dest_dir: Path, mode: str = "link") -> list[Path]:
+    """Bring one listener batch (``conf`` of a listener-triggered run) into ``dest_dir``."""
+    files = read_batch_files(dict(conf))
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(files)} files of series {conf.get('series_instance_uid')} are missing "
+            f"from the landing zone, e.g. {missing[0]}"
+        )
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in files:
+        dst = dest_dir / src.name
+        _link_or_copy(src, dst, mode)
+        out.append(dst)
+    return out
+
+
+def with_series_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """A conf naming only ``series_dir`` (an ingest run by hand) gets its UIDs from its files."""
+    from airflow_provider_kaapana.core.net.send import instance_uids
+
+    conf = dict(conf)
+    if conf.get("series_instance_uid") and conf.get("study_instance_uid"):
+        return conf
+    files = read_batch_files(conf)
+    if not files:
+        raise FileNotFoundError(f"no DICOM file (*.dcm) in {conf['series_dir']}")
+    # The folder's series is the one most of its files belong to: an unreadable or stray file that
+    # happens to sort first must not decide it (it is set aside later, the rest goes on).
+    votes: Counter[tuple[str, str]] = Counter()
+    for path in files:
+        try:
+            uids = instance_uids(path)
+        except InvalidDicomError as exc:
+            log.warning("%s", exc)
+            continue
+        votes[(uids.study_instance_uid, uids.series_instance_uid)] += 1
+    if not votes:
+        raise InvalidDicomError(f"{conf['series_dir']}: none of its {len(files)} files is readable DICOM")
+    (study_uid, series_uid), _ = votes.most_common(1)[0]
+    conf.setdefault("series_instance_uid", series_uid)
+    conf.setdefault("study_instance_uid", study_uid)
+    return conf
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def arrival_facts(conf: Mapping[str, Any]) -> dict[str, str]:
+    """What a listener batch's conf says about the arrival, under the index operator's keys.
+
+    ``calling_ae_title``/``called_ae_title`` become the document's ``kaapana.source``, and the batch's
+    creation time (from its manifest) its ``kaapana.received_at``; a run by hand has neither, and its
+    document gets the indexing time.
+    """
+    facts = {
+        "calling_ae_title": str(conf.get("calling_ae") or ""),
+        "called_ae_title": str(conf.get("called_ae") or ""),
+    }
+    manifest = conf.get("batch_manifest")
+    created = SeriesBatch.load(manifest).created if manifest and Path(manifest).is_file() else None
+    if isinstance(created, (int, float)) and created > 0:
+        facts["received_at"] = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(
+            timespec="milliseconds"
+        )
+    return {k: v for k, v in facts.items() if v}
+
+
+def validate_series(item: Mapping[str, str]) -> dict[str, Any]:
+    """Check every file of a received (workspace) series; move bad ones to ``<series_dir>/../.invalid``.
+
+    Returns the item with ``instances`` (count), ``valid_files`` (names) and ``quarantined`` (file names
+    with reasons). Idempotent: a retry finds the files set aside earlier and reports them again.
+    """
+    import pydicom
+
+    series_dir = Path(item["series_dir"])
+    expected = item.get("series_instance_uid")
+    valid_files: list[str] = []
+    quarantine = series_dir.parent / INVALID_DIR
+    quarantined = [f"{p.name}: set aside by an earlier try" for p in sorted(quarantine.glob("*"))]
+    for path in sorted(p for p in series_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = validate_uid(str(ds.SeriesInstanceUID), f"SeriesInstanceUID of {path}")
+            validate_uid(str(ds.SOPInstanceUID), f"SOPInstanceUID of {path}")
+            if expected and uid != expected:
+                raise InvalidDicomError(f"{path.name} belongs to series {uid}, not {expected}")
+            expected = expected or uid
+            valid_files.append(path.name)
+        except Exception as exc:
+            log.error("%s: not ingested: %s", path, exc)
+            quarantine.mkdir(parents=True, exist_ok=True)
+            path.rename(quarantine / path.name)
+            quarantined.append(f"{path.name}: {exc}")
+    if not valid_files:
+        raise InvalidDicomError(
+            f"{series_dir}: no valid DICOM instance ({'; '.join(quarantined) or 'empty'})"
+        )
+    return {
+        **item,
+        "series_instance_uid": expected,
+        "instances": len(valid_files),
+        "valid_files": valid_files,
+        "quarantined": quarantined,
+    }
+
+
+def validate_batch(
+    received: Mapping[str, str] | Iterable[Mapping[str, str]], conf: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """:func:`validate_series` of each received series, with the batch's :func:`arrival_facts`."""
+    items = [received] if isinstance(received, Mapping) else list(received)
+    return [validate_series(item) | arrival_facts(conf) for item in items]
+
+
+# --- clearing the landing zone --------------------------------------------------------------------
+
+
+def same_file_content(a: Path, b: Path) -> bool:
+    """The same inode (the workspace hard-links landing files), else byte-equal content."""
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def remove_from_landing(
+    conf: Mapping[str, Any], validated: Iterable[Mapping[str, Any]], keep: bool = False
+) -> list[str]:
+    """Delete the batch's files that validated and are still the very file that was stored.
+
+    Only for a listener batch whose manifest exists (a run by hand names someone's folder: nothing is
+    deleted from it), and not when ``keep``. A file is deleted only when it validated and is still the
+    file the workspace holds (a modality may resend an instance under the same name meanwhile);
+    anything else stays in the landing zone, so nothing received is ever lost. Returns the removed paths.
+    """
+    manifest = conf.get("batch_manifest")
+    if keep or not manifest or not Path(manifest).is_file():
+        return []
+    stored = {name: Path(v["series_dir"]) / name for v in validated for name in v["valid_files"]}
+    removed = []
+    for path in read_batch_files(dict(conf)):
+        copy = stored.get(path.name)
+        if copy is None:
+            log.warning("keeping %s in the landing zone: it failed validation", path)
+        elif not path.exists():
+            continue
+        elif not same_file_content(path, copy):
+            log.warning("keeping %s in the landing zone: it changed after this run received it", path)
+        else:
+            path.unlink()
+            removed.append(str(path))
+    return removed

@@ -1,0 +1,489 @@
+"""Read the headers of a series directory into slices (fast little-endian parser, pydicom otherwise) and
+group them into volumes by orientation, size, echo, temporal position and acquisition."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from airflow_provider_kaapana.core.dicom.elements import (
+    DEFLATED_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    TAG_PIXEL_DATA,
+    TAG_TRANSFER_SYNTAX_UID,
+    UNDEFINED_LENGTH,
+    ElementWalker,
+    TruncatedDatasetError,
+    read_file_meta,
+)
+from airflow_provider_kaapana.core.nifti.geometry import check_geometry_tags, positions_along_normal
+from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# SOP classes that never carry an image volume, with the reason given when they are skipped.
+_NON_IMAGE_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM SEG (segmentation), not an image",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data / registration / surface object, not an image",
+    "1.2.840.10008.5.1.4.1.1.88": "a structured report (SR/KO), not an image",
+    "1.2.840.10008.5.1.4.1.1.11": "a presentation state (PR), not an image",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT structure set (RTSTRUCT), not an image",
+    "1.2.840.10008.5.1.4.1.1.481": "an RT object (plan/dose/record), not an image volume",
+    "1.2.840.10008.5.1.4.1.1.104": "an encapsulated document, not an image",
+    "1.2.840.10008.5.1.4.1.1.9": "a waveform, not an image",
+    "1.2.840.10008.5.1.4.1.1.67": "a real-world value map, not an image",
+    "1.2.840.10008.5.1.4.1.1.78": "an ophthalmic measurement, not an image",
+    "1.2.840.10008.5.1.4.1.1.91": "a content assessment, not an image",
+}
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of every volume, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class SliceInfo:
+    """What one slice (a single-frame instance, or one frame of a multi-frame one) contributes."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    transfer_syntax_uid: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]
+    orientation: np.ndarray  # 6 floats, DICOM order
+    position: np.ndarray  # 3 floats, LPS mm
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    slope: float
+    intercept: float
+    instance_number: int | None = None
+    acquisition_number: int | None = None
+    echo: float | None = None
+    temporal_position: int | None = None
+    frame_number: int | None = None  # 1-based, multi-frame only
+    number_of_frames: int = 1
+    file_size: int = 0
+    slice_thickness: float | None = None
+    spacing_between_slices: float | None = None
+    pixel_offset: int | None = None  # byte offset of (uncompressed) PixelData, when known from the header
+
+
+@dataclass
+class Volume:
+    """Slices that become one NIfTI volume; ``spacing`` and ``affine_ras`` are set by the geometry check."""
+
+    slices: list[SliceInfo]
+    split: dict[str, object]
+    suffix: str
+    spacing: float = 0.0
+    affine_ras: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- header reading
+
+
+def _float_list(value: object) -> list[float]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        return [float(v) for v in value]  # type: ignore[union-attr]
+    return [float(value)]  # type: ignore[arg-type]
+
+
+def _opt_float(value: object) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_int(value: object) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def non_image_reason(sop_class_uid: str) -> str | None:
+    """Why a SOP class is not converted (SEG, SR, PR, RTSTRUCT...), or None for an image class."""
+    for prefix in sorted(_NON_IMAGE_PREFIXES, key=len, reverse=True):
+        if sop_class_uid == prefix or sop_class_uid.startswith(prefix + "."):
+            name = uid_name(sop_class_uid)
+            return f"{_NON_IMAGE_PREFIXES[prefix]} (SOP class {name})"
+    return None
+
+
+def _geometry_from(ds: Dataset) -> tuple[list[float], list[float], list[float]]:
+    iop = _float_list(ds.get("ImageOrientationPatient"))
+    ipp = _float_list(ds.get("ImagePositionPatient"))
+    spacing = _float_list(ds.get("PixelSpacing"))
+    return iop, ipp, spacing
+
+
+def _functional(ds: Dataset, frame_item: Dataset | None, seq: str) -> Dataset | None:
+    """An item of a functional group macro, per-frame first, then shared."""
+    for holder in (frame_item, _first(ds.get("SharedFunctionalGroupsSequence"))):
+        if holder is not None and seq in holder:
+            item = _first(holder.get(seq))
+            if item is not None:
+                return item
+    return None
+
+
+def _first(seq: object) -> Dataset | None:
+    try:
+        return seq[0] if seq else None  # type: ignore[index]
+    except (IndexError, TypeError):
+        return None
+
+
+_WANTED: dict[int, tuple[str, str]] = {
+    0x00080016: ("SOPClassUID", "str"),
+    0x00080018: ("SOPInstanceUID", "str"),
+    0x00080060: ("Modality", "str"),
+    0x00180050: ("SliceThickness", "str"),
+    0x00180081: ("EchoTime", "str"),
+    0x00180086: ("EchoNumbers", "str"),
+    0x00180088: ("SpacingBetweenSlices", "str"),
+    0x0020000D: ("StudyInstanceUID", "str"),
+    0x0020000E: ("SeriesInstanceUID", "str"),
+    0x00200012: ("AcquisitionNumber", "str"),
+    0x00200013: ("InstanceNumber", "str"),
+    0x00200032: ("ImagePositionPatient", "str"),
+    0x00200037: ("ImageOrientationPatient", "str"),
+    0x00200052: ("FrameOfReferenceUID", "str"),
+    0x00200100: ("TemporalPositionIdentifier", "str"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "str"),
+    0x00280008: ("NumberOfFrames", "str"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "str"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00281052: ("RescaleIntercept", "str"),
+    0x00281053: ("RescaleSlope", "str"),
+}
+# Enhanced multi-frame files carry their geometry in these sequences: pydicom reads those.
+_FUNCTIONAL_GROUPS = frozenset({0x52009229, 0x52009230})
+_STOP_TAGS = _FUNCTIONAL_GROUPS | {TAG_PIXEL_DATA}
+
+
+class _FastHeader(dict):
+    """The few attributes conversion needs, keyed by DICOM keyword (``get`` / ``in`` like a Dataset)."""
+
+    transfer_syntax_uid: str = "1.2.840.10008.1.2.1"
+    pixel_offset: int | None = None
+
+
+def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
+    """Parse a Part-10 file's header up to PixelData without pydicom (~20x faster for a series).
+
+    Handles implicit and explicit VR little endian datasets (also those of encapsulated transfer syntaxes)
+    with the shared :class:`~airflow_provider_kaapana.core.dicom.elements.ElementWalker`; returns None for
+    anything else (no preamble, big endian, deflated, functional groups), which then goes to pydicom.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(chunk)
+        if len(data) < 144 or data[128:132] != b"DICM":
+            return None
+        meta, start = read_file_meta(data)
+        raw_syntax = meta.get(TAG_TRANSFER_SYNTAX_UID)
+        if raw_syntax is None:
+            return None
+        transfer_syntax = raw_syntax.decode("ascii").strip("\x00 ")
+        if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN or transfer_syntax in DEFLATED_TRANSFER_SYNTAXES:
+            return None
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
+        try:
+            walker.dataset(start)
+        except TruncatedDatasetError:
+            # the header goes on past the first chunk: walk again over the whole file
+            data += fh.read()
+            walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
+            walker.dataset(start)
+    out = _FastHeader()
+    out.transfer_syntax_uid = transfer_syntax
+    if walker.stopped is not None:
+        tag, _vr, length, value = walker.stopped
+        if tag != TAG_PIXEL_DATA:  # functional groups: enhanced multi-frame, read by pydicom
+            return None
+        out.pixel_offset = value if length != UNDEFINED_LENGTH else None
+    for tag, raw in walker.found.items():
+        keyword, kind = _WANTED[tag]
+        if kind == "US":
+            out[keyword] = struct.unpack_from("<H", raw)[0]
+        else:
+            values = raw.decode("latin-1").strip("\x00 ").split("\\")
+            out[keyword] = values[0].strip() if len(values) == 1 else [v.strip() for v in values]
+    return out
+
+
+def uid_name(uid: str) -> str:
+    """The registered name of a UID (``"CT Image Storage"``), for messages."""
+    from pydicom.uid import UID
+
+    return UID(uid).name
+
+
+def read_slices(path: Path) -> list[SliceInfo]:
+    """Headers of one file as slices (one per frame of a multi-frame instance).
+
+    Raises :class:`InvalidDicomError` for an image that cannot be placed (missing geometry tags...), and
+    the internal ``_NotAnImage`` with the reason when the file is to be skipped (non-DICOM, SEG, SR...).
+    Little-endian files are parsed by :func:`_fast_header`; everything else (big endian, deflated,
+    enhanced multi-frame) by pydicom.
+    """
+    try:
+        ds: Any = _fast_header(path)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, InvalidDicomError):
+        ds = None
+    if ds is None:
+        import pydicom
+        from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (PydicomInvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
+            raise _NotAnImage(f"not a readable DICOM file ({exc})") from exc
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+        pixel_offset = None
+    else:
+        transfer_syntax = ds.transfer_syntax_uid
+        pixel_offset = ds.pixel_offset
+    sop_class = str(ds.get("SOPClassUID", ""))
+    reason = non_image_reason(sop_class)
+    if reason:
+        raise _NotAnImage(reason)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise _NotAnImage(f"no image pixel module (SOP class {uid_name(sop_class) or '?'})")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        raise _NotAnImage(
+            f"colour image ({samples} samples per pixel, {ds.get('PhotometricInterpretation', '?')}); "
+            "only greyscale volumes are converted"
+        )
+    base = {
+        "path": path,
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "sop_class_uid": sop_class,
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
+        "modality": str(ds.get("Modality", "")),
+        "transfer_syntax_uid": transfer_syntax,
+        "rows": int(ds.get("Rows")),
+        "columns": int(ds.get("Columns")),
+        "bits_allocated": int(ds.get("BitsAllocated", 16) or 16),
+        "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
+        "instance_number": _opt_int(ds.get("InstanceNumber")),
+        "acquisition_number": _opt_int(ds.get("AcquisitionNumber")),
+        "file_size": path.stat().st_size,
+        "slice_thickness": _opt_float(ds.get("SliceThickness")),
+        "spacing_between_slices": _opt_float(ds.get("SpacingBetweenSlices")),
+        "pixel_offset": pixel_offset,
+    }
+    if not base["sop_instance_uid"] or not base["series_instance_uid"]:
+        raise InvalidDicomError(f"{path}: missing SOPInstanceUID or SeriesInstanceUID")
+    n_frames = _opt_int(ds.get("NumberOfFrames")) or 1
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_slices(ds, path, base, n_frames)
+    if n_frames > 1:
+        raise InvalidDicomError(
+            f"{path}: multi-frame instance ({n_frames} frames) without per-frame functional groups "
+            f"(SOP class {uid_name(sop_class)}); cannot place its frames"
+        )
+    iop, ipp, spacing = _geometry_from(ds)
+    check_geometry_tags(path, iop, ipp, spacing)
+    echo = _opt_int(ds.get("EchoNumbers"))
+    return [
+        SliceInfo(
+            **base,
+            pixel_spacing=(spacing[0], spacing[1]),
+            orientation=np.asarray(iop, float),
+            position=np.asarray(ipp, float),
+            slope=_opt_float(ds.get("RescaleSlope")) or 1.0,
+            intercept=_opt_float(ds.get("RescaleIntercept")) or 0.0,
+            echo=float(echo) if echo is not None else _opt_float(ds.get("EchoTime")),
+            temporal_position=_opt_int(ds.get("TemporalPositionIdentifier")),
+        )
+    ]
+
+
+def _enhanced_slices(ds: Dataset, path: Path, base: dict, n_frames: int) -> list[SliceInfo]:
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != n_frames:
+        raise InvalidDicomError(
+            f"{path}: {len(per_frame)} per-frame functional group items for {n_frames} frames"
+        )
+    out = []
+    for f, item in enumerate(per_frame):
+        where = f"{path} frame {f + 1}"
+        orient = _functional(ds, item, "PlaneOrientationSequence")
+        pos = _functional(ds, item, "PlanePositionSequence")
+        measures = _functional(ds, item, "PixelMeasuresSequence")
+        iop = _float_list(orient.get("ImageOrientationPatient")) if orient is not None else []
+        ipp = _float_list(pos.get("ImagePositionPatient")) if pos is not None else []
+        spacing = _float_list(measures.get("PixelSpacing")) if measures is not None else []
+        check_geometry_tags(Path(where), iop, ipp, spacing)
+        transform = _functional(ds, item, "PixelValueTransformationSequence")
+        slope = _opt_float(transform.get("RescaleSlope")) if transform is not None else None
+        intercept = _opt_float(transform.get("RescaleIntercept")) if transform is not None else None
+        echo_item = _functional(ds, item, "MREchoSequence")
+        echo = _opt_float(echo_item.get("EffectiveEchoTime")) if echo_item is not None else None
+        content = _functional(ds, item, "FrameContentSequence")
+        temporal = _opt_int(content.get("TemporalPositionIndex")) if content is not None else None
+        thickness = _opt_float(measures.get("SliceThickness")) if measures is not None else None
+        out.append(
+            SliceInfo(
+                **{**base, "slice_thickness": thickness or base["slice_thickness"]},
+                pixel_spacing=(spacing[0], spacing[1]),
+                orientation=np.asarray(iop, float),
+                position=np.asarray(ipp, float),
+                slope=slope if slope is not None else (_opt_float(ds.get("RescaleSlope")) or 1.0),
+                intercept=intercept
+                if intercept is not None
+                else (_opt_float(ds.get("RescaleIntercept")) or 0.0),
+                echo=echo,
+                temporal_position=temporal,
+                frame_number=f + 1,
+                number_of_frames=n_frames,
+            )
+        )
+    return out
+
+
+class _NotAnImage(Exception):
+    """Internal: a file to skip, with the reason."""
+
+
+# --------------------------------------------------------------------------- scanning a directory
+
+
+def _iter_files(series_dir: Path) -> Iterable[Path]:
+    for path in sorted(series_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and path.name != "DICOMDIR":
+            yield path
+
+
+def scan_series(series_dir: str | Path) -> tuple[list[SliceInfo], list[SkippedFile]]:
+    """Read every file's header under ``series_dir``: the image slices, and the files skipped with why."""
+    series_dir = Path(series_dir)
+    if not series_dir.is_dir():
+        raise InvalidDicomError(f"{series_dir}: not a directory")
+    slices: list[SliceInfo] = []
+    skipped: list[SkippedFile] = []
+    seen: dict[tuple[str, int | None], Path] = {}
+    for path in _iter_files(series_dir):
+        try:
+            file_slices = read_slices(path)
+        except _NotAnImage as exc:
+            skipped.append(SkippedFile(path, str(exc)))
+            continue
+        for s in file_slices:
+            key = (s.sop_instance_uid, s.frame_number)
+            if key in seen:
+                skipped.append(SkippedFile(path, f"duplicate of {seen[key]} (same SOPInstanceUID)"))
+                break
+            seen[key] = path
+        else:
+            slices.extend(file_slices)
+    return slices, skipped
+
+
+# --------------------------------------------------------------------------- grouping into volumes
+
+
+def _cluster(values: list[np.ndarray], tol: float) -> list[int]:
+    """Index of the cluster each vector falls in (clusters by first appearance)."""
+    centres: list[np.ndarray] = []
+    labels = []
+    for v in values:
+        for i, c in enumerate(centres):
+            if np.max(np.abs(v - c)) <= tol:
+                labels.append(i)
+                break
+        else:
+            centres.append(v)
+            labels.append(len(centres) - 1)
+    return labels
+
+
+def split_volumes(slices: list[SliceInfo]) -> list[Volume]:
+    """Split one series' slices by orientation, size, echo, temporal position (and acquisition on repeats)."""
+    orient_labels = _cluster([s.orientation for s in slices], 1e-4)
+    # name orientation groups by their normal, so the order does not depend on file names
+    orient_centres = {}
+    for s, lab in zip(slices, orient_labels):
+        orient_centres.setdefault(lab, tuple(np.round(s.orientation, 4)))
+    orient_rank = {lab: r for r, lab in enumerate(sorted(orient_centres, key=orient_centres.get))}
+    size_keys = sorted({(s.rows, s.columns, *np.round(s.pixel_spacing, 5)) for s in slices})
+    groups: dict[tuple, list[SliceInfo]] = {}
+    for s, lab in zip(slices, orient_labels):
+        size = size_keys.index((s.rows, s.columns, *np.round(s.pixel_spacing, 5)))
+        key = (
+            orient_rank[lab],
+            size,
+            -1.0 if s.echo is None else s.echo,
+            -1 if s.temporal_position is None else s.temporal_position,
+        )
+        groups.setdefault(key, []).append(s)
+    keys = sorted(groups)
+    varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
+    volumes = []
+    for key in keys:
+        members = groups[key]
+        split: dict[str, object] = {}
+        parts = []
+        o, size, echo, temporal = key
+        if varying[0]:
+            split["orientation"] = [float(x) for x in members[0].orientation]
+            parts.append(f"o{o + 1}")
+        if varying[1]:
+            split["rows_columns_spacing"] = list(size_keys[size])
+            parts.append(f"s{size + 1}")
+        if varying[2]:
+            echo_numbers = sorted({k[2] for k in keys})
+            split["echo"] = echo if echo >= 0 else None
+            parts.append(f"e{echo_numbers.index(echo) + 1}")
+        if varying[3]:
+            split["temporal_position"] = temporal if temporal >= 0 else None
+            parts.append(f"t{temporal if temporal >= 0 else 0}")
+        volumes.extend(_split_acquisitions(members, split, "_".join(parts)))
+    return volumes
+
+
+def _split_acquisitions(members: list[SliceInfo], split: dict, suffix: str) -> list[Volume]:
+    d = positions_along_normal(members)
+    repeated = len(np.unique(np.round(d, 3))) < len(d)
+    acquisitions = sorted({s.acquisition_number or 0 for s in members})
+    if not repeated or len(acquisitions) < 2:
+        return [Volume(members, split, suffix)]
+    out = []
+    for acq in acquisitions:
+        sub = [s for s in members if (s.acquisition_number or 0) == acq]
+        out.append(
+            Volume(sub, {**split, "acquisition_number": acq}, "_".join(filter(None, [suffix, f"a{acq}"])))
+        )
+    return out
