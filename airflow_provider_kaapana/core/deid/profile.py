@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
+from typing import TYPE_CHECKING
 
 from airflow_provider_kaapana.core.deid import table
+
+if TYPE_CHECKING:
+    from pydicom.sr.coding import Code
 
 PROFILE_NAME = "kaapana-ps3.15-e1-1"
 PROFILE_VERSION = "1"
@@ -40,23 +41,33 @@ class Option(str, Enum):
     @property
     def code(self) -> Code:
         """Its CID 7050 code (from pydicom's copy of the DICOM code tables)."""
-        return _OPTION_CODES[self]
+        return getattr(_cid7050(), _CODE_NAMES[self])
 
 
-_cid = codes.cid7050
-_OPTION_CODES = {
-    Option.RETAIN_LONGITUDINAL_FULL_DATES: _cid.RetainLongitudinalTemporalInformationFullDatesOption,
-    Option.RETAIN_LONGITUDINAL_MODIFIED_DATES: _cid.RetainLongitudinalTemporalInformationModifiedDatesOption,
-    Option.RETAIN_PATIENT_CHARACTERISTICS: _cid.RetainPatientCharacteristicsOption,
-    Option.RETAIN_DEVICE_IDENTITY: _cid.RetainDeviceIdentityOption,
-    Option.RETAIN_INSTITUTION_IDENTITY: _cid.RetainInstitutionIdentityOption,
-    Option.RETAIN_UIDS: _cid.RetainUidsOption,
-    Option.RETAIN_SAFE_PRIVATE: _cid.RetainSafePrivateOption,
-    Option.CLEAN_DESCRIPTORS: _cid.CleanDescriptorsOption,
-    Option.CLEAN_STRUCTURED_CONTENT: _cid.CleanStructuredContentOption,
-    Option.CLEAN_GRAPHICS: _cid.CleanGraphicsOption,
+# CID 7050 concept names in pydicom's copy of the DICOM code tables (imported on first use: it is slow)
+_CODE_NAMES = {
+    Option.RETAIN_LONGITUDINAL_FULL_DATES: "RetainLongitudinalTemporalInformationFullDatesOption",
+    Option.RETAIN_LONGITUDINAL_MODIFIED_DATES: "RetainLongitudinalTemporalInformationModifiedDatesOption",
+    Option.RETAIN_PATIENT_CHARACTERISTICS: "RetainPatientCharacteristicsOption",
+    Option.RETAIN_DEVICE_IDENTITY: "RetainDeviceIdentityOption",
+    Option.RETAIN_INSTITUTION_IDENTITY: "RetainInstitutionIdentityOption",
+    Option.RETAIN_UIDS: "RetainUidsOption",
+    Option.RETAIN_SAFE_PRIVATE: "RetainSafePrivateOption",
+    Option.CLEAN_DESCRIPTORS: "CleanDescriptorsOption",
+    Option.CLEAN_STRUCTURED_CONTENT: "CleanStructuredContentOption",
+    Option.CLEAN_GRAPHICS: "CleanGraphicsOption",
 }
-BASIC_PROFILE_CODE: Code = _cid.BasicApplicationConfidentialityProfile
+
+
+def _cid7050():  # noqa: ANN202 - pydicom's Collection type
+    from pydicom.sr.codedict import codes
+
+    return codes.cid7050
+
+
+def basic_profile_code() -> Code:
+    """CID 7050 113100 Basic Application Confidentiality Profile."""
+    return _cid7050().BasicApplicationConfidentialityProfile
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class DeidentificationProfile:
     def method_codes(self) -> list[Code]:
         """CID 7050 codes for De-identification Method Code Sequence: the profile, then its options."""
         ordered = sorted(self.options, key=lambda o: o.code.value)
-        return [BASIC_PROFILE_CODE, *(o.code for o in ordered)]
+        return [basic_profile_code(), *(o.code for o in ordered)]
 
     @cached_property
     def method_description(self) -> str:
