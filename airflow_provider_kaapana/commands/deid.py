@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_kaapana.core.deid import DeidentificationProfile, deidentify_folder
+    from airflow_provider_kaapana.core.deid.files import deidentify_folder
+    from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 
     try:
         key = Path(args.key_file).read_bytes().strip()

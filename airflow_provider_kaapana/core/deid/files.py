@@ -14,6 +14,7 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.core.deid.deidentify import deidentify
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
 from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError
@@ -87,6 +88,7 @@ def deidentify_folder(
     is copied there for review (it holds PHI: keep it on the site) and ``quarantine.json`` lists
     ``input -> reason``.
     """
+    key = check_key(key)
     in_path, out_path = Path(in_dir), Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
     result = DeidentifyResult()
