@@ -129,6 +129,10 @@ class _Walk:
     # -- the walk ----------------------------------------------------------------------------------
     def dataset(self, source: Dataset) -> Dataset:
         out = Dataset()
+        # the source's encoding: pydicom then writes kept elements as read instead of decoding them all
+        out.set_original_encoding(
+            source.original_encoding[0], source.original_encoding[1], source.original_character_set
+        )
         for raw in source.elements():
             tag = int(raw.tag)
             group, element = tag >> 16, tag & 0xFFFF
