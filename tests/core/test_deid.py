@@ -303,3 +303,13 @@ def test_dciodvfy_finds_no_new_error(tmp_path, tool):
         )
         new = dciodvfy_errors(dciodvfy, result.written[0]) - dciodvfy_errors(dciodvfy, series.files[0])
         assert not new, f"{options}: {sorted(new)}"
+
+
+def test_nested_patient_id_gets_its_own_pseudonym(tmp_path):
+    source = canary_instance(tmp_path)
+    source.AnatomicRegionSequence[0].PatientID = "ZQXNESTEDPID"
+    out = deidentify(source, DeidentificationProfile(), KEY)
+    nested = out.AnatomicRegionSequence[0].PatientID
+    assert nested != out.PatientID and nested.startswith("P") and len(nested) == 16
+    again = deidentify(source, DeidentificationProfile(), KEY)
+    assert again.AnatomicRegionSequence[0].PatientID == nested

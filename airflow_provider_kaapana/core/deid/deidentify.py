@@ -79,6 +79,13 @@ def _tag_actions(profile: DeidentificationProfile) -> tuple[dict[int, str], dict
     return plain, masked
 
 
+def _keyword(tag: int) -> str:
+    try:
+        return str(get_entry(tag)[4]) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    except KeyError:
+        return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
 @cache
 def _dictionary_vr(tag: int) -> str | None:
     """The VR of a public tag from the data dictionary (repeating groups included), None if unknown."""
@@ -142,7 +149,7 @@ class _Walk:
                 self.private(source, tag, raw, out)
                 continue
             if tag in (PATIENT_ID, PATIENT_NAME):
-                out[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "PN", self.patient_pseudonym)
+                out[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "PN", self.pseudonym_of(source))
                 continue
             action = self.action(tag)
             if action is None:
@@ -155,10 +162,24 @@ class _Walk:
                     continue
             if action == "X":
                 continue
-            elem = self.apply(action, source[tag])
+            try:
+                elem = self.apply(action, source[tag])
+            except DeidentificationError:
+                raise
+            except Exception as exc:  # an unreadable value: name the attribute, never the value
+                name = _keyword(tag)
+                raise DeidentificationError(
+                    f"{name}: cannot apply action {action} ({type(exc).__name__})"
+                ) from None
             if elem is not None:
                 out[tag] = elem
         return out
+
+    def pseudonym_of(self, item: Dataset) -> str:
+        """The patient pseudonym of a dataset or item: from its own Patient ID, else the instance's."""
+        if item is self.source or PATIENT_ID not in item:
+            return self.patient_pseudonym
+        return pseudonym_patient_id(self.key, str(item[PATIENT_ID].value or ""))
 
     def private(self, source: Dataset, tag: int, raw: Any, out: Dataset) -> None:
         if not self.retain_private:
