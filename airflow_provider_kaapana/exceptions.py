@@ -33,3 +33,7 @@ class ModelError(KaapanaError):
 
 class NoFindingsError(KaapanaError):
     """A segmentation contains no labelled voxel at all: nothing to export."""
+
+
+class DeidentificationError(KaapanaError):
+    """A dataset cannot be de-identified under the profile; the message names the attribute keyword, never its value."""

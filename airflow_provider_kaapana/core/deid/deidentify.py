@@ -1,0 +1,350 @@
+"""``deidentify``: one dataset through PS3.15 Table E.1-1 under a profile and a site key, recursively."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import pydicom.uid
+from pydicom.datadict import get_entry
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from airflow_provider_kaapana.core.deid import table
+from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option
+from airflow_provider_kaapana.core.deid.pseudonyms import (
+    check_key,
+    date_shift_days,
+    pseudonym_patient_id,
+    pseudonym_uid,
+    shift_date,
+    shift_datetime,
+)
+from airflow_provider_kaapana.exceptions import DeidentificationError
+
+# SOP classes whose images commonly carry burned-in text (names from pydicom's UID registry)
+BURNED_IN_SOP_CLASSES = frozenset(
+    getattr(pydicom.uid, name)
+    for name in (
+        "UltrasoundImageStorage",
+        "UltrasoundMultiFrameImageStorage",
+        "SecondaryCaptureImageStorage",
+        "MultiFrameSingleBitSecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+        "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
+        "MultiFrameTrueColorSecondaryCaptureImageStorage",
+        "VideoPhotographicImageStorage",
+        "VLPhotographicImageStorage",
+    )
+)
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+TEXT_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+# a dummy value per VR for action D: not identifying, valid for the VR
+_DUMMY: dict[str, Any] = {
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "UR": "",
+    **{vr: 0 for vr in ("US", "SS", "UL", "SL", "UV", "SV", "AT")},
+    **{vr: 0.0 for vr in ("FL", "FD")},
+    **{vr: b"\0" * 8 for vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN")},
+}
+DUMMY_TEXT = "ANONYMIZED"
+SCRUB = "*"
+
+PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010
+SOP_INSTANCE_UID = 0x00080018
+# set by this function after the walk: never copied from the input
+STAMPED = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
+
+
+@cache
+def _tag_actions(profile: DeidentificationProfile) -> tuple[dict[int, str], dict[str, str]]:
+    """Integer tag -> action for the plain rows, and the masked rows (curves, overlays) by mask."""
+    plain: dict[int, str] = {}
+    masked: dict[str, str] = {}
+    for row, action in profile.actions.items():
+        if row == table.PRIVATE_ROW or "X" in row:
+            masked[row] = action
+        else:
+            plain[int(row, 16)] = action
+    return plain, masked
+
+
+def _keyword(tag: int) -> str:
+    try:
+        return str(get_entry(tag)[4]) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    except KeyError:
+        return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+@cache
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR of a public tag from the data dictionary (repeating groups included), None if unknown."""
+    try:
+        return str(get_entry(tag)[0])
+    except KeyError:
+        return None
+
+
+class _Walk:
+    """State of one ``deidentify`` call: the profile's actions, the key, per-patient values."""
+
+    def __init__(self, source: Dataset, profile: DeidentificationProfile, key: bytes) -> None:
+        self.profile = profile
+        self.key = key
+        self.plain, self.masked = _tag_actions(profile)
+        self.source = source
+        patient_id = str(source.get("PatientID", "") or "")
+        self.patient_pseudonym = pseudonym_patient_id(key, patient_id)
+        self.shift = (
+            date_shift_days(key, patient_id) if profile.has(Option.RETAIN_LONGITUDINAL_MODIFIED_DATES) else 0
+        )
+        self.retain_private = profile.has(Option.RETAIN_SAFE_PRIVATE) and bool(profile.safe_private)
+        self._uids: dict[str, str] = {}
+        self._scrub: re.Pattern[str] | None = None
+
+    # -- actions -----------------------------------------------------------------------------------
+    def action(self, tag: int) -> str | None:
+        action = self.plain.get(tag)
+        if action is not None:
+            return action
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x5000 <= group <= 0x50FF and not group & 1:
+            return self.masked.get(table.CURVE_MASK)
+        if 0x6000 <= group <= 0x60FF and not group & 1:
+            if element == 0x4000:
+                return self.masked.get(table.OVERLAY_COMMENTS_MASK)
+            # the rest of an overlay goes with its data (a cleaned overlay cannot be verified: removed)
+            return "X" if self.masked.get(table.OVERLAY_DATA_MASK, "X") in ("X", "C") else "K"
+        return None
+
+    def uid(self, value: str) -> str:
+        mapped = self._uids.get(value)
+        if mapped is None:
+            mapped = self._uids[value] = pseudonym_uid(self.key, value)
+        return mapped
+
+    # -- the walk ----------------------------------------------------------------------------------
+    def dataset(self, source: Dataset) -> Dataset:
+        out = Dataset()
+        # the source's encoding: pydicom then writes kept elements as read instead of decoding them all
+        out.set_original_encoding(
+            source.original_encoding[0], source.original_encoding[1], source.original_character_set
+        )
+        for raw in source.elements():
+            tag = int(raw.tag)
+            group, element = tag >> 16, tag & 0xFFFF
+            if element == 0 or tag in STAMPED:
+                continue  # group lengths are recomputed by the writer when needed
+            if group & 1:
+                self.private(source, tag, raw, out)
+                continue
+            if tag in (PATIENT_ID, PATIENT_NAME):
+                out[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "PN", self.pseudonym_of(source))
+                continue
+            action = self.action(tag)
+            if action is None:
+                vr = _dictionary_vr(tag)
+                if vr is None:
+                    continue  # a public tag no dictionary knows: its content cannot be judged
+                action = "K"
+                if vr != "SQ":
+                    out[tag] = raw  # kept as read: no decoding (pixel data is copied as bytes)
+                    continue
+            if action == "X":
+                continue
+            try:
+                elem = self.apply(action, source[tag])
+            except DeidentificationError:
+                raise
+            except Exception as exc:  # an unreadable value: name the attribute, never the value
+                name = _keyword(tag)
+                raise DeidentificationError(
+                    f"{name}: cannot apply action {action} ({type(exc).__name__})"
+                ) from None
+            if elem is not None:
+                out[tag] = elem
+        return out
+
+    def pseudonym_of(self, item: Dataset) -> str:
+        """The patient pseudonym of a dataset or item: from its own Patient ID, else the instance's."""
+        if item is self.source or PATIENT_ID not in item:
+            return self.patient_pseudonym
+        return pseudonym_patient_id(self.key, str(item[PATIENT_ID].value or ""))
+
+    def private(self, source: Dataset, tag: int, raw: Any, out: Dataset) -> None:
+        if not self.retain_private:
+            return
+        group, element = tag >> 16, tag & 0xFFFF
+        if element < 0x1000:
+            return  # private creators are copied with the elements kept under them
+        creator_tag = (group << 16) | (element >> 8)
+        creator = source.get(creator_tag)
+        if creator is None:
+            return
+        name = str(creator.value).strip()
+        if (name, group, element & 0xFF) in self.profile.safe_private:
+            out[creator_tag] = creator
+            out[tag] = raw
+
+    def apply(self, action: str, elem: DataElement) -> DataElement | None:
+        tag, vr = elem.tag, elem.VR
+        if vr == "SQ":
+            return self.sequence(action, elem)
+        if action == "K":
+            return elem
+        if vr == "UI":
+            if "U" in action or "D" in action or action == "C":
+                return DataElement(tag, vr, self.map_uids(elem.value))
+            return DataElement(tag, vr, None)  # Z, X/Z
+        if action == "C":
+            return self.clean(elem)
+        if "D" in action:
+            return DataElement(tag, vr, DUMMY_TEXT if vr in TEXT_VRS else _DUMMY.get(vr, None))
+        return DataElement(tag, vr, None)  # Z, X/Z, X/Z/U* on a non-UID
+
+    def sequence(self, action: str, elem: DataElement) -> DataElement | None:
+        if action in ("K", "C", "X/Z/U*"):
+            return DataElement(elem.tag, "SQ", Sequence([self.dataset(item) for item in elem.value]))
+        if "D" in action:
+            # a non-empty dummy: one empty item (the content is not carried over)
+            return DataElement(elem.tag, "SQ", Sequence([Dataset()]))
+        return DataElement(elem.tag, "SQ", Sequence())
+
+    def map_uids(self, value: Any) -> Any:
+        if value is None or value == "":
+            return value
+        if isinstance(value, MultiValue | list):
+            return [self.uid(str(v)) for v in value]
+        return self.uid(str(value))
+
+    # -- clean (C) ---------------------------------------------------------------------------------
+    def clean(self, elem: DataElement) -> DataElement | None:
+        tag, vr, value = elem.tag, elem.VR, elem.value
+        if vr in ("DA", "DT"):
+            shift = shift_date if vr == "DA" else shift_datetime
+            if not self.shift or value in (None, ""):
+                return DataElement(tag, vr, None)
+            values = list(value) if isinstance(value, MultiValue) else [value]
+            moved = [shift(str(v), self.shift) for v in values]
+            if any(m is None for m in moved):
+                return DataElement(tag, vr, None)  # not a full date: cannot be moved, so emptied
+            return DataElement(tag, vr, moved if len(moved) > 1 else moved[0])
+        if vr == "TM":
+            return elem  # dates move by whole days: times keep their meaning
+        if vr in TEXT_VRS:
+            if value in (None, ""):
+                return elem
+            pattern = self.scrub_pattern()
+            if isinstance(value, MultiValue):
+                return DataElement(tag, vr, [self.scrub(pattern, str(v)) for v in value])
+            return DataElement(tag, vr, self.scrub(pattern, str(value)))
+        return None  # binary content (overlays, curves) cannot be checked: removed
+
+    @staticmethod
+    def scrub(pattern: re.Pattern[str] | None, text: str) -> str:
+        return pattern.sub(SCRUB, text) if pattern is not None else text
+
+    def scrub_pattern(self) -> re.Pattern[str] | None:
+        """Every identifying text value of this dataset (and its words) that the profile does not keep."""
+        if self._scrub is not None:
+            return self._scrub
+        tokens: set[str] = set()
+        for raw in self.source.elements():
+            tag = int(raw.tag)
+            action = self.action(tag)
+            if tag not in (PATIENT_ID, PATIENT_NAME) and (action is None or action in ("K", "C")):
+                continue
+            vr = raw.VR or _dictionary_vr(tag)
+            if vr not in ("PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT", "AE"):
+                continue
+            value = self.source[tag].value
+            values = list(value) if isinstance(value, MultiValue) else [value]
+            for v in values:
+                text = str(v or "").strip()
+                if len(text) >= 3:
+                    tokens.add(text)
+                tokens.update(w for w in re.split(r"[\^\s,=]+", text) if len(w) >= 4)
+        if not tokens:
+            return None
+        ordered = sorted(tokens, key=len, reverse=True)
+        self._scrub = re.compile("|".join(re.escape(t) for t in ordered), re.IGNORECASE)
+        return self._scrub
+
+
+def _check_pixels(dataset: Dataset, profile: DeidentificationProfile) -> None:
+    if profile.allow_burned_in_annotation or not any(tag in dataset for tag in PIXEL_TAGS):
+        return
+    if str(dataset.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise DeidentificationError(
+            "BurnedInAnnotation: the image says it shows burned-in text, and pixels are never cleaned "
+            "(allow_burned_in_annotation is off)"
+        )
+    if str(dataset.get("SOPClassUID", "") or "") in BURNED_IN_SOP_CLASSES:
+        raise DeidentificationError(
+            "SOPClassUID: a SOP class known for burned-in text (ultrasound, secondary capture, photo), "
+            "and pixels are never cleaned (allow_burned_in_annotation is off)"
+        )
+
+
+def _stamp(out: Dataset, profile: DeidentificationProfile) -> None:
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = profile.method_description
+    items = []
+    for code in profile.method_codes:
+        item = Dataset()
+        item.CodeValue = code.value
+        item.CodingSchemeDesignator = code.scheme_designator
+        item.CodeMeaning = code.meaning
+        items.append(item)
+    out.DeidentificationMethodCodeSequence = items
+    if profile.has(Option.RETAIN_LONGITUDINAL_MODIFIED_DATES):
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+    elif profile.has(Option.RETAIN_LONGITUDINAL_FULL_DATES):
+        out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    else:
+        out.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def deidentify(dataset: Dataset, profile: DeidentificationProfile, key: bytes) -> Dataset:
+    """A de-identified copy of ``dataset`` (which is not modified) under ``profile`` with the site ``key``.
+
+    Every attribute gets its Table E.1-1 action; attributes the table does not list are kept when the
+    data dictionary knows them (sequences are walked item by item), unknown public and private ones are
+    removed (private ones kept only when Retain Safe Private names them). UIDs (action U) become
+    ``2.25.<HMAC-SHA256(key, uid)>``; Patient ID and Patient's Name a keyed pseudonym; with Modified
+    Dates every date of one patient moves back by the same keyed number of days.
+
+    Raises :class:`~airflow_provider_kaapana.exceptions.DeidentificationError` (naming the attribute,
+    never its value) for images that may show burned-in text unless the profile allows them;
+    ``ValueError`` for a key shorter than 32 bytes.
+    """
+    key = check_key(key)
+    _check_pixels(dataset, profile)
+    walk = _Walk(dataset, profile, key)
+    try:
+        out = walk.dataset(dataset)
+    except DeidentificationError:
+        raise
+    except Exception as exc:  # a value pydicom cannot read: name the step, never the value
+        raise DeidentificationError(f"cannot apply the profile: {type(exc).__name__}") from None
+    _stamp(out, profile)
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        new_meta = FileMetaDataset()
+        for keyword in ("MediaStorageSOPClassUID", "TransferSyntaxUID"):
+            if keyword in meta:
+                setattr(new_meta, keyword, getattr(meta, keyword))
+        if "SOPInstanceUID" in out:
+            new_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        out.file_meta = new_meta
+    return out

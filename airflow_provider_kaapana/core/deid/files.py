@@ -1,0 +1,113 @@
+"""De-identify DICOM files: one output file per input instance, refused ones quarantined with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+
+from airflow_provider_kaapana.core.deid.deidentify import deidentify
+from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+from airflow_provider_kaapana.core.deid.pseudonyms import check_key
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.files import write_atomic
+from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_REPORT = "quarantine.json"
+
+
+@dataclass
+class DeidentifyResult:
+    """What a folder run did: files written, inputs refused by the profile, inputs that are not DICOM."""
+
+    written: list[Path] = field(default_factory=list)
+    quarantined: dict[str, str] = field(default_factory=dict)  # input path -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # input path -> error
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "written": [str(p) for p in self.written],
+            "quarantined": self.quarantined,
+            "failed": self.failed,
+        }
+
+
+def deidentify_file(
+    source: str | Path, out_dir: str | Path, profile: DeidentificationProfile, key: bytes
+) -> Path:
+    """De-identify one DICOM file into ``out_dir/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
+
+    The output path holds only pseudonymous UIDs, never the input's name (which may name the patient).
+    Pixel data is copied as bytes, never decoded. Raises ``DeidentificationError`` (the profile refuses
+    the instance) or ``InvalidDicomError`` (not readable DICOM).
+    """
+    source = Path(source)
+    try:
+        dataset = pydicom.dcmread(source)
+    except (PydicomInvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise InvalidDicomError(f"{source}: not readable DICOM ({type(exc).__name__})") from None
+    clean = deidentify(dataset, profile, key)
+    sop = str(clean.get("SOPInstanceUID", "") or "")
+    series = str(clean.get("SeriesInstanceUID", "") or "")
+    try:
+        validate_uid(sop)
+        validate_uid(series)
+    except ValueError:
+        raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
+    target = Path(out_dir) / series / f"{sop}.dcm"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    clean.save_as(buffer, enforce_file_format=True)
+    return write_atomic(target, [buffer.getbuffer()], fsync=False)
+
+
+def _inputs(in_dir: Path) -> list[Path]:
+    if in_dir.is_file():
+        return [in_dir]
+    return sorted(p for p in in_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def deidentify_folder(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    profile: DeidentificationProfile,
+    key: bytes,
+    quarantine_dir: str | Path | None = None,
+) -> DeidentifyResult:
+    """De-identify every file under ``in_dir`` into ``out_dir``; a bad file is named and the rest goes on.
+
+    Instances the profile refuses (burned-in text) are not written; with ``quarantine_dir`` the original
+    is copied there for review (it holds PHI: keep it on the site) and ``quarantine.json`` lists
+    ``input -> reason``.
+    """
+    key = check_key(key)
+    in_path, out_path = Path(in_dir), Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+    result = DeidentifyResult()
+    for source in _inputs(in_path):
+        try:
+            result.written.append(deidentify_file(source, out_path, profile, key))
+        except DeidentificationError as exc:
+            result.quarantined[str(source)] = str(exc)
+            log.warning("quarantined %s: %s", source, exc)
+        except InvalidDicomError as exc:
+            result.failed[str(source)] = str(exc)
+            log.warning("%s", exc)
+    if quarantine_dir is not None and result.quarantined:
+        q = Path(quarantine_dir)
+        q.mkdir(parents=True, exist_ok=True)
+        for number, source in enumerate(result.quarantined):
+            shutil.copyfile(source, q / f"{number:06d}.dcm")
+        report = {
+            f"{n:06d}.dcm": {"input": s, "reason": r} for n, (s, r) in enumerate(result.quarantined.items())
+        }
+        write_atomic(q / QUARANTINE_REPORT, [json.dumps(report, indent=2).encode()], fsync=False)
+    return result

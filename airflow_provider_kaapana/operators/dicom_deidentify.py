@@ -1,0 +1,105 @@
+"""``DicomDeidentifyOperator``: DICOM files -> de-identified copies under PS3.15 Table E.1-1 (the ``kaapana deid`` core)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_kaapana.core.deid.files import deidentify_folder
+from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+from airflow_provider_kaapana.core.params import as_native, parse_bool
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.exceptions import KaapanaError
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+
+DEFAULT_KEY_CONN_ID = "kaapana_deid_key"
+
+
+class DicomDeidentifyOperator(KaapanaBaseOperator):
+    """De-identify DICOM files with the site key, one output file per input instance.
+
+    :param input_dir: folder (searched recursively) or file; a receive operator's ``{"series_dir"}``
+        dict works too.
+    :param options: Table E.1-1 option names (``retain-longitudinal-modified-dates``,
+        ``clean-descriptors``...), see :class:`~airflow_provider_kaapana.core.deid.profile.Option`.
+    :param key_conn_id: Airflow connection whose *password* is the site key (at least 32 bytes); it comes
+        from the secret backend, is read at run time and never logged.
+    :param output_dir: default: the run workspace's ``deid`` step of the input series.
+    :param quarantine_dir: where refused originals go (they hold PHI; default: not copied).
+    :param allow_burned_in_annotation: write images that may show burned-in text (pixels unchanged).
+
+    Returns ``{"output_dir", "written", "quarantined", "failed"}``. Fails when nothing was written.
+    """
+
+    template_fields: Sequence[str] = (
+        "input_dir",
+        "options",
+        "output_dir",
+        "quarantine_dir",
+        "workspace_base",
+    )
+    ui_color = "#f3d6d6"
+
+    def __init__(
+        self,
+        *,
+        input_dir: str | Mapping[str, Any],
+        options: Sequence[str] = (),
+        key_conn_id: str = DEFAULT_KEY_CONN_ID,
+        output_dir: str | None = None,
+        quarantine_dir: str | None = None,
+        allow_burned_in_annotation: bool | str = False,
+        workspace_base: str = DEFAULT_WORKSPACE_BASE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.input_dir = input_dir
+        self.options = options
+        self.key_conn_id = key_conn_id
+        self.output_dir = output_dir
+        self.quarantine_dir = quarantine_dir
+        self.allow_burned_in_annotation = allow_burned_in_annotation
+        self.workspace_base = workspace_base
+
+    def site_key(self) -> bytes:
+        """The key: the password of ``key_conn_id`` (the one place it is read; never logged)."""
+        password = BaseHook.get_connection(self.key_conn_id).password
+        if not password:
+            raise KaapanaError(
+                f"connection {self.key_conn_id!r} holds no password (the de-identification key)"
+            )
+        return password.encode("utf-8")
+
+    def execute(self, context: Mapping[str, Any]) -> dict[str, Any]:
+        source = as_native(self.input_dir)
+        series_uid = None
+        if isinstance(source, Mapping):
+            series_uid = source.get("series_instance_uid")
+            source = source["series_dir"]
+        options = as_native(self.options) or []
+        profile = DeidentificationProfile.from_names(
+            [options] if isinstance(options, str) else list(options),
+            allow_burned_in_annotation=parse_bool(self.allow_burned_in_annotation),
+        )
+        if self.output_dir:
+            out = Path(self.output_dir)
+        elif series_uid:
+            out = self.run_workspace(context).step_dir(series_uid, "deid")
+        else:
+            raise KaapanaError("give output_dir, or an input dict that names its series_instance_uid")
+        result = deidentify_folder(source, out, profile, self.site_key(), quarantine_dir=self.quarantine_dir)
+        self.log.info(
+            "%d written to %s, %d quarantined, %d unreadable",
+            len(result.written),
+            out,
+            len(result.quarantined),
+            len(result.failed),
+        )
+        for path, reason in {**result.quarantined, **result.failed}.items():
+            self.log.warning("%s: %s", path, reason)
+        if not result.written:
+            raise KaapanaError(f"{source}: nothing de-identified ({len(result.quarantined)} quarantined)")
+        return {"output_dir": str(out), **result.as_dict()}

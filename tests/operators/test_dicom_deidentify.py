@@ -1,0 +1,64 @@
+"""DicomDeidentifyOperator: the key from a connection's password, the same bytes as the core/CLI step."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from airflow_provider_kaapana.core.deid.files import deidentify_folder
+from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option
+from airflow_provider_kaapana.exceptions import KaapanaError
+from airflow_provider_kaapana.operators.dicom_deidentify import DicomDeidentifyOperator
+from airflow_provider_kaapana.testing.synthetic import generate_series
+
+KEY = "operator-test-site-key-0123456789abcdef"
+
+
+@pytest.fixture
+def key_connection(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_DEID_KEY", json.dumps({"conn_type": "generic", "password": KEY}))
+    return "test_deid_key"
+
+
+def test_operator_writes_what_the_core_writes(key_connection, tmp_path, caplog):
+    series = generate_series(tmp_path / "in", slices=2, patient_name="ZQXFAMILY^Op")
+    op = DicomDeidentifyOperator(
+        task_id="deid",
+        input_dir={"series_instance_uid": series.series_instance_uid, "series_dir": str(series.series_dir)},
+        options=["retain-longitudinal-modified-dates"],
+        key_conn_id=key_connection,
+        output_dir=str(tmp_path / "op"),
+    )
+    with caplog.at_level(logging.DEBUG):
+        result = op.execute({})
+    assert len(result["written"]) == 2 and not result["quarantined"]
+    assert KEY not in caplog.text
+    core = deidentify_folder(
+        series.series_dir,
+        tmp_path / "core",
+        DeidentificationProfile(frozenset({Option.RETAIN_LONGITUDINAL_MODIFIED_DATES})),
+        KEY.encode(),
+    )
+    ours = sorted(Path(p).relative_to(tmp_path / "op") for p in result["written"])
+    theirs = sorted(p.relative_to(tmp_path / "core") for p in core.written)
+    assert ours == theirs
+    for rel in ours:
+        assert (tmp_path / "op" / rel).read_bytes() == (tmp_path / "core" / rel).read_bytes()
+    assert pydicom.dcmread(result["written"][0]).PatientIdentityRemoved == "YES"
+
+
+def test_operator_refuses_a_connection_without_password(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_CONN_EMPTY_KEY", json.dumps({"conn_type": "generic"}))
+    series = generate_series(tmp_path / "in", slices=1)
+    op = DicomDeidentifyOperator(
+        task_id="deid",
+        input_dir=str(series.series_dir),
+        key_conn_id="empty_key",
+        output_dir=str(tmp_path / "o"),
+    )
+    with pytest.raises(KaapanaError, match="empty_key"):
+        op.execute({})
