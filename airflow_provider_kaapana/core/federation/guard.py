@@ -433,16 +433,19 @@ def guard_egress(
     for key, value in expected.items():
         if document.get(key) != value:
             raise EgressRefused("schema", f"document {key} is not this job's ({value})")
-    try:
-        schema.validate(document, analysis, "site")
-    except PayloadSchemaError as exc:
-        raise EgressRefused("schema", str(exc)) from None
     known = (
         known_identifiers
         if isinstance(known_identifiers, KnownIdentifiers)
         else KnownIdentifiers(known_identifiers)
     )
-    scan_for_identifiers(document["statistics"], analysis, known)
+    # identifiers first: a label such as "DOE^JANE" is not a safe label either, but the reason that
+    # matters (and is logged) is that it looks like a person's name
+    if isinstance(document.get("statistics"), Mapping):
+        scan_for_identifiers(document["statistics"], analysis, known)
+    try:
+        schema.validate(document, analysis, "site")
+    except PayloadSchemaError as exc:
+        raise EgressRefused("schema", str(exc)) from None
 
     released, actions = rule(document, analysis, k, max_bins_fraction)
     try:

@@ -327,7 +327,8 @@ def canonical_json_bytes(document: Mapping[str, Any]) -> bytes:
 
 # A DICOM UID: root 0-2 and at least three more components, no leading zeros. Numbers in the payload
 # are JSON numbers and are never scanned, so a float such as 1.25 cannot be mistaken for one.
-UID_RE = re.compile(r"(?<![0-9.])[0-2](?:\.(?:0|[1-9][0-9]*)){3,}(?![0-9])")
+# UUID-derived UIDs (2.25.<integer>) have only three components and are matched separately.
+UID_RE = re.compile(r"(?<![0-9.])(?:[0-2](?:\.(?:0|[1-9][0-9]*)){3,}|2\.25\.[1-9][0-9]{5,})(?![0-9])")
 DATE8_RE = re.compile(r"(?<![0-9])(?:1[89]|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])(?![0-9])")
 ISO_DATE_RE = re.compile(
     r"(?<![0-9])(?:1[89]|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])(?![0-9])"
