@@ -69,6 +69,9 @@ class EgressRefused(FederationError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[EgressRefused], tuple[str, str]]:  # picklable across processes
+        return (type(self), (self.code, str(self)))
+
 
 class AuditLogError(FederationError):
     """The egress audit log is unreadable or a record's hash does not match its payload."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -314,6 +315,7 @@ def test_size_limit():
     with pytest.raises(EgressRefused) as info:
         guard(docs, policy=SitePolicy("alpha", {"cohort_statistics": "*"}, max_payload_bytes=size - 1))
     assert info.value.code == "size" and str(size) in str(info.value)
+    assert pickle.loads(pickle.dumps(info.value)).code == "size"  # crosses process boundaries intact
 
 
 def test_record_level_payloads_are_refused_by_the_v1_guard(monkeypatch):
