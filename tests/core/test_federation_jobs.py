@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -183,3 +185,9 @@ def test_query_budget_counts_other_released_jobs_of_the_analysis():
     retry = job(job_id="kaapana_federated_cohort_statistics/r2")
     assert p.decide(retry, releases=history, now=now).accepted
     assert p.decide(job(), releases=history[2:], now=now).accepted
+
+
+def test_federation_core_imports_without_airflow():
+    """The core is called from Airflow tasks but never imports Airflow (the wiring lives elsewhere)."""
+    code = "import sys; sys.modules['airflow'] = None; import airflow_provider_kaapana.core.federation"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
