@@ -59,6 +59,9 @@ class FederationSettings:
     search_conn_id: str = "kaapana_search_default"
     index: str = DEFAULT_INDEX
     poll_interval_seconds: float = 10.0
+    # > 0: each poll run keeps looking (every poll_look_seconds) for this long before it ends
+    poll_window_seconds: float = 0.0
+    poll_look_seconds: float = 2.0
     default_args: dict[str, Any] = field(default_factory=lambda: {"retries": 0})
 
 
@@ -225,7 +228,12 @@ def federation_poll_dag(settings: FederationSettings | None = None, dag_id: str 
         default_args=s.default_args,
         dagrun_timeout=timedelta(minutes=5),
     ) as dag:
-        poll = FederatedPollOperator(task_id="poll", federation_conn_id=s.federation_conn_id)
+        poll = FederatedPollOperator(
+            task_id="poll",
+            federation_conn_id=s.federation_conn_id,
+            window_seconds=s.poll_window_seconds,
+            interval_seconds=s.poll_look_seconds,
+        )
         TriggerDagRunOperator.partial(
             task_id="start_analysis",
             logical_date=None,

@@ -6,6 +6,7 @@ Thin: each reads its arguments and the run's XCom, calls the core
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,34 +98,59 @@ class FederatedPollOperator(BaseOperator):
 
     ui_color = "#fdd49e"
 
-    def __init__(self, *, federation_conn_id: str = FederationHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        federation_conn_id: str = FederationHook.default_conn_name,
+        window_seconds: float = 0.0,
+        interval_seconds: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.federation_conn_id = federation_conn_id
+        self.window_seconds = window_seconds
+        self.interval_seconds = interval_seconds
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        ti = context["ti"]
+        """One look at the coordinator; with ``window_seconds`` > 0, look again every
+        ``interval_seconds`` within that window until a request is handled (one task process instead
+        of one per look: cheaper on a small machine, at the price of a worker slot)."""
         hook = FederationHook(self.federation_conn_id)
+        deadline = time.monotonic() + self.window_seconds
+        while True:
+            handled, to_start = self._look(context["ti"], hook)
+            if handled or time.monotonic() + self.interval_seconds > deadline:
+                return to_start
+            time.sleep(self.interval_seconds)
+
+    def _look(self, ti: Any, hook: FederationHook) -> tuple[int, list[dict[str, Any]]]:
+        """``(requests handled, runs to start)`` after one listing of the pending requests."""
         policy = hook.policy
         releases = read_audit_log(hook.settings.audit_log) if policy.query_budget else ()
         to_start: list[dict[str, Any]] = []
-        for request in hook.pending_requests():
+        handled = 0
+        requests = hook.pending_requests()
+        for request in requests:
             where = f"{request.dag_id} {request.run_id}"
             try:
                 job = request.job()
             except InvalidJobError as exc:
                 hook.answer(request, plain_answer("failed", f"invalid job: {exc}"))
                 self.log.warning("%s: invalid job answered failed: %s", where, exc)
+                handled += 1
                 continue
             decision = policy.decide(job, releases=releases)
             if not decision.accepted:
                 hook.answer(request, plain_answer("refused", decision.reason))
                 self.log.info("%s: refused: %s", where, decision.reason)
+                handled += 1
                 continue
             dag_id, run_id = site_dag_id(job.analysis), request.local_run_id()
             if ti.get_dr_count(dag_id=dag_id, run_ids=[run_id]):
                 if ti.get_dagrun_state(dag_id=dag_id, run_id=run_id) == "failed":
                     hook.answer(request, plain_answer("failed", "the site's analysis run failed"))
                     self.log.info("%s: local run %s failed; answered failed", where, run_id)
+                    handled += 1
                 continue
             self.log.info("%s: accepted (k=%s); starting %s %s", where, decision.k, dag_id, run_id)
             to_start.append(
@@ -134,7 +160,8 @@ class FederatedPollOperator(BaseOperator):
                     "conf": {"job": job.to_dict(), "request": request.to_dict()},
                 }
             )
-        return to_start
+            handled += 1
+        return handled, to_start
 
 
 def _job_and_request(context: Any) -> tuple[FederatedJob, HitlRequest]:

@@ -102,7 +102,10 @@ class FederatedSandbox:
 
     :param root: work folder (Airflow homes, DAG files, cohorts, audit logs, the report)
     :param sites: the sites; their names are their user names on the coordinator
-    :param poll_interval: seconds between a site's polls
+    :param poll_interval: seconds between a site's poll runs
+    :param poll_window: seconds each poll run keeps looking (every ``poll_look`` s) before it ends; 0:
+        one look per run. Looking inside one task process costs far less CPU than a run per look,
+        which matters with four Airflows on two cores.
     :param postgres: PostgreSQL databases (``None``: when a server answers at ``pg_admin_url``)
     :param out: receives one line per start-up step
     """
@@ -113,6 +116,8 @@ class FederatedSandbox:
         sites: Sequence[SiteSpec],
         *,
         poll_interval: float = 3.0,
+        poll_window: float = 60.0,
+        poll_look: float = 1.5,
         postgres: bool | None = None,
         pg_admin_url: str = PG_ADMIN_URL,
         index: str = DEFAULT_INDEX,
@@ -120,6 +125,8 @@ class FederatedSandbox:
     ) -> None:
         self.root = Path(root)
         self.poll_interval = poll_interval
+        self.poll_window = poll_window
+        self.poll_look = poll_look
         self.pg_admin_url = pg_admin_url
         self.postgres = postgres
         self.index = index
@@ -155,6 +162,8 @@ class FederatedSandbox:
         coordinator_settings = {"workspace_base": str(self.workspace_base), "default_args": {"retries": 0}}
         site_settings = {
             "poll_interval_seconds": self.poll_interval,
+            "poll_window_seconds": self.poll_window,
+            "poll_look_seconds": self.poll_look,
             "index": self.index,
             "default_args": {"retries": 0},
         }
@@ -427,6 +436,21 @@ class FederatedSandbox:
                 return run_id
             time.sleep(0.5)
         raise AirflowError(f"site {site}: the approval of {run_id} did not wait for input within {timeout} s")
+
+    def abort_local_run(self, site: str, coordinator_run_id: str, timeout: float = 120) -> str:
+        """Play the site's operator: mark the local run of a request failed while it waits for approval."""
+        airflow = self.sites[site].airflow
+        assert airflow is not None
+        run_id = self.local_run(site, coordinator_run_id, timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if airflow.task_states(SITE_DAG, run_id).get("approve") in ("awaiting_input", "deferred"):
+                airflow.api(
+                    "PATCH", f"dags/{SITE_DAG}/dagRuns/{quote(run_id, safe='')}", json={"state": "failed"}
+                )
+                return run_id
+            time.sleep(0.5)
+        raise AirflowError(f"site {site}: {run_id} did not wait for approval within {timeout} s")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ index documents). Sites talk to the coordinator only over its REST API v2, as th
 * ``alpha`` answers automatically; ``beta`` asks a person first (the test approves job 1 and
   rejects job 2); ``gamma``'s policy allows only version 2 of the analysis (refuses); ``delta`` is a
   user on the coordinator whose Airflow never starts (times out).
-* Job 1 asks all four; job 2 asks a and b. Then job 1's aggregate is cleared and run again, and
+* Job 1 asks all four; job 2 asks alpha and beta; job 3 asks beta, whose operator marks the local
+  run failed while it waits for approval. Then job 1's aggregate is cleared and run again, and
   alpha's part of job 1 is cleared and answered again.
 
 The module shares one sandbox; the tests read what the scenario left behind.
@@ -58,7 +59,7 @@ class Scenario:
     def __init__(self, sandbox: FederatedSandbox) -> None:
         self.sandbox = sandbox
         self.timings: dict[str, float] = {}
-        self.job1 = self.job2 = ""
+        self.job1 = self.job2 = self.job3 = ""
         self.report1_first = self.report1_after_aggregate_clear = b""
         self.report1_after_gammalear: dict = {}
         self.aggregate_tries = 0
@@ -96,9 +97,12 @@ def scenario(tmp_path_factory) -> Iterator[Scenario]:
             pytest.fail(f"the federated sandbox did not start: {exc}", pytrace=False)
         s.job1 = sandbox.trigger([spec.name for spec in SITES], site_timeout_seconds=JOB1_TIMEOUT_S)
         s.job2 = sandbox.trigger(list(ANSWERING), site_timeout_seconds=300)
+        s.job3 = sandbox.trigger(["beta"], site_timeout_seconds=300)
         s.timed("beta approves job 1", lambda: sandbox.decide_approval("beta", s.job1, approve=True))
         s.timed("beta rejects job 2", lambda: sandbox.decide_approval("beta", s.job2, approve=False))
+        s.timed("beta aborts job 3", lambda: sandbox.abort_local_run("beta", s.job3))
         assert s.timed("job 2", lambda: sandbox.wait(s.job2, timeout=240)) == "success"
+        assert s.timed("job 3", lambda: sandbox.wait(s.job3, timeout=240)) == "success"
         assert s.timed("job 1", lambda: sandbox.wait(s.job1, timeout=240)) == "success"
         report_json = sandbox.report_dir(s.job1) / "report.json"
         s.report1_first = report_json.read_bytes()
@@ -197,6 +201,14 @@ def test_statuses_refused_and_timed_out_sites_and_partial_report(scenario):
     assert rows2["alpha"]["status"] == "ok"
     assert rows2["beta"]["status"] == "refused"
     assert rows2["beta"]["reason"] == "rejected by the site's reviewer"
+
+
+def test_a_local_run_marked_failed_answers_failed(scenario):
+    report = scenario.sandbox.report(scenario.job3)
+    assert [(r["name"], r["status"], r["reason"]) for r in report["sites"]] == [
+        ("beta", "failed", "the site's analysis run failed")
+    ]
+    assert report["partial"] is True
 
 
 def test_aggregate_equals_the_statistics_of_the_union(scenario):
