@@ -14,6 +14,7 @@ This module starts processes and talks HTTP; it never imports Airflow itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -456,10 +457,11 @@ class FederatedSandbox:
 # --------------------------------------------------------------------------------------------------
 # kaapana demo --federated
 
+# Large enough that each site may publish its 8-bin age histogram (at most 1 bin per 10 patients).
 DEMO_SITES = (
-    SiteSpec("alpha", n_patients=60, seed=11),
-    SiteSpec("beta", n_patients=45, seed=12),
-    SiteSpec("gamma", n_patients=30, seed=13),
+    SiteSpec("alpha", n_patients=90, seed=11),
+    SiteSpec("beta", n_patients=80, seed=12),
+    SiteSpec("gamma", n_patients=70, seed=13),
 )
 
 
@@ -479,11 +481,16 @@ def _statistic_line(name: str, stat: Mapping[str, Any]) -> str:
             for label, value in stat["cells"].items()
         )
         return f"  {name:<28} {cells}  (total {stat['total']}{'*' if stat['total_incomplete'] else ''})"
+    if stat.get("withheld_by") and not stat.get("sites"):
+        return f"  {name:<28} withheld by every site (too few individuals)"
     if stat["kind"] == "moments":
         if stat["mean"] is None:
             return f"  {name:<28} n {stat['n']}"
         return f"  {name:<28} n {stat['n']}, mean {stat['mean']:.1f}, SD {(stat['sd'] or 0):.1f}"
-    return f"  {name:<28} {stat['counts']} over edges {stat['edges']}"
+    counts = ", ".join(
+        f"{value}{'*' if i in stat['incomplete'] else ''}" for i, value in enumerate(stat["counts"])
+    )
+    return f"  {name:<28} [{counts}] over edges {[float(e) for e in stat['edges']]}"
 
 
 def run_federated_demo(
@@ -497,6 +504,8 @@ def run_federated_demo(
     the aggregate, and copies the JSON report to ``report_path`` (if given)."""
     own_dir = workdir is None
     root = Path(workdir or tempfile.mkdtemp(prefix="kaapana-federated-demo-"))
+    # the search client logs each 404 of the "is the index template there yet?" check as a warning
+    logging.getLogger("opensearch").setLevel(logging.ERROR)
     try:
         with FederatedSandbox(root, sites, out=out, postgres=postgres) as sandbox:
             started = time.monotonic()
