@@ -8,7 +8,8 @@
 * ``kaapana_federated_site_<analysis>`` (site, one run per request): optional approval by a person ->
   analysis on the site's index + egress guard -> audit line, sealed answer.
 
-Nothing is read at parse time: connections (keys, policy, coordinator) are read by the tasks.
+Nothing is read at parse time: connections (keys, policy, coordinator) are read by the tasks. Each
+factory imports only the operators its DAG uses: every task process parses its DAG file again.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_kaapana.core.federation.analyses import get_analysis, list_analyses
@@ -31,9 +29,10 @@ from airflow_provider_kaapana.core.federation.exchange import (
     site_dag_id,
 )
 from airflow_provider_kaapana.core.federation.jobs import DEFAULT_K_MIN, MAX_K, SITE_NAME_RE
-from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.operators.federation import (
+    SEARCH_CONN_ID,
+    SEARCH_INDEX,
     FederatedAggregateOperator,
     FederatedAnalysisOperator,
     FederatedPollOperator,
@@ -56,8 +55,8 @@ class FederationSettings:
     site_timeout_seconds: int = 24 * 3600
     # site
     federation_conn_id: str = "kaapana_federation_default"
-    search_conn_id: str = "kaapana_search_default"
-    index: str = DEFAULT_INDEX
+    search_conn_id: str = SEARCH_CONN_ID
+    index: str = SEARCH_INDEX
     poll_interval_seconds: float = 10.0
     # > 0: each poll run keeps looking (every poll_look_seconds) for this long before it ends
     poll_window_seconds: float = 0.0
@@ -120,6 +119,8 @@ def federated_analysis_dag(
     dag_id: str | None = None,
 ) -> DAG:
     """The coordinator DAG ``kaapana_federated_<analysis_name>`` (the analysis' latest version)."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
     s = settings or FederationSettings()
     spec = get_analysis(analysis_name, version or _latest_version(analysis_name))
     params: dict[str, Param] = {
@@ -213,6 +214,8 @@ def federated_analysis_dag(
 
 def federation_poll_dag(settings: FederationSettings | None = None, dag_id: str = POLL_DAG_ID) -> DAG:
     """The site's poll DAG: pending requests -> refuse or start ``kaapana_federated_site_<analysis>``."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
     s = settings or FederationSettings()
     with DAG(
         dag_id,
@@ -252,6 +255,9 @@ def federated_site_dag(
     dag_id: str | None = None,
 ) -> DAG:
     """The site's analysis DAG ``kaapana_federated_site_<analysis_name>``, started by the poll DAG."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
     s = settings or FederationSettings()
     with DAG(
         dag_id or site_dag_id(analysis_name),

@@ -12,9 +12,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_kaapana.core.federation.analyses import get_analysis
 from airflow_provider_kaapana.core.federation.audit import read_audit_log
-from airflow_provider_kaapana.core.federation.coordinator import aggregate_answers, summary_of, write_report
 from airflow_provider_kaapana.core.federation.exchange import (
     SITE_RESULT_TASK,
     HitlRequest,
@@ -25,12 +23,14 @@ from airflow_provider_kaapana.core.federation.exchange import (
 )
 from airflow_provider_kaapana.core.federation.guard import GuardResult, verify_received
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob
-from airflow_provider_kaapana.core.federation.site import analyse, cohort_selection, fetch_series_documents
-from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
 from airflow_provider_kaapana.exceptions import InvalidJobError
 from airflow_provider_kaapana.hooks.federation import FederationCoordinatorHook, FederationHook
-from airflow_provider_kaapana.hooks.search import SearchHook
+
+# Every task process parses its DAG file, so this module keeps its import cost small: the search
+# client (and pydicom behind the index template) are imported by the one task that queries the index.
+SEARCH_CONN_ID = "kaapana_search_default"
+SEARCH_INDEX = "kaapana-dicom"  # core.index.template.DEFAULT_INDEX
 
 APPROVE = "Approve"
 
@@ -65,6 +65,12 @@ class FederatedAggregateOperator(BaseOperator):
         self.workspace_base = workspace_base
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_kaapana.core.federation.coordinator import (
+            aggregate_answers,
+            summary_of,
+            write_report,
+        )
+
         ti = context["ti"]
         planned = ti.xcom_pull(task_ids=self.plan_task_id)
         if not planned:
@@ -185,8 +191,8 @@ class FederatedAnalysisOperator(BaseOperator):
         self,
         *,
         federation_conn_id: str = FederationHook.default_conn_name,
-        search_conn_id: str = SearchHook.default_conn_name,
-        index: str = DEFAULT_INDEX,
+        search_conn_id: str = SEARCH_CONN_ID,
+        index: str = SEARCH_INDEX,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -195,6 +201,14 @@ class FederatedAnalysisOperator(BaseOperator):
         self.index = index
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_kaapana.core.federation.analyses import get_analysis
+        from airflow_provider_kaapana.core.federation.site import (
+            analyse,
+            cohort_selection,
+            fetch_series_documents,
+        )
+        from airflow_provider_kaapana.hooks.search import SearchHook
+
         job, _ = _job_and_request(context)
         policy = FederationHook(self.federation_conn_id).policy
         decision = policy.decide(job)

@@ -173,3 +173,12 @@ def test_respond_recognises_a_rejection(analyse_state, approval, rejected):
     operator = FederatedRespondOperator(task_id="respond")
     assert operator.trigger_rule == "all_done"
     assert operator._rejected(FakeTI(analyse_state, approval)) is rejected
+
+
+def test_the_light_constants_follow_the_index_defaults():
+    # the operators module avoids importing the index template (pydicom) at parse time
+    from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
+    from airflow_provider_kaapana.hooks.search import SearchHook
+    from airflow_provider_kaapana.operators.federation import SEARCH_CONN_ID, SEARCH_INDEX
+
+    assert (SEARCH_INDEX, SEARCH_CONN_ID) == (DEFAULT_INDEX, SearchHook.default_conn_name)
