@@ -37,3 +37,45 @@ class NoFindingsError(KaapanaError):
 
 class DeidentificationError(KaapanaError):
     """A dataset cannot be de-identified under the profile; the message names the attribute keyword, never its value."""
+
+
+class FederationError(KaapanaError):
+    """Base class of the federated-analysis errors (jobs, policies, payloads, egress, audit)."""
+
+
+class InvalidJobError(FederationError, ValueError):
+    """A federated job description is malformed; the message names the field."""
+
+
+class InvalidPolicyError(FederationError, ValueError):
+    """A site policy (an Airflow connection's extra JSON) is malformed; the message names the field."""
+
+
+class UnknownAnalysisError(FederationError, LookupError):
+    """No analysis of that name and version is implemented here."""
+
+
+class PayloadSchemaError(FederationError, ValueError):
+    """A result document does not follow its payload schema; the message names the statistic and key.
+
+    Values are never echoed: a malformed document may carry exactly what must not reach a log.
+    """
+
+
+class EgressRefused(FederationError):
+    """The egress guard refuses to let a result document leave the site.
+
+    ``code`` is a short category (``policy``, ``schema``, ``identifier``, ``size``, ``budget``) that is
+    safe to send to the coordinator; the message names the statistic and the reason, never the value.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[type[EgressRefused], tuple[str, str]]:  # picklable across processes
+        return (type(self), (self.code, str(self)))
+
+
+class AuditLogError(FederationError):
+    """The egress audit log is unreadable or a record's hash does not match its payload."""

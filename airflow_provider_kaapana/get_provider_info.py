@@ -14,6 +14,14 @@ CONNECTION_TYPES: list[dict[str, str]] = [
         "connection-type": "kaapana_search",
         "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook",
     },
+    {
+        "connection-type": "kaapana_federation",
+        "hook-class-name": "airflow_provider_kaapana.hooks.federation.FederationHook",
+    },
+    {
+        "connection-type": "kaapana_federation_coordinator",
+        "hook-class-name": "airflow_provider_kaapana.hooks.federation.FederationCoordinatorHook",
+    },
 ]
 
 

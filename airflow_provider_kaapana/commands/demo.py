@@ -1,4 +1,5 @@
-"""``kaapana demo``: the whole pipeline on a synthetic CT study with local services."""
+"""``kaapana demo``: the whole pipeline on a synthetic CT study with local services; ``--federated``:
+a federated cohort-statistics job between a local coordinator and three local sites."""
 
 from __future__ import annotations
 
@@ -14,9 +15,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workdir", default=None, help="where services and outputs live (default: a temp dir, removed)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the services running until Ctrl-C")
+    parser.add_argument(
+        "--federated",
+        action="store_true",
+        help="instead: a coordinator Airflow and three site Airflows answer one cohort-statistics job",
+    )
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help="with --federated: write the JSON report here (+ .html)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.federated:
+        return _federated(args)
+    if args.report:
+        print("kaapana demo: --report needs --federated", file=sys.stderr)
+        return 2
     from airflow_provider_kaapana.testing.demo import run_demo
 
     print(
@@ -27,5 +44,24 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.workdir, out=sys.stdout, keep=args.keep)
     except Exception as exc:
         print(f"kaapana demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _federated(args: argparse.Namespace) -> int:
+    from airflow_provider_kaapana.testing.federated_sandbox import run_federated_demo
+
+    if args.keep:
+        print("kaapana demo: --keep is not supported with --federated", file=sys.stderr)
+        return 2
+    print(
+        "kaapana demo --federated: coordinator -> 3 sites (own Airflow + search index each) -> "
+        "policy, analysis, egress guard, sealed answers -> pooled report",
+        flush=True,
+    )
+    try:
+        run_federated_demo(args.workdir, out=sys.stdout, report_path=args.report)
+    except Exception as exc:
+        print(f"kaapana demo --federated failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

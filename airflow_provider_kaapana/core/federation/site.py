@@ -1,0 +1,141 @@
+"""At a site: read the cohort from the search index, run the analysis, pass the egress guard.
+
+Everything here stays at the site; only :attr:`SiteOutcome.document` (already guarded) may leave,
+and only through :func:`.exchange.sealed_answer` after :func:`.exchange.record_sealed_egress`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_kaapana.core.federation.cohort import COHORT_SOURCE_FIELDS, cohort_statistics
+from airflow_provider_kaapana.core.federation.guard import (
+    IDENTIFIER_FIELDS,
+    collect_known_identifiers,
+    guard_egress,
+)
+from airflow_provider_kaapana.core.federation.jobs import FederatedJob, SitePolicy
+from airflow_provider_kaapana.core.index.client import SearchClient
+from airflow_provider_kaapana.core.index.cohort import CohortFilter
+from airflow_provider_kaapana.exceptions import EgressRefused, SearchIndexError, UnknownAnalysisError
+
+# What each analysis computes from the site's series documents: (documents, job_id, site) -> document.
+SITE_ANALYSES: dict[str, Callable[..., dict[str, Any]]] = {"cohort_statistics": cohort_statistics}
+# The fields fetched from the index: what the analysis reads plus what the guard must know to refuse.
+FETCH_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys((*COHORT_SOURCE_FIELDS, *IDENTIFIER_FIELDS, "kaapana.instances.sop"))
+)
+# Job parameters that select the cohort, where an analysis version declares them.
+FILTER_PARAMETERS = ("modality", "body_part", "date_from", "date_to", "description_pattern")
+QUERY_PARAMETER = "query"
+
+
+def cohort_selection(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The index query for a job's cohort parameters (none given: every series)."""
+    raw = parameters.get(QUERY_PARAMETER)
+    if raw:
+        if not isinstance(raw, Mapping):
+            raise ValueError("the query parameter must be a query DSL object")
+        return dict(raw["query"]) if set(raw) == {"query"} else dict(raw)
+    filters = {k: parameters[k] for k in FILTER_PARAMETERS if parameters.get(k) not in (None, "", [])}
+    return CohortFilter.from_dict(filters).to_query()
+
+
+def fetch_series_documents(
+    client: SearchClient,
+    index: str,
+    query: Mapping[str, Any] | None = None,
+    *,
+    fields: Iterable[str] = FETCH_FIELDS,
+    page_size: int = 1000,
+) -> list[dict[str, Any]]:
+    """Every series document matching ``query`` (``_source`` limited to ``fields``), paged by UID."""
+    out: list[dict[str, Any]] = []
+    search_after: list[Any] | None = None
+    includes = list(fields)
+    while True:
+        body: dict[str, Any] = {
+            "query": dict(query or {"match_all": {}}),
+            "size": page_size,
+            "sort": [{"SeriesInstanceUID": "asc"}],
+            "_source": includes,
+        }
+        if search_after is not None:
+            body["search_after"] = search_after
+        try:
+            response = client.search(index, body)
+        except Exception as exc:
+            raise SearchIndexError(
+                f"{client.url}: cohort query on {index!r} failed: {type(exc).__name__}"
+            ) from exc
+        hits = response.get("hits", {}).get("hits", [])
+        out.extend(dict(hit.get("_source") or {}) for hit in hits)
+        if len(hits) < page_size or not hits or not hits[-1].get("sort"):
+            return out
+        search_after = hits[-1]["sort"]
+
+
+@dataclass(frozen=True)
+class SiteOutcome:
+    """The result of the site's analysis: ``ok`` with the guarded document, or ``refused`` with a reason.
+
+    ``series`` is the number of documents read (for the site's own log, never sent).
+    """
+
+    status: str
+    reason: str = ""
+    document: dict[str, Any] | None = None
+    k: int | None = None
+    suppressed_cells: int = 0
+    withheld: list[str] = field(default_factory=list)
+    series: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "document": self.document,
+            "k": self.k,
+            "suppressed_cells": self.suppressed_cells,
+            "withheld": list(self.withheld),
+            "series": self.series,
+        }
+
+
+def analyse(job: FederatedJob, policy: SitePolicy, documents: list[Mapping[str, Any]]) -> SiteOutcome:
+    """Run ``job``'s analysis on the site's ``documents`` and guard it with ``policy``.
+
+    A refusal by the guard is an outcome (``refused`` with the guard's code, never the value), not an
+    error; an analysis this site does not implement raises :class:`UnknownAnalysisError`.
+    """
+    compute = SITE_ANALYSES.get(job.analysis)
+    if compute is None:
+        raise UnknownAnalysisError(f"no site implementation of {job.analysis}")
+    document = compute(documents, job_id=job.job_id, site=policy.site)
+    try:
+        guarded = guard_egress(
+            document, job=job, policy=policy, known_identifiers=collect_known_identifiers(documents)
+        )
+    except EgressRefused as exc:
+        return SiteOutcome("refused", reason=f"egress guard: {exc.code}", series=len(documents))
+    return SiteOutcome(
+        "ok",
+        document=guarded.document,
+        k=guarded.k,
+        suppressed_cells=guarded.suppressed_cells,
+        withheld=guarded.withheld,
+        series=len(documents),
+    )
+
+
+__all__ = [
+    "FETCH_FIELDS",
+    "FILTER_PARAMETERS",
+    "SITE_ANALYSES",
+    "SiteOutcome",
+    "analyse",
+    "cohort_selection",
+    "fetch_series_documents",
+]
