@@ -221,3 +221,15 @@ def test_cli_stats_and_evaluate(synthetic_series, tmp_path):
     assert json.loads(ev.read_text())["segments"][0]["dice"] == 1.0
     proc = kaapana("stats", "--source", str(tmp_path / "nope"), "--seg", str(label_map), "-o", str(out))
     assert proc.returncode == 1 and "kaapana stats:" in proc.stderr
+
+
+def test_index_moments_equal_explicit_voxel_lists():
+    from airflow_provider_kaapana.core.quant.shape import index_moments
+
+    crop = np.random.default_rng(3).random((7, 9, 11)) < 0.3
+    offset = np.array([4.0, 2.0, 5.0])
+    count, mean, cov = index_moments(crop, offset)
+    points = np.argwhere(crop) + offset
+    assert count == len(points)
+    assert mean == pytest.approx(points.mean(axis=0))
+    assert cov == pytest.approx(np.cov(points.T, bias=True))

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from airflow_provider_kaapana.core.quant.inputs import Grid, Segmentation, load_segmentation
-from airflow_provider_kaapana.core.quant.shape import bounding_box
+from airflow_provider_kaapana.core.quant.inputs import Grid, Segmentation, SegmentMask, load_segmentation
 from airflow_provider_kaapana.core.seg.geometry import load_source_series
 from airflow_provider_kaapana.exceptions import GeometryError
 
@@ -59,7 +58,7 @@ def surface_distances(
     Both masks must be non-empty. Computed in the union bounding box only: every border voxel of both
     masks lies inside it, so the distance transform there is exact.
     """
-    box = bounding_box(reference | test)
+    box = SegmentMask.from_full(reference | test).box
     assert box is not None
     ref_border, test_border = border(reference[box]), border(test[box])
     to_test = ndimage.distance_transform_edt(~test_border, sampling=spacing)
@@ -113,6 +112,15 @@ def compare_masks(
     return out
 
 
+def _union_box(*boxes: tuple[slice, slice, slice] | None) -> tuple[slice, slice, slice]:
+    present = [b for b in boxes if b is not None]
+    if not present:
+        return (slice(0, 0), slice(0, 0), slice(0, 0))
+    return tuple(  # type: ignore[return-value]
+        slice(min(b[a].start for b in present), max(b[a].stop for b in present)) for a in range(3)
+    )
+
+
 def evaluation_document(
     reference: Segmentation, test: Segmentation, tolerance_mm: float = DEFAULT_TOLERANCE_MM
 ) -> dict[str, Any]:
@@ -123,19 +131,15 @@ def evaluation_document(
         raise GeometryError("reference and test are not on the same grid (give the source series)")
     names = {s.segment_number: s for s in test.segments}
     names.update({s.segment_number: s for s in reference.segments})
-    empty = np.zeros(reference.grid.shape, dtype=bool)
+    empty = SegmentMask.empty(reference.grid.shape)
     segments = []
     for number in sorted(names):
         info = names[number]
         entry: dict[str, Any] = {"segment_number": number, "label": info.label, "code": info.code}
-        entry.update(
-            compare_masks(
-                reference.masks.get(number, empty),
-                test.masks.get(number, empty),
-                reference.grid,
-                tolerance_mm,
-            )
-        )
+        ref, test_mask = reference.masks.get(number, empty), test.masks.get(number, empty)
+        # Metrics only need the union of both boxes: outside it both masks are background.
+        box = _union_box(ref.box, test_mask.box)
+        entry.update(compare_masks(ref.within(box), test_mask.within(box), reference.grid, tolerance_mm))
         segments.append(entry)
     return {
         "schema": SCHEMA,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from scipy import ndimage
 
 from airflow_provider_kaapana.core.seg.geometry import SourceSeries, load_source_series, resample_to_source
 from airflow_provider_kaapana.core.seg.labels import load_label_config, load_label_map
@@ -60,13 +61,46 @@ class SegmentInfo:
     code: dict[str, str] | None
 
 
+@dataclass(frozen=True)
+class SegmentMask:
+    """One segment's mask as its bounding box on the grid and the boolean array inside it.
+
+    ``box`` is None for an empty segment. Keeping only the box keeps a 5-label CT at a few crops
+    instead of five full-size arrays.
+    """
+
+    shape: tuple[int, int, int]
+    box: tuple[slice, slice, slice] | None
+    crop: np.ndarray | None
+
+    @classmethod
+    def from_full(cls, mask: np.ndarray) -> SegmentMask:
+        boxes = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
+        box = boxes[0] if boxes and boxes[0] is not None else None
+        return cls(mask.shape, box, None if box is None else np.ascontiguousarray(mask[box]))  # type: ignore[arg-type]
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int]) -> SegmentMask:
+        return cls(shape, None, None)
+
+    def within(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """The mask inside ``box`` (which must contain this mask's box)."""
+        out = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        if self.box is not None:
+            out[tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(self.box, box))] = self.crop
+        return out
+
+    def full(self) -> np.ndarray:
+        return self.within((slice(0, self.shape[0]), slice(0, self.shape[1]), slice(0, self.shape[2])))
+
+
 @dataclass
 class Segmentation:
-    """Segments and their masks on a grid; ``masks[n]`` is a boolean array of the grid's shape."""
+    """Segments and their masks on a grid, by segment number / label value."""
 
     grid: Grid
     segments: list[SegmentInfo]
-    masks: dict[int, np.ndarray]
+    masks: dict[int, SegmentMask]
     sop_instance_uid: str | None = None
     series_instance_uid: str | None = None
     resampled: bool = False
@@ -152,7 +186,7 @@ def _load_seg(path: Path, source: SourceSeries) -> Segmentation:
         combine_segments=False,
         assert_missing_frames_are_empty=True,
     )  # (slices, rows, columns, segments)
-    masks = {n: np.ascontiguousarray(frames[..., i] > 0) for i, n in enumerate(numbers)}
+    masks = {n: SegmentMask.from_full(frames[..., i] > 0) for i, n in enumerate(numbers)}
     segments = []
     for n in numbers:
         desc = seg.get_segment_description(n)
@@ -182,12 +216,14 @@ def _load_label_map(path: Path, source: SourceSeries | None, label_config: str |
         labels, resampled = np.ascontiguousarray(data.transpose(2, 1, 0)), False
         grid = Grid(labels.shape, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_ras)  # type: ignore[arg-type]
     specs: Mapping[int, Any] = load_label_config(label_config).segments if label_config else {}
-    values = sorted(set(specs) | {int(v) for v in np.unique(labels) if v})
+    boxes = ndimage.find_objects(labels)  # one pass: the box of every label value present
+    present = {v: box for v, box in enumerate(boxes, start=1) if box is not None}
     segments, masks = [], {}
-    for v in values:
+    for v in sorted(set(specs) | set(present)):
         spec = specs.get(v)
         name = spec.name if spec is not None else f"label {v}"
         code = _code_dict(spec.property_type) if spec is not None else None
         segments.append(SegmentInfo(v, name, code))
-        masks[v] = labels == v
+        box = present.get(v)
+        masks[v] = SegmentMask(grid.shape, box, None if box is None else labels[box] == v)
     return Segmentation(grid=grid, segments=segments, masks=masks, resampled=resampled)

@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 
 from airflow_provider_kaapana.core.quant.inputs import (
+    Grid,
     Segmentation,
+    SegmentMask,
     SourceImage,
     load_segmentation,
     load_source_image,
 )
 from airflow_provider_kaapana.core.quant.shape import (
-    bounding_box,
+    index_moments,
     mesh_area_and_volume,
     mesh_in_lps,
     principal_axes,
@@ -62,13 +64,10 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def measure_segment(
-    mask: np.ndarray, image: SourceImage | None, segmentation: Segmentation
-) -> dict[str, Any]:
-    """Every measure of one segment's mask (on the grid of ``segmentation``, and of ``image`` if given)."""
-    grid = segmentation.grid
-    box = bounding_box(mask)
-    if box is None:
+def measure_segment(mask: SegmentMask, image: SourceImage | None, grid: Grid) -> dict[str, Any]:
+    """Every measure of one segment's mask on ``grid`` (intensities from ``image`` if given)."""
+    box, crop = mask.box, mask.crop
+    if box is None or crop is None:
         out: dict[str, Any] = {"empty": True, "voxel_count": 0, "volume_ml": 0.0}
         out.update(dict.fromkeys(INTENSITY_KEYS))
         out.update(
@@ -84,17 +83,17 @@ def measure_segment(
             }
         )
         return out
-    crop = mask[box]
     offset = np.array([s.start for s in box], dtype=float)
-    idx = np.argwhere(crop) + offset
-    points = grid.index_to_lps(idx)
-    count = int(len(idx))
+    count, mean_krc, cov_krc = index_moments(crop, offset)
+    # index (slice, row, column) -> LPS is linear: map the moments, not every voxel
+    to_lps = grid.affine_lps[:3, :3][:, ::-1]
+    centroid = grid.index_to_lps(mean_krc[None, :])[0]
     out = {"empty": False, "voxel_count": count, "volume_ml": count * grid.voxel_volume_mm3 / 1000.0}
     if image is not None:
         out.update(intensity_statistics(image.pixels[box][crop]))
     verts, faces = mesh_in_lps(crop, offset, grid)
     area, mesh_volume = mesh_area_and_volume(verts, faces)
-    elongation, flatness, _ = principal_axes(points)
+    elongation, flatness, _ = principal_axes(count, to_lps @ cov_krc @ to_lps.T)
     corners = np.array(
         [
             [k, r, c]
@@ -109,7 +108,7 @@ def measure_segment(
             "surface_mm2": area,
             "sphericity": (math.pi ** (1 / 3) * (6 * mesh_volume) ** (2 / 3) / area) if area > 0 else None,
             "mesh_volume_ml": mesh_volume / 1000.0,
-            "centroid_lps_mm": [float(x) for x in points.mean(axis=0)],
+            "centroid_lps_mm": [float(x) for x in centroid],
             "bounding_box_voxels": {
                 "min": [int(s.start) for s in box],
                 "max": [int(s.stop - 1) for s in box],
@@ -138,7 +137,7 @@ def statistics_document(image: SourceImage, segmentation: Segmentation) -> dict[
             "label": info.label,
             "code": info.code,
         }
-        entry.update(measure_segment(segmentation.masks[info.segment_number], image, segmentation))
+        entry.update(measure_segment(segmentation.masks[info.segment_number], image, segmentation.grid))
         segments.append(entry)
     col, row, sl = image.grid.spacing_mm
     return {
