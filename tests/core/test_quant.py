@@ -96,12 +96,13 @@ def test_oblique_anisotropic_grid(synthetic_series, tmp_path):
     assert seg["centroid_lps_mm"] == pytest.approx([0.0, 0.0, 0.0], abs=0.3)
 
 
-def test_seg_and_label_map_give_the_same_numbers(synthetic_series, tmp_path):
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "FRACTIONAL", "LABELMAP"])
+def test_seg_and_label_map_give_the_same_numbers(synthetic_series, tmp_path, segmentation_type):
     series = _sphere_series(synthetic_series, noise_sd=20.0)
     config = _config(tmp_path)
     label_map = save_label_map(series, tmp_path / "l.nii.gz")
     seg_path = tmp_path / "seg.dcm"
-    export_seg(label_map, series.series_dir, config, seg_path, empty_label_policy="describe")
+    export_seg(label_map, series.series_dir, config, seg_path, segmentation_type=segmentation_type)
     from_map = segment_statistics(series.series_dir, label_map, label_config=config)
     from_seg = segment_statistics(series.series_dir, seg_path)
     assert from_seg["source"]["segmentation_sop_instance_uid"]

@@ -15,7 +15,10 @@ from airflow_provider_kaapana.core.seg.geometry import SourceSeries, load_source
 from airflow_provider_kaapana.core.seg.labels import load_label_config, load_label_map
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SEGMENTATION_STORAGES = {
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage (BINARY, FRACTIONAL)
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage (LABELMAP)
+}
 _UNITS = {"CT": "HU"}
 
 
@@ -152,7 +155,7 @@ def _is_seg(path: Path) -> bool:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except (pydicom.errors.InvalidDicomError, OSError):
         return False
-    return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
+    return str(ds.get("SOPClassUID", "")) in SEGMENTATION_STORAGES
 
 
 def load_segmentation(
@@ -186,7 +189,8 @@ def _load_seg(path: Path, source: SourceSeries) -> Segmentation:
         combine_segments=False,
         assert_missing_frames_are_empty=True,
     )  # (slices, rows, columns, segments)
-    masks = {n: SegmentMask.from_full(frames[..., i] > 0) for i, n in enumerate(numbers)}
+    # FRACTIONAL values come rescaled to 0..1: a voxel belongs to the segment from a fraction of 0.5
+    masks = {n: SegmentMask.from_full(frames[..., i] >= 0.5) for i, n in enumerate(numbers)}
     segments = []
     for n in numbers:
         desc = seg.get_segment_description(n)
