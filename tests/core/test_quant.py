@@ -123,8 +123,14 @@ def test_intensity_statistics_are_numpy_linear_percentiles():
     assert all(v is None for v in intensity_statistics(np.array([])).values())
 
 
-def _grid(spacing_crs=(0.7, 1.1, 2.5)) -> Grid:
-    return Grid((12, 14, 16), np.diag([*spacing_crs, 1.0]))
+def _grid(spacing_crs=(0.7, 1.1, 2.5), oblique: bool = False) -> Grid:
+    affine = np.diag([*spacing_crs, 1.0])
+    if oblique:
+        from airflow_provider_kaapana.testing.synthetic import oblique_orientation
+
+        row, col = (np.asarray(v) for v in oblique_orientation(25.0))
+        affine[:3, :3] = np.stack([row, col, np.cross(row, col)], axis=1) * np.asarray(spacing_crs)
+    return Grid((12, 14, 16), affine)
 
 
 def _brute_force(reference, test, grid, tolerance):
@@ -143,10 +149,10 @@ def _brute_force(reference, test, grid, tolerance):
     }
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_surface_distances_equal_brute_force(seed):
+@pytest.mark.parametrize(("seed", "oblique"), [(0, False), (1, False), (2, True)])
+def test_surface_distances_equal_brute_force(seed, oblique):
     rng = np.random.default_rng(seed)
-    grid = _grid()
+    grid = _grid(oblique=oblique)
     k, r, c = np.indices(grid.shape)
     reference = ((k - 6) / 3.0) ** 2 + ((r - 7) / 4.0) ** 2 + ((c - 8) / 5.0) ** 2 <= 1.0
     test = reference.copy()
@@ -161,6 +167,17 @@ def test_surface_distances_equal_brute_force(seed):
     assert got["jaccard"] == pytest.approx(n_both / (n_ref + n_test - n_both))
     voxel_ml = 0.7 * 1.1 * 2.5 / 1000
     assert got["volume_difference_ml"] == pytest.approx((n_test - n_ref) * voxel_ml)
+
+
+def test_sheared_grid_is_refused():
+    from airflow_provider_kaapana.exceptions import GeometryError
+
+    grid = _grid()
+    grid.affine_lps[0, 2] = 0.5  # slices stacked at a slant
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[2:5, 2:5, 2:5] = True
+    with pytest.raises(GeometryError, match="sheared"):
+        compare_masks(mask, np.roll(mask, 1, axis=0), grid)
 
 
 def test_shift_by_one_slice_is_one_slice_spacing():
