@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.pixels import pixel_array
 from scipy import ndimage
 
 from airflow_provider_kaapana.core.seg.geometry import SourceSeries, load_source_series, resample_to_source
@@ -136,10 +137,14 @@ def load_source_image(series_dir: str | Path) -> SourceImage:
     grid = source_grid(series)
     pixels = np.empty(grid.shape, dtype=np.float32)
     for k, header in enumerate(series.datasets):
-        ds = pydicom.dcmread(header.filename)
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        pixels[k] = ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        # the headers are already read: decode only the pixel data (pydicom.pixels reads just what it needs)
+        pixels[k] = pixel_array(header.filename)
+        slope = float(header.get("RescaleSlope", 1) or 1)
+        intercept = float(header.get("RescaleIntercept", 0) or 0)
+        if slope != 1.0:
+            pixels[k] *= np.float32(slope)
+        if intercept != 0.0:
+            pixels[k] += np.float32(intercept)
     modality = str(series.datasets[0].get("Modality", ""))
     return SourceImage(series, grid, pixels, modality, _UNITS.get(modality, "1"))
 
