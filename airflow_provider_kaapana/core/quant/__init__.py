@@ -1,0 +1,1 @@
+"""Quantification: per-segment statistics of a segmentation on its source image, and segmentation evaluation."""

@@ -1,0 +1,96 @@
+"""``SegmentStatisticsOperator``: per-segment statistics of a SEG or label map on its source series.
+
+Thin: it resolves its inputs (explicit arguments, else the XComs of the SEG export and receive steps),
+calls :func:`airflow_provider_kaapana.core.quant.statistics.segment_statistics`, writes the JSON into the
+run workspace and returns its path and a short summary per segment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_kaapana.core.params import as_mapping
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+
+STATISTICS_FILE_NAME = "statistics.json"
+
+
+class SegmentStatisticsOperator(KaapanaBaseOperator):
+    """Measure one segmentation (``kaapana.segment-statistics/v1``, see the interfaces page).
+
+    :param segmentation: the SEG export step's XCom ``{"seg_path", "series_instance_uid", ...}`` or the
+        predict step's ``{"label_map_path", "labels_path", ...}``; supplies the defaults below.
+    :param source: the receive step's XCom ``{"series_dir", ...}``; supplies the default ``source_dir``.
+    :param seg: DICOM SEG or NIfTI label map (overrides ``segmentation``).
+    :param source_dir: folder with the source series' DICOM files (overrides ``source``).
+    :param label_config: names a label map's values (nnU-Net ``dataset.json`` or rich config).
+    :param output_dir: where ``statistics.json`` goes; default the run workspace's ``stats`` step folder.
+    """
+
+    template_fields: Sequence[str] = (
+        "segmentation",
+        "source",
+        "seg",
+        "source_dir",
+        "label_config",
+        "output_dir",
+        "workspace_base",
+    )
+    ui_color = "#d4f5e1"
+
+    def __init__(
+        self,
+        *,
+        segmentation: Mapping[str, Any] | str | None = None,
+        source: Mapping[str, Any] | str | None = None,
+        seg: str | None = None,
+        source_dir: str | None = None,
+        label_config: str | None = None,
+        output_dir: str | None = None,
+        workspace_base: str = DEFAULT_WORKSPACE_BASE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.segmentation = segmentation
+        self.source = source
+        self.seg = seg
+        self.source_dir = source_dir
+        self.label_config = label_config
+        self.output_dir = output_dir
+        self.workspace_base = workspace_base
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_kaapana.core.files import write_atomic
+        from airflow_provider_kaapana.core.quant.statistics import segment_statistics
+
+        segmentation = as_mapping(self.segmentation, "segmentation")
+        source = as_mapping(self.source, "source")
+        seg = self.seg or segmentation.get("seg_path") or segmentation.get("label_map_path")
+        source_dir = self.source_dir or source.get("series_dir") or segmentation.get("series_dir")
+        if not seg or not source_dir:
+            missing = [n for n, v in (("seg", seg), ("source_dir", source_dir)) if not v]
+            raise ValueError(
+                f"{self.task_id}: no {', '.join(missing)}: pass them or the export/receive XComs"
+            )
+        label_config = self.label_config or segmentation.get("labels_path")
+        document = segment_statistics(source_dir, seg, label_config=label_config)
+        series_uid = document["source"]["image_series_instance_uid"]
+        if self.output_dir:
+            out_dir = Path(self.output_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            out_dir = self.run_workspace(context).step_dir(series_uid, "stats")
+        path = write_atomic(out_dir / STATISTICS_FILE_NAME, [json.dumps(document, indent=2).encode()])
+        self.log.info("wrote %s: %d segments", path, len(document["segments"]))
+        return {
+            "series_instance_uid": series_uid,
+            "statistics_path": str(path),
+            "segments": [
+                {k: s[k] for k in ("segment_number", "label", "empty", "volume_ml", "mean")}
+                for s in document["segments"]
+            ],
+        }

@@ -1,0 +1,47 @@
+"""SegmentStatisticsOperator and SegmentationEvaluationOperator in a real DAG run (dag.test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from airflow_provider_kaapana.core.seg.export import export_seg
+from airflow_provider_kaapana.core.workspace import RunWorkspace
+from tests.core.test_seg import DATASET_JSON, THREE_SHAPES, save_label_map
+
+
+def test_statistics_and_evaluation_operators(airflow_db, synthetic_series, tmp_path: Path):
+    from tests.dags.quant import dag
+
+    series = synthetic_series("a", shapes=THREE_SHAPES, seed=1)
+    config = tmp_path / "dataset.json"
+    config.write_text(json.dumps(DATASET_JSON))
+    label_map = save_label_map(series, tmp_path / "l.nii.gz")
+    seg_path = tmp_path / "seg.dcm"
+    export_seg(label_map, series.series_dir, config, seg_path)
+    base = tmp_path / "ws"
+    base.mkdir()
+    conf = {
+        "exported": {"seg_path": str(seg_path), "series_instance_uid": series.series_instance_uid},
+        "received": {"series_dir": str(series.series_dir), "series_instance_uid": series.series_instance_uid},
+        "reference": str(label_map),
+        "workspace_base": str(base),
+    }
+    dag_run = dag.test(run_conf=conf)
+    assert dag_run.state == "success"
+    collected = json.loads((base / "collected.json").read_text())
+    workspace = RunWorkspace(base, dag.dag_id, dag_run.run_id)
+
+    stats = collected["stats"]
+    expected_path = workspace.step_dir(series.series_instance_uid, "stats", create=False) / "statistics.json"
+    assert stats["statistics_path"] == str(expected_path)
+    document = json.loads(expected_path.read_text())
+    assert document["schema"] == "kaapana.segment-statistics/v1"
+    assert [s["label"] for s in stats["segments"]] == ["liver", "tumor", "kidney_left"]
+    assert document["segments"][0]["voxel_count"] == int(np.count_nonzero(series.truth == 1))
+
+    evaluation = collected["evaluation"]
+    assert [s["dice"] for s in evaluation["segments"]] == [1.0, 1.0, 1.0]
+    assert Path(evaluation["evaluation_path"]).parent.name == "evaluation"
