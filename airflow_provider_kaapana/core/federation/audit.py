@@ -77,11 +77,13 @@ def record_egress(
     *,
     recipient: str,
     now: _dt.datetime | None = None,
+    sealed_sha256: str | None = None,
 ) -> bytes:
     """Append the guarded payload to the audit log and return the exact bytes to send.
 
     The line is written and fsync'ed before this returns, so nothing is sent that is not on record;
     what is hashed is what is returned. ``recipient`` names the coordinator (a URL without credentials).
+    ``sealed_sha256``, when the payload is sent sealed, records the hash of the bytes that went out.
     """
     recipient = _check_recipient(recipient)
     payload = result.payload
@@ -98,6 +100,8 @@ def record_egress(
         "bytes": len(payload),
         "payload": payload.decode("ascii"),
     }
+    if sealed_sha256 is not None:
+        line["sealed_sha256"] = str(sealed_sha256)
     data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
     with _locked_append(Path(log_path)) as fd:
         view = memoryview(data)

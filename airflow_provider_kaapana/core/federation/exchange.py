@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -212,34 +210,11 @@ def record_sealed_egress(
     sealed_sha256: str,
     now: _dt.datetime | None = None,
 ) -> bytes:
-    """:func:`.audit.record_egress` with one more field, ``sealed_sha256`` (the bytes actually sent).
+    """:func:`.audit.record_egress` with ``sealed_sha256`` (the hash of the sealed bytes actually sent).
 
-    The line is D's audit line (readable by :func:`.audit.read_audit_log`), written and fsync'ed
-    before this returns; returns the plaintext payload.
+    Written and fsync'ed before this returns; returns the plaintext payload that was sealed.
     """
-    recipient = _audit._check_recipient(recipient)
-    payload = result.payload
-    when = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
-    document = result.document
-    line = {
-        "job_id": document["job_id"],
-        "analysis": document["analysis"],
-        "analysis_version": document["analysis_version"],
-        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "recipient": recipient,
-        "k": result.k,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "bytes": len(payload),
-        "payload": payload.decode("ascii"),
-        "sealed_sha256": str(sealed_sha256),
-    }
-    data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
-    with _audit._locked_append(Path(log_path)) as fd:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    return payload
+    return _audit.record_egress(log_path, result, recipient=recipient, now=now, sealed_sha256=sealed_sha256)
 
 
 # --------------------------------------------------------------------------------------------------
