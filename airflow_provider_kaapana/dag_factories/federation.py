@@ -290,6 +290,10 @@ def federated_site_dag(
 
         approve = ApprovalOperator(
             task_id="approve",
+            # one retry: an answer that lands while Airflow 3.3.2 is still parking the task fails it
+            # (the reviewer then sees the request again), see the federation guide
+            retries=1,
+            retry_delay=timedelta(seconds=2),
             subject="Release {{ params.job.analysis }} v{{ params.job.analysis_version }} to the coordinator?",
             body=(
                 "Job `{{ params.job.job_id }}` asks for **{{ params.job.analysis }}** "

@@ -98,6 +98,9 @@ def _package_root() -> str:
     return str(Path(airflow_provider_kaapana.__file__).resolve().parents[1])
 
 
+APPROVAL_SETTLE_SECONDS = 3.0
+
+
 class FederatedSandbox:
     """A coordinator and its sites, started with :meth:`start` (or as a context manager).
 
@@ -423,6 +426,9 @@ class FederatedSandbox:
             time.sleep(0.5)
         raise AirflowError(f"site {site} started no analysis run for {coordinator_run_id} within {timeout} s")
 
+    # A person answers seconds after the request appears, never in the same instant. Answering a HITL
+    # task the moment it parks can land before Airflow 3.3.2 has settled the parking (the race the
+    # sites' answers also wait out, see FederationSettings.answer_settle_seconds), which fails the task.
     def decide_approval(self, site: str, coordinator_run_id: str, approve: bool, timeout: float = 120) -> str:
         """Play the site's reviewer: approve or reject the local run's approval task; returns its run id."""
         airflow = self.sites[site].airflow
@@ -430,9 +436,14 @@ class FederatedSandbox:
         run_id = self.local_run(site, coordinator_run_id, timeout)
         path = f"dags/{SITE_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve/-1/hitlDetails"
         deadline = time.monotonic() + timeout
+        waiting_since: float | None = None
         while time.monotonic() < deadline:
             state = airflow.task_states(SITE_DAG, run_id).get("approve")
-            if state in ("awaiting_input", "deferred"):
+            if state not in ("awaiting_input", "deferred"):
+                waiting_since = None
+            elif waiting_since is None:
+                waiting_since = time.monotonic()
+            elif time.monotonic() - waiting_since >= APPROVAL_SETTLE_SECONDS:
                 airflow.api("PATCH", path, json={"chosen_options": ["Approve" if approve else "Reject"]})
                 return run_id
             time.sleep(0.5)
