@@ -290,9 +290,9 @@ def federated_site_dag(
 
         approve = ApprovalOperator(
             task_id="approve",
-            # one retry: an answer that lands while Airflow 3.3.2 is still parking the task fails it
-            # (the reviewer then sees the request again), see the federation guide
-            retries=1,
+            # an answer that lands while Airflow 3.3.2 is still parking the task fails it; a retry shows
+            # the reviewer the request again (see docs/dags/federated_site_cohort_statistics.rst)
+            retries=2,
             retry_delay=timedelta(seconds=2),
             subject="Release {{ params.job.analysis }} v{{ params.job.analysis_version }} to the coordinator?",
             body=(

@@ -98,7 +98,7 @@ def _package_root() -> str:
     return str(Path(airflow_provider_kaapana.__file__).resolve().parents[1])
 
 
-APPROVAL_SETTLE_SECONDS = 3.0
+APPROVAL_SETTLE_SECONDS = 5.0
 
 
 class FederatedSandbox:
@@ -436,16 +436,25 @@ class FederatedSandbox:
         run_id = self.local_run(site, coordinator_run_id, timeout)
         path = f"dags/{SITE_DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve/-1/hitlDetails"
         deadline = time.monotonic() + timeout
-        waiting_since: float | None = None
+        answered: set[int] = set()
+        waiting: dict[int, float] = {}
         while time.monotonic() < deadline:
-            state = airflow.task_states(SITE_DAG, run_id).get("approve")
-            if state not in ("awaiting_input", "deferred"):
-                waiting_since = None
-            elif waiting_since is None:
-                waiting_since = time.monotonic()
-            elif time.monotonic() - waiting_since >= APPROVAL_SETTLE_SECONDS:
-                airflow.api("PATCH", path, json={"chosen_options": ["Approve" if approve else "Reject"]})
+            ti = airflow.task_instances(SITE_DAG, run_id).get("approve") or {}
+            state, attempt = ti.get("state"), int(ti.get("try_number") or 0)
+            if answered and state in ("success", "skipped", "failed", "upstream_failed"):
                 return run_id
+            if state in ("awaiting_input", "deferred") and attempt not in answered:
+                # a person answers each new request (a retried try shows the request again)
+                since = waiting.setdefault(attempt, time.monotonic())
+                if time.monotonic() - since >= APPROVAL_SETTLE_SECONDS:
+                    try:
+                        airflow.api(
+                            "PATCH", path, json={"chosen_options": ["Approve" if approve else "Reject"]}
+                        )
+                    except AirflowError as exc:  # 409: this try is already answered
+                        if "409" not in str(exc):
+                            raise
+                    answered.add(attempt)
             time.sleep(0.5)
         raise AirflowError(f"site {site}: the approval of {run_id} did not wait for input within {timeout} s")
 
