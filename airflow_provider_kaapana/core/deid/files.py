@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
-from airflow_provider_kaapana.core.deid.deidentify import deidentify
+from airflow_provider_kaapana.core.deid.deidentify import NotEncodable, deidentify, deidentify_encoded
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
@@ -51,12 +51,26 @@ def deidentify_file(
     """
     source = Path(source)
     try:
-        dataset = pydicom.dcmread(source)
-    except (PydicomInvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise InvalidDicomError(f"{source}: not readable DICOM ({type(exc).__name__})") from None
-    clean = deidentify(dataset, profile, key)
-    sop = str(clean.get("SOPInstanceUID", "") or "")
-    series = str(clean.get("SeriesInstanceUID", "") or "")
+        data = source.read_bytes()
+    except OSError as exc:
+        raise InvalidDicomError(f"{source}: cannot be read ({type(exc).__name__})") from None
+    try:
+        try:
+            encoded = deidentify_encoded(data, profile, key)
+            body: list[bytes | memoryview] = [encoded.data]
+            sop, series = encoded.sop_instance_uid, encoded.series_instance_uid
+        except NotEncodable:  # deflated, big endian, no preamble: pydicom reads and writes it
+            clean = deidentify(pydicom.dcmread(io.BytesIO(data)), profile, key)
+            sop = str(clean.get("SOPInstanceUID", "") or "")
+            series = str(clean.get("SeriesInstanceUID", "") or "")
+            if sop:
+                buffer = io.BytesIO()
+                clean.save_as(buffer, enforce_file_format=True)
+                body = [buffer.getbuffer()]
+    except (PydicomInvalidDicomError, InvalidDicomError, ValueError, EOFError) as exc:
+        # our own messages name offsets and tags; a library's may quote a value, which could be PHI
+        reason = str(exc) if isinstance(exc, InvalidDicomError) else type(exc).__name__
+        raise InvalidDicomError(f"{source}: not readable DICOM ({reason})") from None
     try:
         validate_uid(sop)
         validate_uid(series)
@@ -64,9 +78,7 @@ def deidentify_file(
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
     target = Path(out_dir) / series / f"{sop}.dcm"
     target.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    clean.save_as(buffer, enforce_file_format=True)
-    return write_atomic(target, [buffer.getbuffer()], fsync=False)
+    return write_atomic(target, body, fsync=False)
 
 
 def _inputs(in_dir: Path) -> list[Path]:
