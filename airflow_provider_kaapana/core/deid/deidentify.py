@@ -366,11 +366,41 @@ def deidentify(dataset: Dataset, profile: DeidentificationProfile, key: bytes) -
     never its value) for images that may show burned-in text unless the profile allows them;
     ``ValueError`` for a key shorter than 32 bytes.
     """
-    out, _ = _walk(dataset, profile, key)
+    return deidentify_recorded(dataset, profile, key)[0]
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """What one call replaced (for the optional re-identification map): the patient's originals, its
+    pseudonym and date shift, and every UID it mapped, original -> pseudonym (references included)."""
+
+    patient_id: str
+    patient_name: str
+    pseudonym: str
+    shift_days: int
+    uids: dict[str, str]
+
+
+def _replaced(walk: _Walk) -> Replaced:
+    source = walk.source
+    return Replaced(
+        patient_id=str(source.get("PatientID", "") or ""),
+        patient_name=str(source.get("PatientName", "") or ""),
+        pseudonym=walk.patient_pseudonym,
+        shift_days=walk.shift,
+        uids=dict(walk._uids),
+    )
+
+
+def deidentify_recorded(
+    dataset: Dataset, profile: DeidentificationProfile, key: bytes
+) -> tuple[Dataset, Replaced]:
+    """:func:`deidentify`, and what it replaced."""
+    out, walk = _walk(dataset, profile, key)
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
         out.file_meta = _file_meta(meta, out)
-    return out
+    return out, _replaced(walk)
 
 
 def _walk(
@@ -519,6 +549,7 @@ class EncodedInstance:
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
+    replaced: Replaced
 
 
 def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes) -> EncodedInstance:
@@ -586,6 +617,7 @@ def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes
         sop_class_uid=uid(SOP_CLASS_UID) or _text(meta_values.get(0x00020002, b"")),
         sop_instance_uid=uid(SOP_INSTANCE_UID),
         series_instance_uid=uid(SERIES_INSTANCE_UID),
+        replaced=_replaced(walk),
     )
     chunks = [file_header(result.sop_class_uid, result.sop_instance_uid, syntax)]
     chunks.extend(elements[tag] for tag in sorted(elements))
