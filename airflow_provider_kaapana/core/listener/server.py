@@ -325,8 +325,10 @@ class DicomListener:
     def stop(self, flush: bool = False) -> None:
         """Stop listening. With ``flush`` every pending series is cut and announced now."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            for assoc in server.active_associations:  # and those still open, idle ones included
+                assoc.abort()
         self._stop.set()
         if self._checker is not None:
             self._checker.join(timeout=30)

@@ -75,6 +75,17 @@ class GuardedRequestHandler(RequestHandler):
             original_serve(msg, context_id)
 
         assoc._serve_request = serve
+        idle_check = assoc.dul.idle_timer_expired
+        idle_expired: list[bool] = []
+
+        def expired() -> bool:
+            # the reactor asks this before aborting an idle association: remember a "yes"
+            if idle_check():
+                idle_expired.append(True)
+                return True
+            return False
+
+        assoc.dul.idle_timer_expired = expired
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         assoc.join()
@@ -86,7 +97,7 @@ class GuardedRequestHandler(RequestHandler):
                 peer,
                 limits.acse_timeout,
             )
-        elif assoc.dul.idle_timer_expired():
+        elif idle_expired:
             log.warning(
                 "aborted association from %s (%s): idle for %.0f s (network timeout)",
                 assoc.requestor.ae_title,
