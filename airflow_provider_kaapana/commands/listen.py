@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort an established association idle for S s (default 60)",
     )
     parser.add_argument(
-        "--dimse-timeout", type=float, default=60.0, help="wait at most S s for a DIMSE message (default 60)"
+        "--dimse-timeout",
+        type=float,
+        default=10.0,
+        help="answer a C-STORE whose data set does not start within S s with a failure (default 10)",
     )
     parser.add_argument(
         "--tls-handshake-timeout",

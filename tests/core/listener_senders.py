@@ -106,8 +106,9 @@ def deflate_bomb(src: Path, dst: Path, inflated_mb: int = 300) -> Path:
     return dst
 
 
-def store_without_dataset(port: int, sop_instance_uid: str = "1.2.3.4", timeout: float = 10.0):
-    """A C-STORE-RQ that announces no data set; returns (response status or None, seconds waited)."""
+def store_without_dataset(port: int, sop_instance_uid: str = "1.2.3.4", then: Path | None = None):
+    """A C-STORE-RQ announcing a data set of which nothing follows, then (same association) ``then``;
+    returns (response status or None, seconds waited, status of ``then`` or None)."""
     ae = sender("EMPTY")
     assoc = ae.associate("127.0.0.1", port, ae_title="KAAPANA")
     assert assoc.is_established
@@ -117,10 +118,11 @@ def store_without_dataset(port: int, sop_instance_uid: str = "1.2.3.4", timeout:
     req.DataSet = BytesIO(b"")
     started = time.monotonic()
     assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
-    _cx, rsp = assoc.dimse.get_msg(block=True) if timeout else (None, None)
+    _cx, rsp = assoc.dimse.get_msg(block=True)
     waited = time.monotonic() - started
-    assoc.abort()
-    return (rsp.Status if rsp is not None else None), waited
+    after = assoc.send_c_store(then).Status if then is not None and assoc.is_established else None
+    assoc.release()
+    return (rsp.Status if rsp is not None else None), waited, after
 
 
 class ListenerProcess:

@@ -225,7 +225,7 @@ class DicomListener:
         max_retry_seconds: float = 300.0,
         network_timeout: float = 60.0,
         acse_timeout: float = 10.0,
-        dimse_timeout: float = 60.0,
+        dimse_timeout: float = 10.0,
         tls_handshake_timeout: float = 10.0,
         max_connections: int = 100,
         max_connections_per_peer: int = 20,
@@ -419,19 +419,20 @@ class DicomListener:
                 names,
             )
 
-    def _refuse_empty_store(self, assoc: Any, request: C_STORE, context_id: int) -> None:
+    def _refuse_empty_store(self, assoc: Any, request: C_STORE, context_id: int, reason: str) -> None:
         self.refused += 1
         log.error(
-            "refused instance %s from %s: C-STORE without a data set",
+            "refused instance %s from %s: %s",
             request.AffectedSOPInstanceUID,
             assoc.requestor.ae_title,
+            reason,
         )
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = request.MessageID
         rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
         rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
         rsp.Status = STATUS_CANNOT_UNDERSTAND
-        rsp.ErrorComment = "C-STORE without a data set"
+        rsp.ErrorComment = reason
         assoc.dimse.send_msg(rsp, context_id)
 
     def _series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:

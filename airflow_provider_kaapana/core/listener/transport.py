@@ -17,12 +17,14 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -35,7 +37,8 @@ class ConnectionLimits:
 
     ``acse_timeout`` is the ARTIM timer: a connection that sends no A-ASSOCIATE-RQ within it is
     closed. ``network_timeout``: an established association idle that long is aborted.
-    ``dimse_timeout``: how long a DIMSE message may take to arrive once started.
+    ``dimse_timeout``: a C-STORE whose command announced a data set of which no byte arrives within
+    it is answered ``0xC000`` (an empty data set: no fragment will ever come).
     ``tls_handshake_timeout``: a TLS client must finish its handshake within it.
     ``max_connections`` / ``max_connections_per_peer``: open TCP connections in all / from one address
     (a connection over a limit is closed at once). ``max_associations``: associations being
@@ -44,7 +47,7 @@ class ConnectionLimits:
 
     acse_timeout: float = 10.0
     network_timeout: float = 60.0
-    dimse_timeout: float = 60.0
+    dimse_timeout: float = 10.0
     tls_handshake_timeout: float = 10.0
     max_connections: int = 100
     max_connections_per_peer: int = 20
@@ -70,7 +73,7 @@ class GuardedRequestHandler(RequestHandler):
             # pynetdicom silently drops a C-STORE-RQ without a data set (not a "valid request"):
             # the sender would wait for its DIMSE timeout; answer it with a failure at once instead
             if isinstance(msg, C_STORE) and msg.DataSet is None and on_empty is not None:
-                on_empty(assoc, msg, context_id)
+                on_empty(assoc, msg, context_id, "C-STORE without a data set")
                 return
             original_serve(msg, context_id)
 
@@ -86,9 +89,38 @@ class GuardedRequestHandler(RequestHandler):
             return False
 
         assoc.dul.idle_timer_expired = expired
+        dimse = assoc.dimse
+        original_receive = dimse.receive_primitive
+        receive_lock = threading.Lock()
+        last_pdata = [time.monotonic()]
+
+        def receive(primitive: Any) -> None:
+            with receive_lock:
+                last_pdata[0] = time.monotonic()
+                original_receive(primitive)
+
+        dimse.receive_primitive = receive
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
-        assoc.join()
+        stall = self.server.limits.dimse_timeout
+        while assoc.is_alive():
+            assoc.join(timeout=min(0.5, stall / 2))
+            if on_empty is None or not assoc.is_alive():
+                continue
+            with receive_lock:
+                message = dimse.message
+                if (
+                    isinstance(message, C_STORE_RQ)
+                    and getattr(message, "command_set", None) is not None
+                    and message.data_set.tell() == 0
+                    and time.monotonic() - last_pdata[0] > stall
+                ):
+                    # a C-STORE command announcing a data set, and no byte of it for dimse_timeout:
+                    # the sender sent an empty data set; answer instead of waiting for its timeout
+                    request = message.message_to_primitive()
+                    request.DataSet = None
+                    dimse.message = None
+                    on_empty(assoc, request, message.context_id, f"no data set within {stall:.0f} s")
         peer = _peer(self.client_address)
         limits = self.server.limits
         if assoc.requestor.primitive is None and not assoc.is_aborted:
@@ -122,7 +154,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         ssl_context: ssl.SSLContext | None = None,
         evt_handlers: list[Any] | None = None,
         limits: ConnectionLimits | None = None,
-        on_empty_store: Callable[[Any, C_STORE, int], None] | None = None,
+        on_empty_store: Callable[[Any, C_STORE, int, str], None] | None = None,
     ) -> None:
         self.limits = limits or ConnectionLimits()
         self.on_empty_store = on_empty_store
