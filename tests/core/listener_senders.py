@@ -21,6 +21,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import CTImageStorage
 
 from airflow_provider_kaapana.core.dicom.raw import file_header
+from airflow_provider_kaapana.core.net.dimse import configure_pynetdicom
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -62,6 +63,8 @@ def make_certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def sender(calling: str = "SENDER", *transfer_syntaxes: str, abstract_syntaxes=(CTImageStorage,)) -> AE:
+    """A pynetdicom AE that sends files as they are on disk (no decode and re-encode)."""
+    configure_pynetdicom()
     ae = AE(ae_title=calling)
     for abstract in abstract_syntaxes:
         ae.add_requested_context(abstract, list(transfer_syntaxes or [EXPLICIT_LE]))
@@ -116,10 +119,15 @@ def store_without_dataset(port: int, sop_instance_uid: str = "1.2.3.4", then: Pa
     req.MessageID, req.Priority = 1, 2
     req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = CTImageStorage, sop_instance_uid
     req.DataSet = BytesIO(b"")
+    # pause the association's reactor as pynetdicom's own send_*() do, or it takes the response
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
     started = time.monotonic()
     assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
     _cx, rsp = assoc.dimse.get_msg(block=True)
     waited = time.monotonic() - started
+    assoc._reactor_checkpoint.set()
     after = assoc.send_c_store(then).Status if then is not None and assoc.is_established else None
     assoc.release()
     return (rsp.Status if rsp is not None else None), waited, after

@@ -68,11 +68,13 @@ def scan_dataset(data: bytes | memoryview, transfer_syntax: str) -> dict[str, st
     }
 
 
-def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 1 << 20) -> int | None:
+def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 16 << 20) -> int | None:
     """Size of the raw-deflated ``data`` once inflated, or ``None`` if it exceeds ``limit`` bytes.
 
     Inflates in ``chunk``-sized steps and keeps none of the output, so a deflate bomb (300 KB that
-    inflates to 300 MB) costs about ``chunk`` bytes of memory, not its inflated size. Raises
+    inflates to 300 MB) costs about ``chunk`` bytes of memory, not its inflated size. (Large steps:
+    zlib lets go of the GIL while inflating, and each step must win it back from the listener's
+    other threads.) Raises
     :class:`InvalidDicomError` for data that does not inflate.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".kaapana"
 DEFAULT_DAG_ID = "kaapana_ingest"
 LISTENER_POLL_SECONDS = 0.0001
+FAST_POLL_ASSOCIATIONS = 4
 DEFAULT_MAX_INFLATED_BYTES = 256 << 20
 CONFLICTS_DIR = "conflicts"
 # C-STORE statuses the listener answers besides those of core.net.dimse (PS3.4 B.2.3, PS3.7 C)
@@ -365,10 +366,7 @@ class DicomListener:
         return self._disk_ok
 
     def _handle_requested(self, event: Any) -> None:
-        # pynetdicom's network reactor naps 1 ms whenever a read finds nothing yet; for a modality
-        # streaming large instances that nap dominates, so this association polls ten times as often.
         assoc = event.assoc
-        assoc.dul._run_loop_delay = LISTENER_POLL_SECONDS
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         peer = assoc.requestor.address_info
         where = f"{calling} ({peer.address}:{peer.port})"
@@ -390,6 +388,11 @@ class DicomListener:
                 )
                 return self._reject(assoc, 0x02, 0x03, 0x02)  # transient, local limit exceeded
             assoc._kaapana_counted = True
+            if active < FAST_POLL_ASSOCIATIONS:
+                # pynetdicom's network reactor naps 1 ms whenever a read finds nothing yet; for a
+                # modality streaming large instances that nap dominates, so a few associations poll
+                # ten times as often (many at once would spend the CPU polling)
+                assoc.dul._run_loop_delay = LISTENER_POLL_SECONDS
         self._free_checked = 0.0  # always look afresh when an association starts
         if not self._free_space_ok():
             log.error(

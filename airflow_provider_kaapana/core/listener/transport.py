@@ -103,20 +103,26 @@ class GuardedRequestHandler(RequestHandler):
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         stall = self.server.limits.dimse_timeout
+        suspect = 0
         while assoc.is_alive():
             assoc.join(timeout=min(0.5, stall / 2))
             if on_empty is None or not assoc.is_alive():
                 continue
             with receive_lock:
                 message = dimse.message
-                if (
+                waiting = (
                     isinstance(message, C_STORE_RQ)
                     and getattr(message, "command_set", None) is not None
                     and message.data_set.tell() == 0
                     and time.monotonic() - last_pdata[0] > stall
-                ):
+                )
+                if waiting and (assoc.dul.socket.ready or not assoc.dul.event_queue.empty()):
+                    waiting = False  # bytes have arrived, a busy listener just has not read them yet
+                suspect = suspect + 1 if waiting else 0
+                if suspect >= 2:  # seen twice, half a second apart: nothing is on its way
                     # a C-STORE command announcing a data set, and no byte of it for dimse_timeout:
                     # the sender sent an empty data set; answer instead of waiting for its timeout
+                    suspect = 0
                     request = message.message_to_primitive()
                     request.DataSet = None
                     dimse.message = None
