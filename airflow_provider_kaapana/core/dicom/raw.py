@@ -68,7 +68,7 @@ def scan_dataset(data: bytes | memoryview, transfer_syntax: str) -> dict[str, st
     }
 
 
-def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 16 << 20) -> int | None:
+def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 4 << 20) -> int | None:
     """Size of the raw-deflated ``data`` once inflated, or ``None`` if it exceeds ``limit`` bytes.
 
     Inflates in ``chunk``-sized steps and keeps none of the output, so a deflate bomb (300 KB that
