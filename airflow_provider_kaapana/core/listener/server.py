@@ -410,16 +410,13 @@ class DicomListener:
         assoc.kill()
 
     def _handle_accepted(self, event: Any) -> None:
+        reasons = {0x03: "SOP class not supported", 0x04: "transfer syntaxes not supported"}
         refused = [cx for cx in event.assoc.rejected_contexts if cx.abstract_syntax]
         if refused:
-            names = ", ".join(
-                f"{cx.abstract_syntax} ({'transfer syntaxes not supported' if cx.result == 0x04 else 'SOP class not supported'})"
-                for cx in refused
-            )
             log.warning(
                 "association from %s: refused presentation contexts %s",
                 event.assoc.requestor.ae_title,
-                names,
+                ", ".join(f"{cx.abstract_syntax} ({reasons.get(cx.result, 'rejected')})" for cx in refused),
             )
 
     def _refuse_empty_store(self, assoc: Any, request: C_STORE, context_id: int, reason: str) -> None:

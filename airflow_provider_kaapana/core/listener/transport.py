@@ -143,7 +143,8 @@ class GuardedRequestHandler(RequestHandler):
                 limits.network_timeout,
             )
         elif assoc.is_aborted and not assoc.is_rejected:
-            log.warning("association from %s (%s) aborted", assoc.requestor.ae_title, peer)
+            who = assoc.requestor.ae_title if assoc.requestor.primitive is not None else "(no AE title yet)"
+            log.warning("association from %s (%s) aborted", who, peer)
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
