@@ -28,7 +28,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-free-mb", type=float, default=1024.0, help="refuse associations below this free disk space"
     )
     parser.add_argument("--max-pdu", type=int, default=0, help="maximum receive PDU size (0: unlimited)")
-    parser.add_argument("--max-associations", type=int, default=10, help="concurrent associations")
+    parser.add_argument(
+        "--max-associations", type=int, default=10, help="associations negotiated or established at once"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=100, help="open TCP connections in all (default 100)"
+    )
+    parser.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        default=20,
+        help="open TCP connections from one address (default 20)",
+    )
+    parser.add_argument(
+        "--acse-timeout",
+        type=float,
+        default=10.0,
+        help="ARTIM: close a connection without an association request after S s (default 10)",
+    )
+    parser.add_argument(
+        "--network-timeout",
+        type=float,
+        default=60.0,
+        help="abort an established association idle for S s (default 60)",
+    )
+    parser.add_argument(
+        "--dimse-timeout",
+        type=float,
+        default=10.0,
+        help="answer a C-STORE whose data set does not start within S s with a failure (default 10)",
+    )
+    parser.add_argument(
+        "--tls-handshake-timeout",
+        type=float,
+        default=10.0,
+        help="a TLS client must finish its handshake within S s (default 10)",
+    )
+    parser.add_argument(
+        "--max-inflated-mb",
+        type=float,
+        default=256.0,
+        help="refuse a deflated dataset that inflates past this size (default 256)",
+    )
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync before answering (unsafe)")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate: accept DIMSE over TLS")
     parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
@@ -92,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
         on_series_complete=trigger,
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
+        max_connections=args.max_connections,
+        max_connections_per_peer=args.max_connections_per_peer,
+        acse_timeout=args.acse_timeout,
+        network_timeout=args.network_timeout,
+        dimse_timeout=args.dimse_timeout,
+        tls_handshake_timeout=args.tls_handshake_timeout,
+        max_inflated_bytes=int(args.max_inflated_mb * 1024 * 1024),
         fsync=not args.no_fsync,
         ssl_context=ssl_context,
     )

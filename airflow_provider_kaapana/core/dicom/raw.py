@@ -68,6 +68,30 @@ def scan_dataset(data: bytes | memoryview, transfer_syntax: str) -> dict[str, st
     }
 
 
+def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 4 << 20) -> int | None:
+    """Size of the raw-deflated ``data`` once inflated, or ``None`` if it exceeds ``limit`` bytes.
+
+    Inflates in ``chunk``-sized steps and keeps none of the output, so a deflate bomb (300 KB that
+    inflates to 300 MB) costs about ``chunk`` bytes of memory, not its inflated size. (Large steps:
+    zlib lets go of the GIL while inflating, and each step must win it back from the listener's
+    other threads.) Raises
+    :class:`InvalidDicomError` for data that does not inflate.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    pending = bytes(data)
+    try:
+        while pending:
+            size += len(inflater.decompress(pending, chunk))
+            if size > limit:
+                return None
+            pending = inflater.unconsumed_tail
+        size += len(inflater.flush())
+    except zlib.error as exc:
+        raise InvalidDicomError(f"deflated dataset does not inflate: {exc}") from exc
+    return None if size > limit else size
+
+
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
     if len(value) % 2:
         value += b"\x00" if vr in (b"UI", b"OB") else b" "

@@ -7,11 +7,17 @@ numbered *batch* with a manifest under ``LANDING/.kaapana/batches/<SeriesInstanc
 is written (state ``pending``) before the callback runs and marked ``triggered`` after it succeeded.
 Instances arriving later form the next batch, so every instance belongs to exactly one batch. Pending
 manifests are retried with backoff, also after a restart; files not in any manifest become a new batch.
+
+Batches are per (StudyInstanceUID, SeriesInstanceUID): a modality that sends one series UID under two
+studies gets one batch per study folder (numbered on in the series' one manifest folder), each listing
+only files that are in its ``series_dir``. :meth:`DicomListener.store_instance` is the protocol-free
+store path (checks, durable write, series bookkeeping) that the C-STORE handler calls.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -24,12 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
-from airflow_provider_kaapana.core.dicom.raw import recover_partial_files
+from airflow_provider_kaapana.core.dicom.elements import DEFLATED_TRANSFER_SYNTAXES, read_file_meta
+from airflow_provider_kaapana.core.dicom.raw import file_header, inflated_size, recover_partial_files
 from airflow_provider_kaapana.core.dicom.uids import is_valid_uid
 from airflow_provider_kaapana.core.files import fsync_dir, write_atomic
+from airflow_provider_kaapana.core.listener.transport import ConnectionLimits, GuardedAssociationServer
 from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
 from airflow_provider_kaapana.core.net.dimse import (
     STATUS_CANNOT_UNDERSTAND,
@@ -37,7 +47,7 @@ from airflow_provider_kaapana.core.net.dimse import (
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
     configure_pynetdicom,
-    write_received,
+    received_uids,
 )
 from airflow_provider_kaapana.core.net.retry import redact
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
@@ -47,6 +57,26 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".kaapana"
 DEFAULT_DAG_ID = "kaapana_ingest"
 LISTENER_POLL_SECONDS = 0.0001
+FAST_POLL_ASSOCIATIONS = 4
+DEFAULT_MAX_INFLATED_BYTES = 256 << 20
+CONFLICTS_DIR = "conflicts"
+# C-STORE statuses the listener answers besides those of core.net.dimse (PS3.4 B.2.3, PS3.7 C)
+STATUS_DUPLICATE_KEPT_APART = 0xB000  # warning: stored, but not where the first copy is (see docs)
+
+
+@dataclass
+class StoreOutcome:
+    """How :meth:`DicomListener.store_instance` handled one instance: a DICOM status (``0x0000``
+    success, ``0xBxxx`` warning, else failure), a short comment for the sender (at most 64
+    characters, DICOM ErrorComment) and where the instance is now (``None`` if refused)."""
+
+    status: int
+    comment: str = ""
+    path: Path | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.path is not None
 
 
 @dataclass
@@ -108,7 +138,6 @@ class _Series:
     last_arrival: float = 0.0
     calling_ae: str = ""
     called_ae: str = ""
-    next_batch: int = 1
 
 
 class AirflowTrigger:
@@ -169,7 +198,10 @@ class DicomListener:
     """A storage SCP writing ``landing_dir`` and calling ``on_series_complete(batch)`` per finished batch.
 
     ``allow_calling``: calling AE titles accepted (empty: all). Associations are refused (transient,
-    local limit exceeded) while free space in ``landing_dir`` is below ``min_free_bytes``.
+    local limit exceeded) while free space in ``landing_dir`` is below ``min_free_bytes``. Timeouts and
+    connection limits: see :class:`~.transport.ConnectionLimits` (``max_associations`` and
+    ``network_timeout`` here are the same fields). A deflated dataset that inflates past
+    ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory.
     ``on_series_complete`` may return a dict that is stored in the manifest (e.g. the DAG run id); if it
     raises, the batch stays pending and is retried with backoff (``retry_seconds``, doubling, capped at
     ``max_retry_seconds``). Use :meth:`start` / :meth:`stop` or as a context manager, or
@@ -193,6 +225,12 @@ class DicomListener:
         retry_seconds: float = 5.0,
         max_retry_seconds: float = 300.0,
         network_timeout: float = 60.0,
+        acse_timeout: float = 10.0,
+        dimse_timeout: float = 10.0,
+        tls_handshake_timeout: float = 10.0,
+        max_connections: int = 100,
+        max_connections_per_peer: int = 20,
+        max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
     ) -> None:
         self.landing_dir = Path(landing_dir)
         self.port = port
@@ -209,12 +247,24 @@ class DicomListener:
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
         self.network_timeout = network_timeout
+        self.limits = ConnectionLimits(
+            acse_timeout=acse_timeout,
+            network_timeout=network_timeout,
+            dimse_timeout=dimse_timeout,
+            tls_handshake_timeout=tls_handshake_timeout,
+            max_connections=max_connections,
+            max_connections_per_peer=max_connections_per_peer,
+            max_associations=max_associations,
+        )
+        self.max_inflated_bytes = max_inflated_bytes
         self.state_dir = self.landing_dir / STATE_DIR / "batches"
         self.received = 0
         self.refused = 0
         self._lock = threading.Lock()
-        self._series: dict[str, _Series] = {}
+        self._series: dict[tuple[str, str], _Series] = {}  # (study uid, series uid) -> series
+        self._last_batch: dict[str, int] = {}  # series uid -> last batch number handed out
         self._known_dirs: set[Path] = set()
+        self._path_locks: dict[Path, threading.Lock] = {}
         self._retry: dict[str, tuple[float, float]] = {}  # manifest -> (next attempt, delay)
         self._stop = threading.Event()
         self._server: Any = None
@@ -239,17 +289,32 @@ class DicomListener:
         configure_pynetdicom()
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
-        ae.maximum_associations = self.max_associations
-        ae.network_timeout = self.network_timeout
-        ae.require_calling_aet = list(self.allow_calling)
+        # the association limit and the allow-list are checked (and refusals logged) in
+        # _handle_requested; pynetdicom's own limit would count connections that never asked
+        ae.maximum_associations = self.limits.max_connections + 1
+        ae.network_timeout = self.limits.network_timeout
+        ae.acse_timeout = self.limits.acse_timeout
+        ae.dimse_timeout = self.limits.dimse_timeout
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_REQUESTED, self._handle_requested)]
-        self._server = ae.start_server(
-            (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_REQUESTED, self._handle_requested),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+        ]
+        server = ae.make_server(
+            (self.host, self.port),
+            ssl_context=self.ssl_context,
+            evt_handlers=handlers,
+            server_class=GuardedAssociationServer,
+            limits=self.limits,
+            on_empty_store=self._refuse_empty_store,
         )
-        self.port = self._server.server_address[1]
+        ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="kaapana-listener-accept", daemon=True).start()
+        self._server = server
+        self.port = server.server_address[1]
         self._stop.clear()
         self._checker = threading.Thread(target=self._check_loop, name="kaapana-listener-quiet", daemon=True)
         self._checker.start()
@@ -261,8 +326,10 @@ class DicomListener:
     def stop(self, flush: bool = False) -> None:
         """Stop listening. With ``flush`` every pending series is cut and announced now."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            for assoc in server.active_associations:  # and those still open, idle ones included
+                assoc.abort()
         self._stop.set()
         if self._checker is not None:
             self._checker.join(timeout=30)
@@ -299,65 +366,221 @@ class DicomListener:
         return self._disk_ok
 
     def _handle_requested(self, event: Any) -> None:
-        # pynetdicom's network reactor naps 1 ms whenever a read finds nothing yet; for a modality
-        # streaming large instances that nap dominates, so this association polls ten times as often.
-        event.assoc.dul._run_loop_delay = LISTENER_POLL_SECONDS
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        peer = assoc.requestor.address_info
+        where = f"{calling} ({peer.address}:{peer.port})"
+        if self.allow_calling and calling not in self.allow_calling:
+            log.warning("rejected association from %s: calling AE title not on the allow-list", where)
+            return self._reject(assoc, 0x01, 0x01, 0x03)  # permanent, calling AE title not recognised
+        with self._lock:
+            active = sum(
+                1
+                for a in (self._server.active_associations if self._server else [])
+                if getattr(a, "_kaapana_counted", False) and a.is_alive() and a is not assoc
+            )
+            if active >= self.limits.max_associations:
+                log.warning(
+                    "rejected association from %s: %d associations active (limit %d)",
+                    where,
+                    active,
+                    self.limits.max_associations,
+                )
+                return self._reject(assoc, 0x02, 0x03, 0x02)  # transient, local limit exceeded
+            assoc._kaapana_counted = True
+            if active < FAST_POLL_ASSOCIATIONS:
+                # pynetdicom's network reactor naps 1 ms whenever a read finds nothing yet; for a
+                # modality streaming large instances that nap dominates, so a few associations poll
+                # ten times as often (many at once would spend the CPU polling)
+                assoc.dul._run_loop_delay = LISTENER_POLL_SECONDS
         self._free_checked = 0.0  # always look afresh when an association starts
         if not self._free_space_ok():
-            calling = event.assoc.requestor.ae_title
             log.error(
-                "refusing association from %s: less than %d bytes free in %s",
-                calling,
+                "rejected association from %s: less than %d bytes free in %s",
+                where,
                 self.min_free_bytes,
                 self.landing_dir,
             )
-            event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
-            event.assoc.is_rejected = True
-            event.assoc.kill()
+            return self._reject(assoc, 0x02, 0x03, 0x02)
 
-    def _path_for(self, uids: dict[str, str]) -> Path:
-        series_dir = self.landing_dir / uids["study_instance_uid"] / uids["series_instance_uid"]
+    def _reject(self, assoc: Any, result: int, source: int, reason: int) -> None:
+        self.refused += 1
+        assoc.acse.send_reject(result, source, reason)
+        assoc.is_rejected = True
+        assoc.kill()
+
+    def _handle_accepted(self, event: Any) -> None:
+        reasons = {0x03: "SOP class not supported", 0x04: "transfer syntaxes not supported"}
+        refused = [cx for cx in event.assoc.rejected_contexts if cx.abstract_syntax]
+        if refused:
+            log.warning(
+                "association from %s: refused presentation contexts %s",
+                event.assoc.requestor.ae_title,
+                ", ".join(f"{cx.abstract_syntax} ({reasons.get(cx.result, 'rejected')})" for cx in refused),
+            )
+
+    def _refuse_empty_store(self, assoc: Any, request: C_STORE, context_id: int, reason: str) -> None:
+        self.refused += 1
+        log.error(
+            "refused instance %s from %s: %s",
+            request.AffectedSOPInstanceUID,
+            assoc.requestor.ae_title,
+            reason,
+        )
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.Status = STATUS_CANNOT_UNDERSTAND
+        rsp.ErrorComment = reason
+        assoc.dimse.send_msg(rsp, context_id)
+
+    def _series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
+        series_dir = self.landing_dir / study_instance_uid / series_instance_uid
         if series_dir not in self._known_dirs:
             series_dir.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(series_dir)
-        return series_dir / f"{uids['sop_instance_uid']}.dcm"
+        return series_dir
 
-    def _handle_store(self, event: Any) -> int:
-        calling = event.assoc.requestor.ae_title
-        called = event.assoc.acceptor.ae_title
+    def _handle_store(self, event: Any) -> int | Dataset:
+        request = event.request
+        outcome = self.store_instance(
+            request.DataSet.getbuffer(),
+            str(event.context.transfer_syntax),
+            calling_ae=event.assoc.requestor.ae_title,
+            called_ae=event.assoc.acceptor.ae_title,
+            affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+        )
+        if not outcome.comment:
+            return outcome.status
+        rsp = Dataset()
+        rsp.Status = outcome.status
+        rsp.ErrorComment = outcome.comment[:64]
+        return rsp
+
+    def store_instance(
+        self,
+        data: bytes | memoryview,
+        transfer_syntax: str,
+        calling_ae: str,
+        called_ae: str,
+        affected_sop_instance_uid: str = "",
+        affected_sop_class_uid: str = "",
+    ) -> StoreOutcome:
+        """Store one received encoded dataset (no file meta) in the landing zone and add it to its
+        series' next batch; the store path of every intake protocol. Never raises: a refusal is an
+        outcome with a failure status, logged here naming the sender and instance.
+
+        Checks, in order: free space (``0xA700``), the inflated size of a deflated dataset
+        (``0xA700``, nothing inflated in memory), structure and UIDs (``0xC000``). An instance whose
+        SOP Instance UID is already in the landing zone is idempotent success when its dataset bytes
+        are the same; otherwise the new copy is kept apart under ``.kaapana/conflicts/`` and answered
+        with warning ``0xB000`` (the first copy is never overwritten).
+        """
+        what = affected_sop_instance_uid or "(no SOP Instance UID)"
         if not self._free_space_ok():
-            log.error("refusing instance from %s: landing zone %s nearly full", calling, self.landing_dir)
-            self.refused += 1
-            return STATUS_OUT_OF_RESOURCES
+            log.error(
+                "refused instance %s from %s: landing zone %s nearly full", what, calling_ae, self.landing_dir
+            )
+            return self._refusal(STATUS_OUT_OF_RESOURCES, "landing zone full")
         try:
-            # The file's data is fsynced before success is answered. Its directory entry is made
-            # durable per batch (see check()): until then a crash leaves at worst the complete hidden
-            # temporary, which start() promotes (recover_partial_files).
-            received = write_received(event, self._path_for, fsync=self.fsync, fsync_directory=False)
+            if transfer_syntax in DEFLATED_TRANSFER_SYNTAXES:
+                if inflated_size(data, self.max_inflated_bytes) is None:
+                    log.error(
+                        "refused instance %s from %s: deflated dataset of %d bytes inflates past the "
+                        "limit of %d bytes",
+                        what,
+                        calling_ae,
+                        len(data),
+                        self.max_inflated_bytes,
+                    )
+                    return self._refusal(
+                        STATUS_OUT_OF_RESOURCES, f"inflated dataset exceeds {self.max_inflated_bytes} bytes"
+                    )
+            uids = received_uids(data, transfer_syntax, affected_sop_instance_uid, affected_sop_class_uid)
+            series_dir = self._series_dir(uids["study_instance_uid"], uids["series_instance_uid"])
+            path = series_dir / f"{uids['sop_instance_uid']}.dcm"
+            chunks = (
+                file_header(uids["sop_class_uid"], uids["sop_instance_uid"], transfer_syntax, calling_ae),
+                data,
+            )
+            with self._store_lock(path):
+                if path.exists():
+                    return self._store_duplicate(path, uids, data, chunks, calling_ae)
+                # The file's data is fsynced before success is answered. Its directory entry is
+                # made durable per batch (see check()): until then a crash leaves at worst the
+                # complete hidden temporary, which start() promotes (recover_partial_files).
+                write_atomic(path, chunks, fsync=self.fsync, fsync_directory=False)
         except (InvalidDicomError, InvalidUIDError) as exc:
-            self.refused += 1
-            log.error("refused instance %s from %s: %s", event.request.AffectedSOPInstanceUID, calling, exc)
-            return STATUS_CANNOT_UNDERSTAND
+            log.error("refused instance %s from %s: %s", what, calling_ae, exc)
+            return self._refusal(STATUS_CANNOT_UNDERSTAND, str(exc))
         except OSError as exc:
-            self.refused += 1
-            log.error("cannot store instance from %s: %s", calling, exc)
-            return STATUS_OUT_OF_RESOURCES
+            log.error("cannot store instance %s from %s: %s", what, calling_ae, exc)
+            return self._refusal(STATUS_OUT_OF_RESOURCES, "cannot write the instance")
         except Exception:  # noqa: BLE001 - never let one instance end the association
-            self.refused += 1
-            log.exception("failed to store instance from %s", calling)
-            return STATUS_PROCESSING_FAILURE
+            log.exception("failed to store instance %s from %s", what, calling_ae)
+            return self._refusal(STATUS_PROCESSING_FAILURE, "")
+        self._add_to_batch(
+            uids["study_instance_uid"], uids["series_instance_uid"], path, calling_ae, called_ae
+        )
+        return StoreOutcome(STATUS_SUCCESS, path=path)
+
+    def _refusal(self, status: int, comment: str) -> StoreOutcome:
         with self._lock:
-            series = self._series.get(received.series_instance_uid)
+            self.refused += 1
+        return StoreOutcome(status, comment)
+
+    def _store_lock(self, path: Path) -> threading.Lock:
+        # one lock per SOP Instance UID being written: two associations sending the same instance
+        # at once must not both find "no file yet" and overwrite each other
+        with self._lock:
+            lock = self._path_locks.get(path)
+            if lock is None:
+                lock = self._path_locks[path] = threading.Lock()
+                if len(self._path_locks) > 4096:  # forget idle ones; a dropped lock is only re-made
+                    for key in [k for k, v in self._path_locks.items() if not v.locked() and k != path]:
+                        del self._path_locks[key]
+            return lock
+
+    def _store_duplicate(
+        self, path: Path, uids: dict[str, str], data: bytes | memoryview, chunks: tuple, calling_ae: str
+    ) -> StoreOutcome:
+        existing = path.read_bytes()
+        _meta, offset = read_file_meta(existing)
+        if existing[offset:] == bytes(data):
+            log.info("instance %s from %s: already stored with the same content", path.stem, calling_ae)
+            return StoreOutcome(STATUS_SUCCESS, path=path)
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        conflict_dir = self.landing_dir / STATE_DIR / CONFLICTS_DIR / uids["series_instance_uid"]
+        conflict_dir.mkdir(parents=True, exist_ok=True)
+        kept = conflict_dir / f"{uids['sop_instance_uid']}.{digest}.dcm"
+        if not kept.exists():
+            write_atomic(kept, chunks, fsync=self.fsync)
+        log.warning(
+            "instance %s from %s differs from the copy already stored at %s: the first copy is kept, "
+            "the new one is kept apart at %s",
+            uids["sop_instance_uid"],
+            calling_ae,
+            path,
+            kept,
+        )
+        return StoreOutcome(
+            STATUS_DUPLICATE_KEPT_APART, "SOP Instance UID stored before with other content", kept
+        )
+
+    def _add_to_batch(
+        self, study_instance_uid: str, series_instance_uid: str, path: Path, calling_ae: str, called_ae: str
+    ) -> None:
+        with self._lock:
+            key = (study_instance_uid, series_instance_uid)
+            series = self._series.get(key)
             if series is None:
-                series = self._series[received.series_instance_uid] = _Series(
-                    received.study_instance_uid, received.series_instance_uid, received.path.parent
-                )
-                series.next_batch = self._next_batch_number(received.series_instance_uid)
-            series.pending[received.sop_instance_uid] = received.path.name
+                series = self._series[key] = _Series(study_instance_uid, series_instance_uid, path.parent)
+            series.pending[path.stem] = path.name
             series.last_arrival = time.monotonic()
-            series.calling_ae, series.called_ae = calling, called
+            series.calling_ae, series.called_ae = calling_ae, called_ae
             self.received += 1
-        return STATUS_SUCCESS
 
     # --- batches ---------------------------------------------------------------------------------
 
@@ -365,21 +588,26 @@ class DicomListener:
         return self.state_dir / series_instance_uid
 
     def _next_batch_number(self, series_instance_uid: str) -> int:
+        """The next batch number of a series (call under ``self._lock``): one sequence per series UID,
+        shared by the parts of a series that arrived under several studies."""
         numbers = [
             int(p.stem) for p in self._manifest_dir(series_instance_uid).glob("*.json") if p.stem.isdigit()
         ]
-        return max(numbers, default=0) + 1
+        number = max([*numbers, self._last_batch.get(series_instance_uid, 0)]) + 1
+        self._last_batch[series_instance_uid] = number
+        return number
 
     def _recover(self) -> None:
         """Pending manifests -> retry now; files in no manifest -> pending, announced after a quiet period."""
-        manifested: dict[str, set[str]] = {}
+        manifested: dict[tuple[str, str], set[str]] = {}
         for manifest in sorted(self.state_dir.glob("*/*.json")):
             try:
                 batch = SeriesBatch.load(manifest)
             except (OSError, ValueError, TypeError) as exc:
                 log.error("unreadable batch manifest %s: %s", manifest, exc)
                 continue
-            manifested.setdefault(batch.series_instance_uid, set()).update(batch.files)
+            key = (batch.study_instance_uid, batch.series_instance_uid)
+            manifested.setdefault(key, set()).update(batch.files)
             if batch.state != "triggered":
                 self._retry[str(manifest)] = (0.0, self.retry_seconds)
         now = time.monotonic()
@@ -389,7 +617,7 @@ class DicomListener:
             for series_dir in sorted(study_dir.iterdir()):
                 if not series_dir.is_dir() or not is_valid_uid(series_dir.name):
                     continue
-                done = manifested.get(series_dir.name, set())
+                done = manifested.get((study_dir.name, series_dir.name), set())
                 new = {
                     f.stem: f.name
                     for f in sorted(series_dir.glob("*.dcm"), key=lambda f: f.stat().st_mtime)
@@ -398,15 +626,23 @@ class DicomListener:
                 if not new:
                     continue
                 series = _Series(study_dir.name, series_dir.name, series_dir, pending=new, last_arrival=now)
-                series.next_batch = self._next_batch_number(series_dir.name)
-                self._series[series_dir.name] = series
+                self._series[(study_dir.name, series_dir.name)] = series
                 self._known_dirs.add(series_dir)
-                log.info("series %s: %d instances not yet announced", series_dir.name, len(new))
+                log.info(
+                    "series %s (study %s): %d instances not yet announced",
+                    series_dir.name,
+                    study_dir.name,
+                    len(new),
+                )
 
     def pending_series(self) -> dict[str, int]:
         """SeriesInstanceUID -> number of received instances not yet in a batch."""
         with self._lock:
-            return {uid: len(s.pending) for uid, s in self._series.items() if s.pending}
+            pending: dict[str, int] = {}
+            for (_study, uid), series in self._series.items():
+                if series.pending:
+                    pending[uid] = pending.get(uid, 0) + len(series.pending)
+            return pending
 
     def check(self, force: bool = False) -> list[SeriesBatch]:
         """Cut batches of quiet series (all series with ``force``) and announce due batches; returns
@@ -417,25 +653,24 @@ class DicomListener:
             # forget long-idle series whose batches are all cut (their manifests were saved by an
             # earlier call): a later instance recreates the entry, numbering on from the manifests
             idle = [
-                uid
-                for uid, series in self._series.items()
+                key
+                for key, series in self._series.items()
                 if not series.pending and now - series.last_arrival > max(60.0, 3 * self.quiet_seconds)
             ]
-            for uid in idle:
-                self._known_dirs.discard(self._series.pop(uid).series_dir)
+            for key in idle:
+                self._known_dirs.discard(self._series.pop(key).series_dir)
             for series in self._series.values():
                 if series.pending and (force or now - series.last_arrival >= self.quiet_seconds):
                     batch = SeriesBatch(
                         study_instance_uid=series.study_instance_uid,
                         series_instance_uid=series.series_instance_uid,
                         series_dir=str(series.series_dir),
-                        batch=series.next_batch,
+                        batch=self._next_batch_number(series.series_instance_uid),
                         files=list(series.pending.values()),
                         calling_ae=series.calling_ae,
                         called_ae=series.called_ae,
                         created=time.time(),
                     )
-                    series.next_batch += 1
                     series.pending = {}
                     cut.append(batch)
         announced: list[SeriesBatch] = []
@@ -452,13 +687,8 @@ class DicomListener:
                 log.error("cannot write batch manifest %s: %s", batch.manifest, exc)
                 with self._lock:
                     series = self._series.setdefault(
-                        batch.series_instance_uid,
-                        _Series(
-                            batch.study_instance_uid,
-                            batch.series_instance_uid,
-                            Path(batch.series_dir),
-                            next_batch=batch.batch + 1,
-                        ),
+                        (batch.study_instance_uid, batch.series_instance_uid),
+                        _Series(batch.study_instance_uid, batch.series_instance_uid, Path(batch.series_dir)),
                     )
                     series.pending = {Path(f).stem: f for f in batch.files} | series.pending
                     series.last_arrival = now

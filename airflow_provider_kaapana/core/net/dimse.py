@@ -312,6 +312,31 @@ class ReceivedInstance:
     size: int
 
 
+def received_uids(
+    data: bytes | memoryview,
+    transfer_syntax: str,
+    affected_sop_instance_uid: str = "",
+    affected_sop_class_uid: str = "",
+) -> dict[str, str]:
+    """Check a received encoded dataset and return its validated UIDs (see :func:`scan_dataset`).
+
+    The SOP Instance/Class UIDs of the request fill in for ones missing in the dataset; a dataset
+    SOPInstanceUID differing from the request's is refused. Raises :class:`InvalidDicomError` or
+    :class:`InvalidUIDError`.
+    """
+    uids = scan_dataset(data, transfer_syntax)
+    affected = affected_sop_instance_uid.strip()
+    uids["sop_instance_uid"] = validate_uid(uids["sop_instance_uid"] or affected, "SOPInstanceUID")
+    if affected and validate_uid(affected, "AffectedSOPInstanceUID") != uids["sop_instance_uid"]:
+        raise InvalidDicomError(
+            f"dataset SOPInstanceUID {uids['sop_instance_uid']} differs from the request's {affected}"
+        )
+    uids["study_instance_uid"] = validate_uid(uids["study_instance_uid"], "StudyInstanceUID")
+    uids["series_instance_uid"] = validate_uid(uids["series_instance_uid"], "SeriesInstanceUID")
+    uids["sop_class_uid"] = uids["sop_class_uid"] or affected_sop_class_uid
+    return uids
+
+
 def write_received(
     event: Any,
     path_for: Callable[[dict[str, str]], Path],
@@ -328,16 +353,10 @@ def write_received(
     request = event.request
     transfer_syntax = str(event.context.transfer_syntax)
     data = request.DataSet.getbuffer()
-    uids = scan_dataset(data, transfer_syntax)
-    affected = str(request.AffectedSOPInstanceUID or "").strip()
-    uids["sop_instance_uid"] = validate_uid(uids["sop_instance_uid"] or affected, "SOPInstanceUID")
-    if affected and validate_uid(affected, "AffectedSOPInstanceUID") != uids["sop_instance_uid"]:
-        raise InvalidDicomError(
-            f"dataset SOPInstanceUID {uids['sop_instance_uid']} differs from the request's {affected}"
-        )
-    uids["study_instance_uid"] = validate_uid(uids["study_instance_uid"], "StudyInstanceUID")
-    uids["series_instance_uid"] = validate_uid(uids["series_instance_uid"], "SeriesInstanceUID")
-    sop_class = uids["sop_class_uid"] or str(request.AffectedSOPClassUID)
+    uids = received_uids(
+        data, transfer_syntax, str(request.AffectedSOPInstanceUID or ""), str(request.AffectedSOPClassUID)
+    )
+    sop_class = uids["sop_class_uid"]
     path = path_for(uids)
     header = file_header(sop_class, uids["sop_instance_uid"], transfer_syntax, event.assoc.requestor.ae_title)
     write_atomic(path, (header, data), fsync=fsync, fsync_directory=fsync_directory)

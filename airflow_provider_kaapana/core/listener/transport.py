@@ -1,0 +1,231 @@
+"""The listener's TCP side: connection limits, TLS handshakes off the accept thread, and a log line for
+every connection or association that is refused, fails or times out.
+
+pynetdicom's :class:`~pynetdicom.transport.ThreadedAssociationServer` wraps each accepted socket for
+TLS *in the accepting thread* and without a timeout, so one client that connects and sends nothing
+blocks every later TLS association; and its association limit counts connections that have not yet
+sent an A-ASSOCIATE-RQ, so a few idle connections lock out every sender until their ARTIM timer
+expires. :class:`GuardedAssociationServer` accepts only: it checks the per-peer and total connection
+limits, and hands the socket to a per-connection thread which does the TLS handshake under
+``tls_handshake_timeout`` and then runs the association. The association limit proper (counting only
+associations that asked to be established) is checked by the listener in ``EVT_REQUESTED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Timeouts (seconds) and limits of the listener's connections and associations.
+
+    ``acse_timeout`` is the ARTIM timer: a connection that sends no A-ASSOCIATE-RQ within it is
+    closed. ``network_timeout``: an established association idle that long is aborted.
+    ``dimse_timeout``: a C-STORE whose command announced a data set of which no byte arrives within
+    it is answered ``0xC000`` (an empty data set: no fragment will ever come).
+    ``tls_handshake_timeout``: a TLS client must finish its handshake within it.
+    ``max_connections`` / ``max_connections_per_peer``: open TCP connections in all / from one address
+    (a connection over a limit is closed at once). ``max_associations``: associations being
+    negotiated or established (a request over it is rejected, transient, *local limit exceeded*).
+    """
+
+    acse_timeout: float = 10.0
+    network_timeout: float = 60.0
+    dimse_timeout: float = 10.0
+    tls_handshake_timeout: float = 10.0
+    max_connections: int = 100
+    max_connections_per_peer: int = 20
+    max_associations: int = 10
+
+
+def _peer(address: Any) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
+class GuardedRequestHandler(RequestHandler):
+    """Runs one association in the connection's own thread and logs how it ended when it was not
+    a normal release (no request within the ARTIM timeout, network timeout, abort)."""
+
+    server: GuardedAssociationServer
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        original_serve = assoc._serve_request
+        on_empty = self.server.on_empty_store
+
+        def serve(msg: Any, context_id: int) -> None:
+            # pynetdicom silently drops a C-STORE-RQ without a data set (not a "valid request"):
+            # the sender would wait for its DIMSE timeout; answer it with a failure at once instead
+            if isinstance(msg, C_STORE) and msg.DataSet is None and on_empty is not None:
+                on_empty(assoc, msg, context_id, "C-STORE without a data set")
+                return
+            original_serve(msg, context_id)
+
+        assoc._serve_request = serve
+        idle_check = assoc.dul.idle_timer_expired
+        idle_expired: list[bool] = []
+
+        def expired() -> bool:
+            # the reactor asks this before aborting an idle association: remember a "yes"
+            if idle_check():
+                idle_expired.append(True)
+                return True
+            return False
+
+        assoc.dul.idle_timer_expired = expired
+        dimse = assoc.dimse
+        original_receive = dimse.receive_primitive
+        receive_lock = threading.Lock()
+        last_pdata = [time.monotonic()]
+
+        def receive(primitive: Any) -> None:
+            with receive_lock:
+                last_pdata[0] = time.monotonic()
+                original_receive(primitive)
+
+        dimse.receive_primitive = receive
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        stall = self.server.limits.dimse_timeout
+        suspect = 0
+        while assoc.is_alive():
+            assoc.join(timeout=min(0.5, stall / 2))
+            if on_empty is None or not assoc.is_alive():
+                continue
+            with receive_lock:
+                message = dimse.message
+                waiting = (
+                    isinstance(message, C_STORE_RQ)
+                    and getattr(message, "command_set", None) is not None
+                    and message.data_set.tell() == 0
+                    and time.monotonic() - last_pdata[0] > stall
+                )
+                if waiting and (assoc.dul.socket.ready or not assoc.dul.event_queue.empty()):
+                    waiting = False  # bytes have arrived, a busy listener just has not read them yet
+                suspect = suspect + 1 if waiting else 0
+                if suspect >= 2:  # seen twice, half a second apart: nothing is on its way
+                    # a C-STORE command announcing a data set, and no byte of it for dimse_timeout:
+                    # the sender sent an empty data set; answer instead of waiting for its timeout
+                    suspect = 0
+                    request = message.message_to_primitive()
+                    request.DataSet = None
+                    dimse.message = None
+                    on_empty(assoc, request, message.context_id, f"no data set within {stall:.0f} s")
+        peer = _peer(self.client_address)
+        limits = self.server.limits
+        if assoc.requestor.primitive is None and not assoc.is_aborted:
+            log.warning(
+                "closed connection from %s: no association request within %.0f s (ARTIM timeout)",
+                peer,
+                limits.acse_timeout,
+            )
+        elif idle_expired:
+            log.warning(
+                "aborted association from %s (%s): idle for %.0f s (network timeout)",
+                assoc.requestor.ae_title,
+                peer,
+                limits.network_timeout,
+            )
+        elif assoc.is_aborted and not assoc.is_rejected:
+            who = assoc.requestor.ae_title if assoc.requestor.primitive is not None else "(no AE title yet)"
+            log.warning("association from %s (%s) aborted", who, peer)
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """A threaded association server that accepts only in its accepting thread (see module doc)."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        ae: Any,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[Any],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[Any] | None = None,
+        limits: ConnectionLimits | None = None,
+        on_empty_store: Callable[[Any, C_STORE, int, str], None] | None = None,
+    ) -> None:
+        self.limits = limits or ConnectionLimits()
+        self.on_empty_store = on_empty_store
+        self._tls = ssl_context
+        self._open: Counter[str] = Counter()
+        self._open_lock = threading.Lock()
+        self.refused_connections = 0
+        # pynetdicom would wrap in the accepting thread: keep its TLS off, ours is in the thread
+        super().__init__(
+            ae,
+            address,
+            ae_title,
+            contexts,
+            None,
+            evt_handlers=evt_handlers,
+            request_handler=GuardedRequestHandler,
+        )
+        self.request_queue_size = max(self.request_queue_size, 64)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        with self._open_lock:
+            total = sum(self._open.values())
+            if total >= self.limits.max_connections:
+                reason = f"{total} connections open (limit {self.limits.max_connections})"
+            elif self._open[host] >= self.limits.max_connections_per_peer:
+                reason = f"{self._open[host]} connections open from {host} (limit {self.limits.max_connections_per_peer})"
+            else:
+                self._open[host] += 1
+                return True
+            self.refused_connections += 1
+        log.warning("refused connection from %s: %s", _peer(client_address), reason)
+        return False
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        try:
+            if self._tls is not None:
+                request = self._handshake(request, client_address)
+                if request is None:
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open[host] -= 1
+                if self._open[host] <= 0:
+                    del self._open[host]
+
+    def _handshake(self, request: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        assert self._tls is not None
+        timeout = self.limits.tls_handshake_timeout
+        try:
+            request.settimeout(timeout)
+            wrapped = self._tls.wrap_socket(request, server_side=True)
+            wrapped.settimeout(None)  # pynetdicom polls the socket itself
+            return wrapped
+        except TimeoutError:
+            log.warning("TLS handshake with %s timed out after %.0f s", _peer(client_address), timeout)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS handshake with %s failed: %s", _peer(client_address), exc)
+        self.shutdown_request(request)
+        return None
+
+    def open_connections(self) -> int:
+        """Open TCP connections right now."""
+        with self._open_lock:
+            return sum(self._open.values())
