@@ -140,3 +140,17 @@ def test_cli_stats_writes_the_report(synthetic_series, tmp_path, tool):
     label_map = str(tmp_path / "l.nii.gz")
     proc = kaapana(*args[:4], label_map, "-o", str(out), "--sr", str(tmp_path / "x.dcm"))
     assert proc.returncode == 1 and "label map" in proc.stderr
+
+
+def test_a_seg_of_another_series_is_refused_not_measured_as_empty(synthetic_series, tmp_path):
+    from airflow_provider_kaapana.core.quant.evaluation import segmentation_evaluation
+    from airflow_provider_kaapana.exceptions import GeometryError
+
+    series, seg_path, _ = _seg_and_stats(synthetic_series, tmp_path)
+    other = _sphere_series(synthetic_series, name="other", patient_id="OTHER", seed=9)
+    with pytest.raises(
+        GeometryError, match=f"references none of the instances of series {other.series_instance_uid}"
+    ):
+        segment_statistics(other.series_dir, seg_path)
+    with pytest.raises(GeometryError, match="made on another series"):
+        segmentation_evaluation(seg_path, seg_path, series_dir=other.series_dir)
