@@ -234,7 +234,9 @@ def run_demo(
             durations[SEGMENTATION_DAG] = airflow.task_durations(SEGMENTATION_DAG, run_id)
             return run_id
 
-        steps.run("segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG -> PACS -> index", segment)
+        steps.run(
+            "segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG, statistics, SR -> PACS -> index", segment
+        )
 
         def locate() -> tuple[str, str, dict[str, Any], dict[str, Any]]:
             import requests
