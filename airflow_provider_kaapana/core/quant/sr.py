@@ -1,7 +1,7 @@
 """``measurement_report``: segment statistics as a DICOM TID 1500 Measurement Report (Comprehensive 3D SR).
 
-One TID 1411 volumetric ROI group per segment of the SEG, each referencing its segment (ReferencedSegment,
-TID 1411 row 7) and carrying one TID 1419 measurement per statistic. The concepts and units are listed in
+One TID 1411 volumetric ROI group per segment of the SEG, each referencing its segment (Referenced
+Segment) and carrying one TID 1419 measurement per statistic. The concepts and units are listed in
 ``MEASUREMENTS`` and on the interfaces page; ``read_measurement_report`` reads such a report back into the
 statistics' plain keys.
 """
@@ -257,7 +257,10 @@ def measurement_report(
     _check_inputs(statistics, seg, images, seg_path)
     dataset = build_measurement_report(statistics, seg, images)
     write_atomically(dataset, output_path)
-    groups = list(dataset.ContentSequence[-1].ContentSequence)  # Imaging Measurements container
+    [container] = [  # the Imaging Measurements container (DCM 126010) holds the groups
+        item for item in dataset.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    groups = list(container.get("ContentSequence", []))
     count = sum(
         1 for group in groups for item in group.get("ContentSequence", []) if item.get("ValueType") == "NUM"
     )
