@@ -35,6 +35,10 @@ class NoFindingsError(KaapanaError):
     """A segmentation contains no labelled voxel at all: nothing to export."""
 
 
+class QuantificationError(KaapanaError):
+    """Statistics cannot be reported as asked (e.g. an SR for a label map, or for another SEG)."""
+
+
 class DeidentificationError(KaapanaError):
     """A dataset cannot be de-identified under the profile; the message names the attribute keyword, never its value."""
 

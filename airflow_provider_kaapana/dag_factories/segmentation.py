@@ -1,5 +1,9 @@
 """nnU-Net segmentation: series from the PACS -> NIfTI -> nnU-Net -> DICOM SEG -> PACS -> index.
 
+After the SEG export, the statistics step measures every segment on the source series and writes them
+as a DICOM SR (TID 1500 Measurement Report): the SR goes to the PACS like the SEG, the statistics go to
+the index on the SEG's series document (``kaapana.segments``).
+
 Input: Series Instance UIDs, or a search-index query/filter with a limit. Each series runs its own
 mapped chain (a mapped task group), so one series failing does not stop the others.
 """
@@ -24,13 +28,15 @@ from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
 from airflow_provider_kaapana.operators.nifti_convert import NiftiConvertOperator
 from airflow_provider_kaapana.operators.nnunet_predict import NnUNetPredictOperator
+from airflow_provider_kaapana.operators.segment_statistics import SegmentStatisticsOperator
 
 DOC = """
 ### nnU-Net segmentation
 
 Choose the input by **Series Instance UIDs** *or* by a **search** (filters or a raw query) with a limit.
 For every series: retrieve from the PACS, convert to NIfTI, run nnU-Net, export a DICOM SEG, store it
-in the PACS and index it. Example conf:
+in the PACS, measure every segment (volume, shape, intensities) and store the numbers as a DICOM SR
+(TID 1500 Measurement Report) in the PACS, and index the SEG with its statistics. Example conf:
 
 ```json
 {"identifiers": ["1.2.826.0.1.3680043.8.498.1"], "model": "Dataset901_TinySphere"}
@@ -172,10 +178,22 @@ def create_segmentation_dag(
                 workspace_base=s.workspace_base,
             )
             send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
-            index = ElasticIndexOperator(
-                task_id="index", series_dirs=seg.output, index=s.index, search_conn_id=s.search_conn_id
+            stats = SegmentStatisticsOperator(
+                task_id="stats",
+                segmentation=seg.output,
+                source=received.output,
+                sr=True,
+                workspace_base=s.workspace_base,
             )
-            seg >> [send, index]
+            # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
+            send_sr = DicomSendOperator(task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id)
+            send >> send_sr
+            # the SEG's series document, with the statistics as kaapana.segments
+            index = ElasticIndexOperator(
+                task_id="index", series_dirs=stats.output, index=s.index, search_conn_id=s.search_conn_id
+            )
+            seg >> [send, stats]
+            stats >> [send_sr, index]
 
         per_series.expand(series=select_series.output)
     return dag

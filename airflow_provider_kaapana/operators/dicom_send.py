@@ -16,17 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def _paths_of(value: Any) -> list[str]:
-    """Paths from a path, a list of paths, or XCom dicts carrying ``series_dir`` / ``seg_path`` / ``path``."""
+    """Paths from a path, a list of paths, or XCom dicts carrying ``sr_path`` / ``series_dir`` / ``seg_path`` /
+    ``path`` (the first present: the statistics step's XCom names its SEG too, but what it adds is the SR)."""
     value = as_native(value)
     if value is None:
         return []
     if isinstance(value, (str, Path)):
         return [str(value)]
     if isinstance(value, Mapping):
-        for key in ("series_dir", "seg_path", "path", "output_dir"):
+        for key in ("sr_path", "series_dir", "seg_path", "path", "output_dir"):
             if value.get(key):
                 return [str(value[key])]
-        raise ValueError(f"no series_dir/path in {value!r}")
+        raise ValueError(f"no sr_path/series_dir/seg_path/path in {value!r}")
     if isinstance(value, Iterable):
         out: list[str] = []
         for item in value:

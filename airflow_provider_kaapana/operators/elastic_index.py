@@ -23,7 +23,8 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
     Accepts one path, a list of paths, or the receive step's XCom: a list of dicts with
     ``series_dir`` (and optionally ``series_instance_uid``, ``received_at``, ``calling_ae_title``,
     ``called_ae_title`` → ``kaapana.source``; ``pacs``, ``pacs_url``, ``series_url`` →
-    ``kaapana.location``). A dict without ``series_dir`` is an error naming it.
+    ``kaapana.location``; ``statistics_path`` → ``kaapana.segments``: the statistics step's XCom indexes
+    its SEG with the per-segment statistics). A dict without ``series_dir`` is an error naming it.
     """
     if series_dirs is None:
         return []
@@ -38,6 +39,8 @@ def series_inputs(series_dirs: Any) -> list[tuple[str, dict[str, Any]]]:
                 raise ValueError(f"series item without 'series_dir' (or 'seg_path'): {item!r}")
             source = {k: item[k] for k in _SOURCE_KEYS if item.get(k)}
             kwargs: dict[str, Any] = {"received_at": item.get("received_at")}
+            if item.get("statistics_path"):
+                kwargs["statistics"] = str(item["statistics_path"])
             if source:
                 kwargs["source"] = source
             location = {k: item[k] for k in _LOCATION_KEYS if item.get(k)}

@@ -2,7 +2,9 @@
 
 Thin: it resolves its inputs (explicit arguments, else the XComs of the SEG export and receive steps),
 calls :func:`airflow_provider_kaapana.core.quant.statistics.segment_statistics`, writes the JSON into the
-run workspace and returns its path and a short summary per segment.
+run workspace and returns its path and a short summary per segment. With ``sr`` it also writes the
+statistics as a DICOM Measurement Report (:func:`airflow_provider_kaapana.core.quant.sr.measurement_report`),
+as ``kaapana stats --sr`` does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_kaapana.core.params import as_mapping
+from airflow_provider_kaapana.core.params import as_mapping, parse_bool
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
@@ -29,6 +31,12 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
     :param source_dir: folder with the source series' DICOM files (overrides ``source``).
     :param label_config: names a label map's values (nnU-Net ``dataset.json`` or rich config).
     :param output_dir: where ``statistics.json`` goes; default the run workspace's ``stats`` step folder.
+    :param sr: also write ``measurements.dcm``, the TID 1500 Measurement Report referencing the SEG's
+        segments (into ``output_dir`` or the workspace's ``sr`` step folder); needs a DICOM SEG.
+
+    Returns ``{"series_instance_uid", "statistics_path", "seg_path", "segments": [...]}`` and, with ``sr``,
+    ``sr_path``, ``sr_series_instance_uid`` and ``sr_sop_instance_uid`` (the send step sends ``sr_path``;
+    the index step indexes the SEG at ``seg_path`` with the statistics).
     """
 
     template_fields: Sequence[str] = (
@@ -38,6 +46,7 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         "source_dir",
         "label_config",
         "output_dir",
+        "sr",
         "workspace_base",
     )
     ui_color = "#d4f5e1"
@@ -51,6 +60,7 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         source_dir: str | None = None,
         label_config: str | None = None,
         output_dir: str | None = None,
+        sr: bool | str = False,
         workspace_base: str = DEFAULT_WORKSPACE_BASE,
         **kwargs: Any,
     ) -> None:
@@ -61,10 +71,12 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         self.source_dir = source_dir
         self.label_config = label_config
         self.output_dir = output_dir
+        self.sr = sr
         self.workspace_base = workspace_base
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.files import write_atomic
+        from airflow_provider_kaapana.core.quant.sr import SR_FILE_NAME, measurement_report
         from airflow_provider_kaapana.core.quant.statistics import segment_statistics
 
         segmentation = as_mapping(self.segmentation, "segmentation")
@@ -76,21 +88,39 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
             raise ValueError(
                 f"{self.task_id}: no {', '.join(missing)}: pass them or the export/receive XComs"
             )
+        with_sr = parse_bool(self.sr, "sr", default=False)
         label_config = self.label_config or segmentation.get("labels_path")
         document = segment_statistics(source_dir, seg, label_config=label_config)
         series_uid = document["source"]["image_series_instance_uid"]
         if self.output_dir:
-            out_dir = Path(self.output_dir)
+            out_dir = sr_dir = Path(self.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
         else:
-            out_dir = self.run_workspace(context).step_dir(series_uid, "stats")
+            workspace = self.run_workspace(context)
+            out_dir = workspace.step_dir(series_uid, "stats")
+            sr_dir = workspace.step_dir(series_uid, "sr") if with_sr else out_dir
         path = write_atomic(out_dir / STATISTICS_FILE_NAME, [json.dumps(document, indent=2).encode()])
         self.log.info("wrote %s: %d segments", path, len(document["segments"]))
-        return {
+        result: dict[str, Any] = {
             "series_instance_uid": series_uid,
             "statistics_path": str(path),
+            "seg_path": str(seg),
             "segments": [
                 {k: s[k] for k in ("segment_number", "label", "empty", "volume_ml", "mean")}
                 for s in document["segments"]
             ],
         }
+        if with_sr:
+            report = measurement_report(document, seg, source_dir, sr_dir / SR_FILE_NAME)
+            self.log.info(
+                "wrote %s: SR %s, %d measurements",
+                report.sr_path,
+                report.sr_sop_instance_uid,
+                report.measurements,
+            )
+            result.update(
+                sr_path=str(report.sr_path),
+                sr_series_instance_uid=report.sr_series_instance_uid,
+                sr_sop_instance_uid=report.sr_sop_instance_uid,
+            )
+        return result

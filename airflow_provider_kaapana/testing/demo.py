@@ -4,7 +4,8 @@ Steps (each printed with its time): start Orthanc (PACS) and osmem-server (searc
 nnU-Net model (trained once, then cached), start an Airflow on its embedded SQLite database with the
 ingest and segmentation DAGs built from the factories with demo settings (local-mode nnU-Net on CPU),
 start the DICOM listener triggering the ingest DAG over REST, send a synthetic CT by C-STORE, wait for
-the ingest run, trigger the segmentation run over REST, and report where the SEG is.
+the ingest run, trigger the segmentation run over REST, and report where the SEG is, and the segmented
+sphere's volume (from the index and from the measurement report SR in the PACS) next to its truth.
 
 This module starts processes and talks HTTP/DIMSE; it never imports Airflow itself.
 """
@@ -25,6 +26,7 @@ DEMO_USER = ("kaapana-listener", "demo-listener-pw")
 INGEST_DAG = "kaapana_ingest"
 SEGMENTATION_DAG = "kaapana_nnunet_segmentation"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SPHERE_RADIUS_MM = 7.0
 
 _DAG_FILE = '''"""Demo variant of a shipped DAG: local services, local-mode nnU-Net on CPU (written by kaapana demo)."""
 
@@ -47,6 +49,8 @@ class DemoResult:
     task_durations: dict[str, dict[str, float]] = field(default_factory=dict)  # dag id -> task -> seconds
     landing_files_left: list[str] = field(default_factory=list)
     ingest_triggered_by: str | None = None
+    volumes: dict[str, float | None] = field(default_factory=dict)  # see _volumes
+    sr_sop_instance_uid: str | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -82,7 +86,7 @@ def _demo_series(out_dir: Path, seed: int = 7):
         pixel_spacing=(1.0, 1.0),
         slice_spacing=1.0,
         origin=(-15.5, -15.5, -15.5),
-        shapes=[Shape(1, centre, radius=7.0, intensity=400.0)],
+        shapes=[Shape(1, centre, radius=SPHERE_RADIUS_MM, intensity=400.0)],
         noise_sd=20.0,
         seed=seed,
         patient_id="DEMO0001",
@@ -230,7 +234,9 @@ def run_demo(
             durations[SEGMENTATION_DAG] = airflow.task_durations(SEGMENTATION_DAG, run_id)
             return run_id
 
-        steps.run("segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG -> PACS -> index", segment)
+        steps.run(
+            "segmentation DAG: PACS -> NIfTI -> nnU-Net -> SEG, statistics, SR -> PACS -> index", segment
+        )
 
         def locate() -> tuple[str, str, dict[str, Any], dict[str, Any]]:
             import requests
@@ -260,6 +266,10 @@ def run_demo(
             return seg_uid, sop_uid, doc, source_doc
 
         seg_uid, sop_uid, doc, source_doc = steps.run("locate the SEG in the PACS and the index", locate)
+        sr_uid, volumes = steps.run(
+            "read the measured volume from the index and the SR in the PACS",
+            lambda: _volumes(orthanc, series, doc, root / "sr"),
+        )
         result = DemoResult(
             series.study_instance_uid,
             series.series_instance_uid,
@@ -271,6 +281,8 @@ def run_demo(
             durations,
             sorted(str(p.relative_to(landing)) for p in landing.rglob("*.dcm")),
             triggered_by[0] if triggered_by else None,
+            volumes,
+            sr_uid,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")
@@ -281,6 +293,7 @@ def run_demo(
                 f"  SEG series         {seg_uid}\n"
                 f"  SEG SOP instance   {sop_uid}\n"
                 f"Index document {settings['index']}/{seg_uid}: Modality={doc.get('Modality')} segment labels={labels}\n"
+                f"{_volume_lines(volumes, sr_uid)}\n"
                 f"Total {result.total_seconds:.1f} s"
                 + (f"; work folder {root}" if keep or not own_dir else " (temporary work folder removed)"),
                 file=out,
@@ -297,6 +310,51 @@ def run_demo(
     if own_dir and not keep:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _volumes(orthanc: Any, series: Any, seg_document: dict[str, Any], sr_dir: Path) -> tuple[str, dict]:
+    """The sphere's volume as measured (index ``kaapana.segments``, the SR's TID 1500 report) and true.
+
+    ``true_ml``: the analytic 4/3 pi r^3; ``voxel_truth_ml``: the synthetic label voxels (the best a
+    voxel mask can do on this grid).
+    """
+    import math
+
+    import numpy as np
+
+    from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
+    from airflow_provider_kaapana.core.quant.sr import read_measurement_report
+
+    web = DicomWebClient(orthanc.dicomweb_url, auth=orthanc.auth)
+    found = web.qido("series", {"Modality": "SR"}, study_instance_uid=series.study_instance_uid)
+    if not found:
+        raise RuntimeError(f"no SR series in the PACS for study {series.study_instance_uid}")
+    sr_series = found[0]["0020000E"]["Value"][0]
+    [sr_path] = web.retrieve_series(series.study_instance_uid, sr_series, sr_dir).files
+    report = read_measurement_report(sr_path)
+    indexed = {s["segment_number"]: s for s in (seg_document.get("kaapana") or {}).get("segments") or []}
+    voxel_mm3 = float(np.prod(series.spec.pixel_spacing)) * series.spec.slice_spacing
+    volumes = {
+        "index_ml": (indexed.get(1) or {}).get("volume_ml"),
+        "sr_ml": (report.get(1) or {}).get("volume_ml"),
+        "true_ml": 4.0 / 3.0 * math.pi * SPHERE_RADIUS_MM**3 / 1000.0,
+        "voxel_truth_ml": int(np.count_nonzero(series.truth == 1)) * voxel_mm3 / 1000.0,
+    }
+    return Path(sr_path).stem, volumes
+
+
+def _volume_lines(volumes: dict[str, float | None], sr_uid: str | None) -> str:
+    def ml(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} ml"
+
+    true, segmented = volumes.get("true_ml"), volumes.get("sr_ml")
+    error = f" ({100 * (segmented - true) / true:+.1f} %)" if segmented is not None and true else ""
+    return (
+        f"Sphere volume: segmented {ml(segmented)}{error} vs true {ml(true)} (4/3 pi r^3, r = "
+        f"{SPHERE_RADIUS_MM:g} mm; {ml(volumes.get('voxel_truth_ml'))} in synthetic label voxels)\n"
+        f"  from the index (kaapana.segments) {ml(volumes.get('index_ml'))}; "
+        f"from the SR {sr_uid} in the PACS {ml(segmented)}"
+    )
 
 
 def _wait_for_first_run(airflow: Any, dag_id: str, timeout: float) -> str:

@@ -97,6 +97,8 @@ def test_visualization_aggregations_run_on_real_index(osmem, synthetic_series):
         if obj["type"] != "visualization":
             continue
         vis_state = json.loads(obj["attributes"]["visState"])
+        if vis_state["type"] == "vega":
+            continue  # sends its own request: test_segment_volume_panel_runs_on_real_index
         response = client.search(index, {"size": 0, "aggs": _es_aggs(vis_state)})
         results[obj["id"]] = response["aggregations"]
     modality = {b["key"]: b["doc_count"] for b in results["kaapana-series-by-modality"]["2"]["buckets"]}
@@ -111,3 +113,37 @@ def test_visualization_aggregations_run_on_real_index(osmem, synthetic_series):
         [("true", 3)],
         [(1, 3)],
     )
+
+
+def test_segment_volume_panel_runs_on_real_index(osmem):
+    """The Vega panel's own request (a nested aggregation) against documents with ``kaapana.segments``,
+    and the fields its transforms read are in the answer."""
+    client = make_search_client(osmem.url, "opensearch")
+    index = f"kaapana-dash-{uuid.uuid4().hex[:8]}"
+    ensure_index_template(client, index)
+    livers = [1000.0, 1500.0, 2000.0, 2500.0, 3000.0]
+    docs = []
+    for n, volume in enumerate(livers):
+        segments = [{"segment_number": 1, "label": "liver", "empty": False, "volume_ml": volume}]
+        segments.append(
+            {"segment_number": 2, "label": "spleen", "empty": n > 0, "volume_ml": 200.0 if n == 0 else 0.0}
+        )
+        docs.append((f"1.2.{n}", {"Modality": "SEG", "kaapana": {"segments": segments}}))
+    assert not bulk_index(client, index, docs, refresh=True).failed
+
+    for target in sorted(dashboards.FILES):
+        [panel] = [o for o in _load(target) if o["id"] == "kaapana-segment-volumes"]
+        spec = json.loads(json.loads(panel["attributes"]["visState"])["params"]["spec"])
+        assert spec["data"]["url"]["index"] == "kaapana-dicom*"
+    spec = dashboards.segment_volume_spec(index)
+    answer = client.search(index, spec["data"]["url"]["body"])
+    node = answer
+    for part in spec["data"]["format"]["property"].split("."):
+        node = node[part]
+    by_label = {b["key"]: b for b in node}
+    assert by_label["liver"]["doc_count"] == 5 and by_label["spleen"]["doc_count"] == 1  # empty ones left out
+    for transform in spec["transform"]:  # datum.volume.values['25.0'] -> p25
+        key = transform["calculate"].split("'")[1]
+        value = by_label["liver"]["volume"]["values"][key]
+        assert min(livers) <= value <= max(livers)
+    assert by_label["liver"]["volume"]["values"]["50.0"] == pytest.approx(2000.0)

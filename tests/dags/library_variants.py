@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from airflow_provider_kaapana.dag_factories.common import PipelineSettings
+from airflow_provider_kaapana.dag_factories.evaluation import create_segmentation_evaluation_dag
 from airflow_provider_kaapana.dag_factories.ingest import create_ingest_dag
 from airflow_provider_kaapana.dag_factories.install_model import create_install_model_dag
 from airflow_provider_kaapana.dag_factories.reindex import create_reindex_dag
@@ -35,3 +36,4 @@ reindex = create_reindex_dag(dag_id="test_lib_reindex", settings=settings)
 send = create_send_dag(dag_id="test_lib_send", settings=settings)
 install_model = create_install_model_dag(dag_id="test_lib_install_model", settings=settings)
 segmentation = create_segmentation_dag(dag_id="test_lib_segmentation", settings=settings)
+evaluation = create_segmentation_evaluation_dag(dag_id="test_lib_evaluation", settings=settings)

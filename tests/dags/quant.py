@@ -31,6 +31,7 @@ with DAG(
         task_id="stats",
         segmentation=exported(),
         source=received(),
+        sr=True,
         workspace_base="{{ dag_run.conf['workspace_base'] }}",
     )
     evaluation = SegmentationEvaluationOperator(

@@ -65,8 +65,13 @@ def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
     assert dice_score(mask.astype(np.uint8), truth_series.truth) >= 0.8
     # every mapped step of the one series ran
     seg_tasks = result.task_durations["kaapana_nnunet_segmentation"]
-    for step in ("receive", "nifti", "predict", "seg", "send", "index"):
+    for step in ("receive", "nifti", "predict", "seg", "send", "stats", "send_sr", "index"):
         assert f"per_series.{step}[0]" in seg_tasks
+    # the sphere's volume: the same number in the index and in the SR from the PACS, near the truth
+    volumes = result.volumes
+    assert volumes["index_ml"] == pytest.approx(volumes["sr_ml"], rel=1e-9)
+    assert volumes["sr_ml"] == pytest.approx(volumes["voxel_truth_ml"], rel=0.2)
+    assert volumes["voxel_truth_ml"] == pytest.approx(volumes["true_ml"], rel=0.05)
 
 
 def test_kaapana_demo_command_on_sqlite(tmp_path):
@@ -83,3 +88,4 @@ def test_kaapana_demo_command_on_sqlite(tmp_path):
     assert any("SQLite" in line for line in steps)
     assert any(line.strip().startswith("SEG series") for line in lines)
     assert "segment labels=['sphere']" in out.stdout
+    assert "Sphere volume: segmented " in out.stdout and "vs true 1.437 ml" in out.stdout

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from airflow_provider_kaapana.core.quant.sr import read_measurement_report
 from airflow_provider_kaapana.core.seg.export import export_seg
 from airflow_provider_kaapana.core.workspace import RunWorkspace
+from airflow_provider_kaapana.operators.dicom_send import _paths_of
+from airflow_provider_kaapana.operators.elastic_index import series_inputs
 from tests.core.test_seg import DATASET_JSON, THREE_SHAPES, save_label_map
 
 
@@ -41,6 +44,15 @@ def test_statistics_and_evaluation_operators(airflow_db, synthetic_series, tmp_p
     assert document["schema"] == "kaapana.segment-statistics/v1"
     assert [s["label"] for s in stats["segments"]] == ["liver", "tumor", "kidney_left"]
     assert document["segments"][0]["voxel_count"] == int(np.count_nonzero(series.truth == 1))
+    # the measurement report lands in the series' own "sr" folder, ready for the send step
+    sr_path = workspace.step_dir(series.series_instance_uid, "sr", create=False) / "measurements.dcm"
+    assert stats["sr_path"] == str(sr_path) and stats["seg_path"] == str(seg_path)
+    assert sorted(read_measurement_report(sr_path)) == [1, 2, 3]
+    assert _paths_of(stats) == [str(sr_path)]
+    # ...and the index step indexes the SEG with the statistics (kaapana.segments)
+    assert series_inputs([stats]) == [
+        (str(seg_path), {"received_at": None, "statistics": stats["statistics_path"]})
+    ]
 
     evaluation = collected["evaluation"]
     assert [s["dice"] for s in evaluation["segments"]] == [1.0, 1.0, 1.0]

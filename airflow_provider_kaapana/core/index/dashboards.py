@@ -1,9 +1,10 @@
 """Saved objects (NDJSON) for Kibana and OpenSearch Dashboards over the series index.
 
 One data view (index pattern) and one dashboard of aggregation-based visualizations: series by
-modality, by study date, by body part, by station, completeness, and totals. Legacy
-``visualization`` objects are used on purpose: both Kibana 8/9 and OpenSearch Dashboards 2/3 import
-and migrate them. The shipped files under ``airflow_provider_kaapana/data/dashboards/`` are generated
+modality, by study date, by body part, by station, completeness, and totals; and one Vega panel, segment
+volumes by label (aggregation-based visualizations cannot aggregate the nested ``kaapana.segments``,
+a Vega spec sends its own nested aggregation). Legacy ``visualization`` objects are used on purpose:
+both Kibana 8/9 and OpenSearch Dashboards 2/3 import and migrate them. The shipped files under ``airflow_provider_kaapana/data/dashboards/`` are generated
 by :func:`write_saved_objects` (a test keeps them in sync).
 """
 
@@ -101,7 +102,75 @@ def _bar_params(kind: str) -> dict[str, Any]:
     }
 
 
-def _visualizations() -> list[tuple[str, str, dict[str, Any]]]:
+SEGMENT_VOLUME_PERCENTS = (5.0, 25.0, 50.0, 75.0, 95.0)
+
+
+def segment_volume_spec(index: str = DEFAULT_INDEX) -> dict[str, Any]:
+    """Vega-Lite box plot of ``kaapana.segments.volume_ml`` per label: whiskers 5-95 %, box 25-75 %, median.
+
+    The data request is a nested terms aggregation with percentiles; ``%context%`` lets the dashboard's
+    query and filters apply. Empty segments (volume 0, ``empty: true``) are left out.
+    """
+    body = {
+        "size": 0,
+        "aggs": {
+            "segments": {
+                "nested": {"path": "kaapana.segments"},
+                "aggs": {
+                    "present": {
+                        "filter": {"term": {"kaapana.segments.empty": False}},
+                        "aggs": {
+                            "label": {
+                                "terms": {"field": "kaapana.segments.label", "size": 30},
+                                "aggs": {
+                                    "volume": {
+                                        "percentiles": {
+                                            "field": "kaapana.segments.volume_ml",
+                                            "percents": list(SEGMENT_VOLUME_PERCENTS),
+                                        }
+                                    }
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        },
+    }
+    calculate = [
+        {"calculate": f"datum.volume.values['{p:.1f}']", "as": f"p{int(p):02d}"}
+        for p in SEGMENT_VOLUME_PERCENTS
+    ]
+    y = {"type": "quantitative", "title": "Volume (ml)"}
+    x = {"field": "key", "type": "nominal", "title": "Segment label", "sort": "ascending"}
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Segment volumes by label (ml): 5-95 % whiskers, 25-75 % box, median",
+        "data": {
+            "url": {"%context%": True, "index": f"{index}*", "body": body},
+            "format": {"property": "aggregations.segments.present.label.buckets"},
+        },
+        "transform": calculate,
+        "encoding": {"x": x},
+        "layer": [
+            {"mark": "rule", "encoding": {"y": {"field": "p05", **y}, "y2": {"field": "p95"}}},
+            {
+                "mark": {"type": "bar", "size": 18},
+                "encoding": {"y": {"field": "p25", **y}, "y2": {"field": "p75"}},
+            },
+            {
+                "mark": {"type": "tick", "color": "white", "size": 18},
+                "encoding": {"y": {"field": "p50", **y}},
+            },
+            {
+                "mark": {"type": "text", "dy": -8},
+                "encoding": {"y": {"field": "p95", **y}, "text": {"field": "doc_count"}},
+            },
+        ],
+    }
+
+
+def _visualizations(index: str = DEFAULT_INDEX) -> list[tuple[str, str, dict[str, Any]]]:
     """``(id, title, visState)`` of every panel."""
     pie = {"type": "pie", "addTooltip": True, "addLegend": True, "legendPosition": "right", "isDonut": True}
     date_histogram = {
@@ -145,6 +214,8 @@ def _visualizations() -> list[tuple[str, str, dict[str, Any]]]:
                                "style": {"bgFill": "#000", "bgColor": False, "labelColor": False,
                                          "subText": "", "fontSize": 40}}},
          "aggs": [instances, series]}),
+        ("kaapana-segment-volumes", "Segment volumes by label", {"type": "vega",
+         "params": {"spec": json.dumps(segment_volume_spec(index), indent=2)}, "aggs": []}),
     ]  # fmt: skip
 
 
@@ -164,7 +235,7 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
     ]
     panels: list[dict[str, Any]] = []
     references: list[dict[str, str]] = []
-    for n, (vis_id, title, vis_state) in enumerate(_visualizations()):
+    for n, (vis_id, title, vis_state) in enumerate(_visualizations(index)):
         objects.append(
             {
                 "id": vis_id,
@@ -198,7 +269,8 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
             "type": "dashboard",
             "attributes": {
                 "title": "Kaapana DICOM series",
-                "description": "Series in the DICOM metadata index by modality, date, body part, station, completeness",
+                "description": "Series in the DICOM metadata index by modality, date, body part, station, "
+                "completeness; segment volumes by label",
                 "hits": 0,
                 "version": 1,
                 "panelsJSON": json.dumps(panels, sort_keys=True),

@@ -532,6 +532,67 @@ def segment_labels(ds: Dataset) -> list[str]:
     return labels
 
 
+# Keys of a ``kaapana.segment-statistics/v1`` segment copied to ``kaapana.segments`` (typed in the template)
+SEGMENT_NUMBER_KEYS = (
+    "volume_ml", "mesh_volume_ml", "surface_mm2", "sphericity", "elongation", "flatness",
+    "mean", "sd", "min", "max", "median", "p05", "p25", "p75", "p95",
+)  # fmt: skip
+STATISTICS_SCHEMA = "kaapana.segment-statistics/v1"
+
+
+def load_statistics(statistics: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A statistics document (or the JSON file holding one), checked to be ``kaapana.segment-statistics/v1``."""
+    name = "statistics"
+    if not isinstance(statistics, Mapping):
+        name = str(statistics)
+        try:
+            statistics = json.loads(Path(statistics).read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidDicomError(f"{name}: cannot read the statistics JSON: {exc}") from exc
+    if not isinstance(statistics, Mapping) or statistics.get("schema") != STATISTICS_SCHEMA:
+        raise InvalidDicomError(f"{name}: not a {STATISTICS_SCHEMA} document")
+    return dict(statistics)
+
+
+def statistics_series_uid(statistics: Mapping[str, Any]) -> str | None:
+    """The series whose document carries the statistics: the SEG's, else (label map) the image's."""
+    source = statistics.get("source") or {}
+    return source.get("segmentation_series_instance_uid") or source.get("image_series_instance_uid")
+
+
+def segment_fields(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``kaapana.segments``: one flat, typed entry per segment of a statistics document.
+
+    Per segment: number, label, code (scheme/value/meaning), empty, voxel count, the shape and intensity
+    numbers of ``SEGMENT_NUMBER_KEYS`` (``null`` ones left out), the intensity unit, the centroid and the
+    image series measured. A nested field: one query can ask for label *and* volume of the same segment.
+    """
+    image = statistics.get("image") or {}
+    image_series = (statistics.get("source") or {}).get("image_series_instance_uid")
+    out = []
+    for segment in statistics.get("segments") or []:
+        entry: dict[str, Any] = {
+            "segment_number": int(segment["segment_number"]),
+            "label": str(segment.get("label") or ""),
+            "empty": bool(segment.get("empty")),
+            "voxel_count": int(segment.get("voxel_count") or 0),
+        }
+        if segment.get("code"):
+            entry["code"] = {k: str(v) for k, v in segment["code"].items() if v is not None}
+        for key in SEGMENT_NUMBER_KEYS:
+            value = segment.get(key)
+            if value is not None and math.isfinite(float(value)):
+                entry[key] = float(value)
+        if segment.get("centroid_lps_mm"):
+            entry["centroid_lps_mm"] = [float(x) for x in segment["centroid_lps_mm"]]
+        if image.get("intensity_unit"):
+            entry["intensity_unit"] = str(image["intensity_unit"])
+        if image_series:
+            entry["image_series_instance_uid"] = str(image_series)
+        out.append(entry)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # documents
 
@@ -654,11 +715,15 @@ def build_series_documents(
     source: Mapping[str, Any] | None = None,
     location: Mapping[str, Any] | None = None,
     private_key: str = DEFAULT_PRIVATE_KEY,
+    statistics: Mapping[str, Any] | str | Path | None = None,
 ) -> tuple[list[SeriesDocument], list[str]]:
     """Documents for every series found in ``paths`` (files or folders, grouped by SeriesInstanceUID).
 
     Returns ``(documents, file_errors)``: a file that is not DICOM or has no SeriesInstanceUID is
-    reported in ``file_errors`` (message names the file) and the rest goes on.
+    reported in ``file_errors`` (message names the file) and the rest goes on. ``statistics`` (a
+    ``kaapana.segment-statistics/v1`` document or its JSON file) becomes ``kaapana.segments`` of the
+    document of its segmentation's series; statistics that are unreadable or match none of the series
+    are a file error too (the documents are still indexed, without them).
     """
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     file_errors: list[str] = []
@@ -692,7 +757,27 @@ def build_series_documents(
                 extra_problems=[],
             )
         )
+    if statistics is not None and documents:
+        _attach_statistics(documents, statistics, file_errors)
     return documents, file_errors
+
+
+def _attach_statistics(
+    documents: list[SeriesDocument], statistics: Mapping[str, Any] | str | Path, file_errors: list[str]
+) -> None:
+    name = "statistics" if isinstance(statistics, Mapping) else str(statistics)
+    try:
+        loaded = load_statistics(statistics)
+    except InvalidDicomError as exc:
+        file_errors.append(str(exc))
+        return
+    uid = statistics_series_uid(loaded)
+    target = next((d for d in documents if d.doc_id == uid), None)
+    if target is None:
+        found = ", ".join(d.doc_id for d in documents[:5])
+        file_errors.append(f"{name}: statistics of series {uid} match none of the indexed series ({found})")
+        return
+    target.document["kaapana"]["segments"] = segment_fields(loaded)
 
 
 def build_series_document(
@@ -770,6 +855,8 @@ def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) 
     kaapana["received_at"] = min(
         str(old_k.get("received_at") or new_k["received_at"]), str(new_k["received_at"])
     )
+    if "segments" not in kaapana and old_k.get("segments"):
+        kaapana["segments"] = old_k["segments"]  # a later arrival without statistics keeps them
     for key in ("varying_keywords", "segment_labels", "transfer_syntax_uids", "source_aes"):
         values = [*(old_k.get(key) or []), *(new_k.get(key) or [])]
         if values:

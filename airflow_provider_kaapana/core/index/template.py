@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
-from airflow_provider_kaapana.core.index.document import BINARY_VRS, DEFAULT_PRIVATE_KEY
+from airflow_provider_kaapana.core.index.document import BINARY_VRS, DEFAULT_PRIVATE_KEY, SEGMENT_NUMBER_KEYS
 
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 3  # 3: kaapana.segments (nested per-segment statistics)
 DEFAULT_INDEX = "kaapana-dicom"
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -116,6 +116,23 @@ def keyword_field_types(include_retired: bool = True) -> dict[str, str]:
     return out
 
 
+def _segments_mapping() -> dict[str, Any]:
+    """``kaapana.segments``: nested, so label and volume of the *same* segment can be asked together."""
+    double, long_, keyword = {"type": "double"}, {"type": "long"}, _KEYWORD
+    properties: dict[str, Any] = {
+        "segment_number": long_,
+        "label": {"type": "keyword", "ignore_above": 256, "fields": {"text": {"type": "text"}}},
+        "code": {"properties": {"scheme": keyword, "value": keyword, "meaning": _TEXTUAL_KEYWORD}},
+        "empty": {"type": "boolean"},
+        "voxel_count": long_,
+        "centroid_lps_mm": double,
+        "intensity_unit": keyword,
+        "image_series_instance_uid": keyword,
+    }
+    properties.update({key: double for key in SEGMENT_NUMBER_KEYS})
+    return {"type": "nested", "properties": properties}
+
+
 def _kaapana_properties() -> dict[str, Any]:
     long_, double, keyword, boolean = {"type": "long"}, {"type": "double"}, _KEYWORD, {"type": "boolean"}
     date = FIELD_MAPPINGS["datetime"]
@@ -163,6 +180,7 @@ def _kaapana_properties() -> dict[str, Any]:
                 "ignore_above": 256,
                 "fields": {"text": {"type": "text"}},
             },
+            "segments": _segments_mapping(),
             "source": {"type": "object", "dynamic": True},
             "source_aes": keyword,
             "location": {"type": "object", "dynamic": True},

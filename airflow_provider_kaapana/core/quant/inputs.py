@@ -187,6 +187,13 @@ def _load_seg(path: Path, source: SourceSeries) -> Segmentation:
     import highdicom as hd
 
     seg = hd.seg.segread(path)
+    referenced = {str(uid) for _study, _series, uid in seg.get_source_image_uids()}
+    if not referenced & set(source.sop_instance_uids):
+        # highdicom would decode a SEG of other images as empty frames: refuse instead of measuring nothing
+        raise GeometryError(
+            f"{path}: SEG {seg.SOPInstanceUID} references none of the instances of series "
+            f"{source.series_instance_uid} (it was made on another series)"
+        )
     numbers = list(seg.segment_numbers)
     frames = seg.get_pixels_by_source_instance(
         source.sop_instance_uids,
@@ -236,3 +243,36 @@ def _load_label_map(path: Path, source: SourceSeries | None, label_config: str |
         box = present.get(v)
         masks[v] = SegmentMask(grid.shape, box, None if box is None else labels[box] == v)
     return Segmentation(grid=grid, segments=segments, masks=masks, resampled=resampled)
+
+
+def segmentation_file(path: str | Path) -> Path:
+    """``path`` itself when it is a file, else the one DICOM SEG in the folder (a received SEG series)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InvalidDicomError(f"{path}: no such segmentation file or folder")
+    found = sorted(p for p in path.rglob("*") if p.is_file() and _is_seg(p))
+    if len(found) != 1:
+        what = (
+            "no DICOM SEG"
+            if not found
+            else f"{len(found)} DICOM SEGs ({', '.join(p.name for p in found[:3])})"
+        )
+        raise InvalidDicomError(f"{path}: {what}; expected exactly one")
+    return found[0]
+
+
+def referenced_source_series(seg_path: str | Path) -> dict[str, str]:
+    """``{"study_instance_uid", "series_instance_uid"}`` of the image series a DICOM SEG was made on."""
+    path = segmentation_file(seg_path)
+    ds = pydicom.dcmread(
+        path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "ReferencedSeriesSequence"]
+    )
+    refs = ds.get("ReferencedSeriesSequence") or []
+    uids = {str(item.SeriesInstanceUID) for item in refs if item.get("SeriesInstanceUID")}
+    if len(uids) != 1:
+        raise InvalidDicomError(
+            f"{path}: the SEG references {len(uids)} source series (Referenced Series Sequence); expected one"
+        )
+    return {"study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": uids.pop()}

@@ -1,0 +1,146 @@
+"""Segmentation evaluation: pairs of SEG series (reference, test) from the PACS -> metrics per case -> a
+per-case CSV and a per-label summary JSON in the run workspace.
+
+Each pair runs its own mapped chain: receive both SEGs, receive the image series the reference was made
+on (its Referenced Series), evaluate on that grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param, task, task_group
+
+from airflow_provider_kaapana.dag_factories.common import (
+    UID_ITEMS,
+    PipelineSettings,
+    pipeline_dag,
+    retrieve_method_param,
+)
+from airflow_provider_kaapana.operators.cohort import find_series_in_pacs
+from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+from airflow_provider_kaapana.operators.segmentation_evaluation import SegmentationEvaluationOperator
+
+DOC = """
+### Segmentation evaluation
+
+Compares test segmentations with reference segmentations, pair by pair (both DICOM SEG series in the
+PACS, made on the same image series): Dice, Jaccard, volumes, Hausdorff, HD95, ASSD and surface Dice
+per segment. Writes `evaluation_cases.csv` (one row per case and segment) and `evaluation_summary.json`
+(per label over all cases) into the run workspace. Example conf:
+
+```json
+{"pairs": [{"reference": "1.2.826.0.1.3680043.8.498.1", "test": "1.2.826.0.1.3680043.8.498.2"}],
+ "tolerance_mm": 2.0}
+```
+"""
+
+
+def create_segmentation_evaluation_dag(
+    dag_id: str = "kaapana_segmentation_evaluation",
+    settings: PipelineSettings | None = None,
+) -> DAG:
+    s = settings or PipelineSettings()
+    with pipeline_dag(
+        dag_id,
+        s,
+        tags=["evaluation", "segmentation"],
+        doc_md=DOC,
+        max_active_runs=4,
+        params={
+            "pairs": Param(
+                [],
+                type="array",
+                minItems=1,
+                maxItems=1000,
+                items={
+                    "type": "object",
+                    "properties": {"reference": UID_ITEMS, "test": UID_ITEMS},
+                    "required": ["reference", "test"],
+                    "additionalProperties": False,
+                },
+                title="Pairs of SEG series",
+                description=(
+                    'Series Instance UIDs of a reference and a test SEG each, e.g. {"reference": "1.2.3", '
+                    '"test": "1.2.4"}; both made on the same image series.'
+                ),
+                section="Input data",
+            ),
+            "tolerance_mm": Param(
+                1.0,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=100,
+                title="Surface Dice tolerance (mm)",
+                section="Metrics",
+            ),
+            "retrieve_method": retrieve_method_param(section="PACS"),
+        },
+    ) as dag:
+
+        @task
+        def lookup_pairs(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            """Each pair's two SEG series with their Study Instance UIDs (C-FIND at the PACS)."""
+            pairs = list((params or {})["pairs"])
+            uids = list(dict.fromkeys(u for p in pairs for u in (p["reference"], p["test"])))
+            found = {d["series_instance_uid"]: d for d in find_series_in_pacs(uids, s.pacs_conn_id)}
+            return [{"reference": found[p["reference"]], "test": found[p["test"]]} for p in pairs]
+
+        evaluations = []
+
+        @task_group(group_id="per_pair")
+        def per_pair(pair: dict[str, Any]) -> None:
+            @task
+            def reference_of(pair: dict[str, Any]) -> dict[str, str]:
+                return pair["reference"]
+
+            @task
+            def test_of(pair: dict[str, Any]) -> dict[str, str]:
+                return pair["test"]
+
+            def receive(task_id: str, series: Any) -> DicomReceiveOperator:
+                return DicomReceiveOperator(
+                    task_id=task_id,
+                    series=series,
+                    method="{{ params.retrieve_method }}",
+                    pacs_conn_id=s.pacs_conn_id,
+                    workspace_base=s.workspace_base,
+                )
+
+            reference = receive("receive_reference", reference_of(pair))
+            test = receive("receive_test", test_of(pair))
+
+            @task
+            def source_of(received: dict[str, Any]) -> dict[str, str]:
+                """The image series the reference SEG was made on (its Referenced Series Sequence)."""
+                from airflow_provider_kaapana.core.quant.inputs import referenced_source_series
+
+                return referenced_source_series(received["series_dir"])
+
+            source = receive("receive_source", source_of(reference.output))
+            evaluate = SegmentationEvaluationOperator(
+                task_id="evaluate",
+                reference=reference.output,
+                test=test.output,
+                source=source.output,
+                tolerance_mm="{{ params.tolerance_mm }}",
+                workspace_base=s.workspace_base,
+            )
+            evaluations.append(evaluate)
+
+        per_pair.expand(pair=lookup_pairs())
+
+        @task
+        def summary(results: Any, dag_run: Any = None) -> dict[str, Any]:
+            """The per-case CSV and per-label JSON of every evaluated pair, in the run's folder."""
+            from airflow_provider_kaapana.core.quant.summary import write_evaluation_summary
+            from airflow_provider_kaapana.core.workspace import run_workspace
+
+            workspace = run_workspace(s.workspace_base, dag_run.dag_id, dag_run.run_id)
+            written = write_evaluation_summary([r for r in results if r], workspace.root)
+            return {k: written[k] for k in ("cases_path", "summary_path")} | {
+                "cases": written["summary"]["cases"]
+            }
+
+        summary(evaluations[0].output)
+    return dag
