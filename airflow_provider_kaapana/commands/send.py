@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 NAME = "send"
 HELP = "send DICOM files or directories to a PACS (C-STORE or STOW-RS), checking every instance"
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             report = send(args.paths, dicomweb=client, verify=args.verify)
             where = client.base_url
     except (KaapanaError, ValueError, FileNotFoundError) as exc:
-        print(f"kaapana send: {exc}")
+        print(f"kaapana send: {exc}", file=sys.stderr)
         return 1
     print(
         f"kaapana send: {len(report.results)} instances stored at {where}"

@@ -15,8 +15,9 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from airflow_provider_kaapana.core.deid.deidentify import deidentify
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
-from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import uid_path, validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
+from airflow_provider_kaapana.core.paths import path_under
 from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,10 @@ def deidentify_file(
     sop = str(clean.get("SOPInstanceUID", "") or "")
     series = str(clean.get("SeriesInstanceUID", "") or "")
     try:
-        validate_uid(sop)
-        validate_uid(series)
+        series_dir = uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
+        target = path_under(series_dir, f"{validate_uid(sop)}.dcm", source=f"SOPInstanceUID of {source}")
     except ValueError:
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
-    target = Path(out_dir) / series / f"{sop}.dcm"
     target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     clean.save_as(buffer, enforce_file_format=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.seg.codes import LabelConfigError
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -81,6 +82,9 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
             raise InvalidDicomError(f"{path}: missing {', '.join(missing)}")
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
             raise InvalidDicomError(f"{path}: multi-frame source images are not supported")
+        for key in ("SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            # they are copied into what we write (SEG references, statistics): a hostile one is refused
+            validate_uid(str(ds.get(key, "")), f"{key} of {path}")
     for key in ("SeriesInstanceUID", "FrameOfReferenceUID"):
         values = {str(ds.get(key)) for _, ds in datasets}
         if len(values) > 1:
