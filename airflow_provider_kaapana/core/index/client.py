@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Flavor = Literal["opensearch", "elasticsearch"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: A whole bulk request refused with these is sent again in halves (one bad document, or too large).
+SPLIT_STATUSES = frozenset({400, 413})
 #: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
 BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
@@ -338,13 +340,13 @@ def _bulk_batch_or_split(
     refresh: bool | str,
     sleep: Callable[[float], None],
 ) -> None:
-    """:func:`_bulk_batch`; a whole request refused outright (HTTP 4xx, e.g. one id over 512 bytes)
+    """:func:`_bulk_batch`; a whole request refused outright (HTTP 400/413, e.g. one id over 512 bytes)
     is sent again in halves, so one bad document is reported in ``failed`` and never sinks the others."""
     try:
         _bulk_batch(client, index, batch, policy, result, refresh, sleep)
     except SearchIndexError as exc:
         status = _status_of(exc.__cause__) if exc.__cause__ is not None else None
-        if status is None or not 400 <= status < 500 or status == 429:
+        if status not in SPLIT_STATUSES:  # the server is down, or refuses us (401/403): stop
             raise
         if len(batch) == 1:
             result.failed[batch[0][0]] = f"HTTP {status}: the whole request was refused: {exc.__cause__}"
