@@ -225,10 +225,10 @@ def resolve_model(
 def _check_member(zip_path: Path, member: str) -> None:
     """Refuse a zip member whose path could land outside the staging folder (zip-slip)."""
     if member.startswith("/") or (member[:1].isalpha() and member[1:2] == ":"):
-        raise ModelError(f"{zip_path}: refusing member {member!r}: an absolute path")
+        raise ModelError(f"{zip_path}: refusing unsafe member path {member!r}: an absolute path")
     for part in member.rstrip("/").split("/"):
         try:
-            path_component(part, f"{zip_path}: member {member!r}")
+            path_component(part, f"{zip_path}: unsafe member path {member!r}")
         except UnsafePathError as exc:
             raise ModelError(str(exc)) from None
 
