@@ -65,3 +65,21 @@ def test_a_label_map_whose_affine_disagrees_with_its_sidecar_is_refused(syntheti
     ):
         export_seg(label_map, series.series_dir, config, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_label_map_on_another_grid_short_of_the_corners_is_exported_with_a_warning(
+    synthetic_series, tmp_path, config, caplog
+):
+    """A model's own (axial, 1 mm) grid that ends short of an oblique source's corners: not refused,
+    but the warning says how many slices reach outside it."""
+    series = synthetic_series(orientation="oblique", shapes=THREE_SHAPES)
+    size = 30
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = -(size - 1) / 2
+    labels = np.zeros((size, size, size), dtype=np.uint8)
+    labels[10:20, 10:20, 10:20] = 1
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "axial.nii.gz")
+    caplog.set_level("WARNING")
+    result = export_seg(tmp_path / "axial.nii.gz", series.series_dir, config, tmp_path / "seg.dcm")
+    assert result.resampled and result.seg_path.exists()
+    assert "does not cover the source series" in caplog.text and "exported as background" in caplog.text
