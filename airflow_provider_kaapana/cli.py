@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from airflow_provider_kaapana import __version__, commands
 
+QUIET_LIBRARY_LOGGERS = ("opensearch", "elasticsearch", "elastic_transport")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # the search clients log every failed request with its traceback; our own error names the
+        # server and the cause in one line (-v shows theirs again)
+        for name in QUIET_LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -11,6 +11,10 @@ class InvalidUIDError(KaapanaError, ValueError):
     """A string that should be a DICOM UID is not one (and so must never become a path part)."""
 
 
+class UnsafePathError(KaapanaError, ValueError):
+    """A value from a file or a request cannot be a path component (``..``, separators, NUL, too long...)."""
+
+
 class InvalidDicomError(KaapanaError):
     """A file or dataset is not usable DICOM; the message names the file or UID and what is wrong."""
 

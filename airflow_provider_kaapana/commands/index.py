@@ -61,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"not indexed: {error}", file=sys.stderr)
         for uid, reason in report.failed.items():
             print(f"rejected: {uid}: {reason}", file=sys.stderr)
-    return 1 if report.failed else 0
+    # partial failure (files not indexed, documents refused): exit 1, the rest is indexed all the same
+    return 1 if report.failed or report.file_errors else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 NAME = "send"
 HELP = "send DICOM files or directories to a PACS (C-STORE or STOW-RS), checking every instance"
@@ -29,6 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backoff", type=float, default=1.0, help="seconds before the first retry (default 1)"
     )
+    for name, what in (
+        ("acse", "for the PACS to answer an association request"),
+        ("dimse", "for the answer to each C-STORE"),
+        ("network", "without any byte from the PACS before the association is aborted"),
+    ):
+        parser.add_argument(
+            f"--{name}-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help=f"C-STORE: seconds to wait {what} (default 30)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +53,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.dimse:
             peer = DimsePeer.parse(
-                args.dimse, calling_ae=args.calling_ae, retries=args.retries, backoff=args.backoff
+                args.dimse,
+                calling_ae=args.calling_ae,
+                retries=args.retries,
+                backoff=args.backoff,
+                **{
+                    name: getattr(args, name)
+                    for name in ("acse_timeout", "dimse_timeout", "network_timeout")
+                    if getattr(args, name) is not None
+                },
             )
             report = send(args.paths, peer=peer, verify=args.verify)
             where = str(peer)
@@ -53,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             report = send(args.paths, dicomweb=client, verify=args.verify)
             where = client.base_url
     except (KaapanaError, ValueError, FileNotFoundError) as exc:
-        print(f"kaapana send: {exc}")
+        print(f"kaapana send: {exc}", file=sys.stderr)
         return 1
     print(
         f"kaapana send: {len(report.results)} instances stored at {where}"

@@ -155,6 +155,42 @@ def validate_series(item: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def ingest_summary(
+    validated: Iterable[Mapping[str, Any]], conf: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What an ingest run did, in one line and as data: ``N stored, M quarantined (where, why)``.
+
+    ``quarantined`` lists each file set aside with its reason, the copy in the run workspace
+    (``<series_dir>/../.invalid/<name>``) and, for a listener batch, the original kept in the landing
+    zone. The ingest DAG's last task fails with this message when ``M`` is not 0, so a run with files set
+    aside is never shown as a plain success.
+    """
+    conf = dict(conf or {})
+    landing = {p.name: str(p) for p in read_batch_files(conf)} if conf.get("batch_manifest") else {}
+    stored = 0
+    quarantined: list[dict[str, str]] = []
+    for item in validated:
+        stored += int(item.get("instances", 0))
+        invalid_dir = Path(item["series_dir"]).parent / INVALID_DIR
+        for entry in item.get("quarantined", []):
+            name, _, reason = str(entry).partition(": ")
+            quarantined.append(
+                {
+                    "file": name,
+                    "reason": reason,
+                    "set_aside_in": str(invalid_dir / name),
+                    "kept_in_landing_zone": landing.get(name, ""),
+                }
+            )
+    where = "; ".join(
+        f"{q['file']}: {q['reason']} (set aside in {q['set_aside_in']}"
+        + (f", kept at {q['kept_in_landing_zone']})" if q["kept_in_landing_zone"] else ")")
+        for q in quarantined[:20]
+    )
+    message = f"{stored} stored, {len(quarantined)} quarantined" + (f" ({where})" if quarantined else "")
+    return {"stored": stored, "quarantined": quarantined, "message": message}
+
+
 def validate_batch(
     received: Mapping[str, str] | Iterable[Mapping[str, str]], conf: Mapping[str, Any]
 ) -> list[dict[str, Any]]:

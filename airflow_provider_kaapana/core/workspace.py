@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import uid_path
+from airflow_provider_kaapana.core.paths import path_under
 
 DEFAULT_WORKSPACE_BASE = "/tmp/kaapana-workspace"
 RUN_MARKER = ".kaapana-run.json"
@@ -54,10 +55,10 @@ class RunWorkspace:
         return self
 
     def series_dir(self, series_instance_uid: str) -> Path:
-        return self.batch / validate_uid(series_instance_uid, "SeriesInstanceUID")
+        return uid_path(self.batch, series_instance_uid, what="SeriesInstanceUID")
 
     def step_dir(self, series_instance_uid: str, step: str, create: bool = True) -> Path:
-        path = self.series_dir(series_instance_uid) / step
+        path = path_under(self.series_dir(series_instance_uid), step, source="workspace step name")
         if create:
             self.create()
             path.mkdir(parents=True, exist_ok=True)

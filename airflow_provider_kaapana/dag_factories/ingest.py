@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaapana.core import ingest
 from airflow_provider_kaapana.core.net.send import SEND_METHODS
@@ -26,7 +27,11 @@ DOC = """
 
 Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period,
 or by hand with the path of a series folder. Validates the instances, stores them in the PACS, indexes
-the series, then removes the batch from the landing zone. Example manual conf:
+the series, then removes the batch from the landing zone. Files that are not valid DICOM of the
+series are set aside (kept in the landing zone, copied to the run's `.invalid` folder): the good files
+are stored and indexed all the same, and the last task, `report`, then **fails** with
+"N stored, M quarantined (where, why)", so the run shows as failed until someone looks. Example manual
+conf:
 
 ```json
 {"series_dir": "/data/kaapana/landing/1.2.3/1.2.3.4"}
@@ -110,5 +115,22 @@ def create_ingest_dag(
             keep = parse_bool((params or {}).get("keep_landing_files"), "keep_landing_files", default=False)
             return ingest.remove_from_landing(conf, validated, keep=keep)
 
-        [store, index] >> remove_from_landing(valid)
+        @task
+        def report(validated: list[dict[str, Any]], dag_run=None, ti=None) -> dict[str, Any]:
+            """``N stored, M quarantined (where, why)``; fails (no retry) when any file was set aside.
+
+            Runs last, after the good files were stored, indexed and cleared from the landing zone: a
+            failed ``report`` task (and so a failed run) says "look at the quarantine", never that the
+            good files were lost. The summary is the task's XCom ``summary`` either way.
+            """
+            conf = dict(dag_run.conf or {}) if dag_run is not None else {}
+            summary = ingest.ingest_summary(validated, conf)
+            if summary["quarantined"]:
+                if ti is not None:
+                    ti.xcom_push(key="summary", value=summary)
+                raise AirflowFailException(f"ingest: {summary['message']}")
+            return summary
+
+        removed = remove_from_landing(valid)
+        [store, index] >> removed >> report(valid)
     return dag

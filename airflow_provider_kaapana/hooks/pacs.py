@@ -18,7 +18,13 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
-from airflow_provider_kaapana.core.net.dimse import DimsePeer, RetrieveResult, StoreResult
+from airflow_provider_kaapana.core.net.dimse import (
+    DEFAULT_TIMEOUT,
+    TIMEOUT_EXTRAS,
+    DimsePeer,
+    RetrieveResult,
+    StoreResult,
+)
 from airflow_provider_kaapana.core.net.retry import DEFAULT_RETRY, RetryPolicy
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.exceptions import PacsError
@@ -96,6 +102,21 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "max_backoff": {
         "label": "Longest retry wait (s)",
         "schema": {"type": ["number", "null"], "default": DEFAULT_RETRY.max_backoff},
+    },
+    "acse_timeout": {
+        "label": "ACSE timeout (s)",
+        "description": "how long to wait for the PACS to answer an association request or release",
+        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
+    },
+    "dimse_timeout": {
+        "label": "DIMSE timeout (s)",
+        "description": "how long to wait for the answer to one C-STORE/C-FIND/C-GET/C-MOVE/C-ECHO",
+        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
+    },
+    "network_timeout": {
+        "label": "Network timeout (s)",
+        "description": "an association without any byte from the PACS for this long is aborted",
+        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
     },
 }
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
@@ -238,7 +259,22 @@ class PacsHook(BaseHook):
             retries=policy.retries,
             backoff=policy.backoff,
             max_backoff=policy.max_backoff,
+            **self._timeouts(),
         )
+
+    def _timeouts(self) -> dict[str, float]:
+        """The ``acse_timeout``, ``dimse_timeout`` and ``network_timeout`` extras that are set (seconds)."""
+        timeouts: dict[str, float] = {}
+        for name in TIMEOUT_EXTRAS:
+            value = self._extra(name)
+            if value is not None:
+                try:
+                    timeouts[name] = float(value)
+                except (TypeError, ValueError):
+                    raise PacsError(
+                        f"connection {self.pacs_conn_id!r}: extra {name} must be seconds, not {value!r}"
+                    ) from None
+        return timeouts
 
     @cached_property
     def dicomweb(self) -> DicomWebClient:

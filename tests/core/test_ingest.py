@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from airflow_provider_kaapana.core.ingest import (
     arrival_facts,
+    ingest_summary,
     receive_from_landing,
     remove_from_landing,
     validate_batch,
@@ -68,3 +69,35 @@ def test_a_run_by_hand_gets_its_uids_from_its_files_and_deletes_nothing(syntheti
     validated = [{"series_dir": str(series.series_dir), "valid_files": [f.name for f in series.files]}]
     assert remove_from_landing(conf, validated) == []
     assert all(f.exists() for f in series.files)
+
+
+def test_ingest_summary_says_how_many_were_stored_and_quarantined_where_and_why(synthetic_series, tmp_path):
+    series = synthetic_series(slices=3, rows=8, columns=8)
+    (series.series_dir / "garbage.dcm").write_bytes(b"not dicom")
+    batch = landing_batch(series, [*series.files, series.series_dir / "garbage.dcm"])
+    dest = tmp_path / "ws" / "dicom"
+    receive_from_landing(batch.conf(), dest)
+    validated = validate_batch({"series_dir": str(dest)}, batch.conf())
+    summary = ingest_summary(validated, batch.conf())
+    assert summary["stored"] == 3 and len(summary["quarantined"]) == 1
+    (entry,) = summary["quarantined"]
+    assert entry["file"] == "garbage.dcm" and entry["reason"]
+    assert entry["set_aside_in"] == str(tmp_path / "ws" / ".invalid" / "garbage.dcm")
+    assert entry["kept_in_landing_zone"] == str(series.series_dir / "garbage.dcm")
+    assert summary["message"].startswith("3 stored, 1 quarantined (garbage.dcm: ")
+    assert str(series.series_dir / "garbage.dcm") in summary["message"]
+    clean = ingest_summary([{**validated[0], "quarantined": []}], batch.conf())
+    assert clean["message"] == "3 stored, 0 quarantined" and clean["quarantined"] == []
+
+
+def test_legacy_uids_with_leading_zeros_are_ingested(synthetic_series, tmp_path):
+    series = synthetic_series(
+        slices=2,
+        rows=8,
+        columns=8,
+        series_instance_uid="1.2.840.0113654.2.70.1.01",
+        study_instance_uid="1.2.03",
+    )
+    (validated,) = validate_batch({"series_dir": str(series.series_dir)}, {})
+    assert validated["instances"] == 2 and validated["quarantined"] == []
+    assert validated["series_instance_uid"] == "1.2.840.0113654.2.70.1.01"

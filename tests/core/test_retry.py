@@ -221,11 +221,17 @@ def test_bulk_index_follows_the_clients_policy_and_its_own_arguments():
         bulk_index(client, "idx", docs, sleep=waits.append)
     assert len(client.payloads) == 2
 
-    # a non-retryable status fails at once
-    client = _FakeSearch([_StatusError(400)])
-    with pytest.raises(SearchIndexError, match=r"failed: 400"):
+    # a refusal of the whole request (403) fails at once
+    client = _FakeSearch([_StatusError(403)])
+    with pytest.raises(SearchIndexError, match=r"failed: 403"):
         bulk_index(client, "idx", docs, sleep=waits.append)
     assert len(client.payloads) == 1
+
+    # a 400 for the whole request is narrowed down: the halves are sent alone, never retried
+    client = _FakeSearch([_StatusError(400), _items(("a", 201)), _StatusError(400)])
+    result = bulk_index(client, "idx", docs, sleep=waits.append)
+    assert result.indexed == ["a"] and list(result.failed) == ["b"] and len(client.payloads) == 3
+    assert "HTTP 400: the whole request was refused" in result.failed["b"]
 
     # documents answered 429 are sent again, alone; the old keyword names still work
     client = _FakeSearch([_items(("a", 201), ("b", 429)), _items(("b", 201))])

@@ -187,7 +187,15 @@ def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_se
     garbage.write_bytes(b"this is not DICOM" * 20)
     batch = landing_batch(series, [*series.files, foreign, garbage])
     dag_run = lib.module.ingest.test(run_conf=batch.conf())
-    assert dag_run.state == "success"
+    # the good files are stored, indexed and cleared; the run fails in its last task, "report"
+    assert dag_run.state == "failed"
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states == {**{t: "success" for t in states if t != "report"}, "report": "failed"}
+    (report,) = [t for t in dag_run.get_task_instances() if t.task_id == "report"]
+    summary = report.xcom_pull(task_ids="report", key="summary")
+    assert summary["stored"] == len(series.files) and len(summary["quarantined"]) == 2
+    assert summary["message"].startswith(f"{len(series.files)} stored, 2 quarantined (")
+    assert str(garbage) in summary["message"]
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids
     )
@@ -240,7 +248,8 @@ def test_ingest_by_hand_with_a_stray_first_file_ingests_the_series(lib, new_seri
     (series.series_dir / "000-garbage.dcm").write_bytes(b"not DICOM" * 30)
     (series.series_dir / "000-stray.dcm").write_bytes(stranger.files[0].read_bytes())
     dag_run = lib.module.ingest.test(run_conf={"series_dir": str(series.series_dir)})
-    assert dag_run.state == "success"
+    assert dag_run.state == "failed" and xcom(dag_run, "report")[0] == "failed"  # 2 set aside
+    assert xcom(dag_run, "store")[0] == xcom(dag_run, "index")[0] == "success"
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids
     )

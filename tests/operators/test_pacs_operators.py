@@ -240,4 +240,4 @@ def test_send_cli_dimse_and_dicomweb(orthanc_auth, orthanc, synthetic_series, tm
         text=True,
         timeout=120,
     )
-    assert down.returncode == 1 and "C-STORE to PACS DCM4CHEE@127.0.0.1" in down.stdout
+    assert down.returncode == 1 and "C-STORE to PACS DCM4CHEE@127.0.0.1" in down.stderr  # errors go to stderr

@@ -58,7 +58,7 @@ def test_airflow_providers_list_shows_package(airflow_db):
     assert "airflow-provider-kaapana" in out.stdout
 
 
-@pytest.mark.parametrize("bad", ["", "1.2.", "../1.2", "1.2/3", "1.02.3", "1." + "2" * 70, "a.b"])
+@pytest.mark.parametrize("bad", ["", "1.2.", "../1.2", "1.2/3", "1..3", "1." + "2" * 70, "a.b", "1.2\x00/x"])
 def test_invalid_uids_never_become_paths(bad, tmp_path):
     with pytest.raises(InvalidUIDError):
         uid_path(tmp_path, bad)

@@ -20,8 +20,9 @@ from airflow_provider_kaapana.core.deid.deidentify import (
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.deid.reidentify import ReidentificationMap, check_public_key
-from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.dicom.uids import uid_path, validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
+from airflow_provider_kaapana.core.paths import path_under
 from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,10 @@ def deidentify_file(
         reason = str(exc) if isinstance(exc, InvalidDicomError) else type(exc).__name__
         raise InvalidDicomError(f"{source}: not readable DICOM ({reason})") from None
     try:
-        validate_uid(sop)
-        validate_uid(series)
+        series_dir = uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
+        target = path_under(series_dir, f"{validate_uid(sop)}.dcm", source=f"SOPInstanceUID of {source}")
     except ValueError:
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
-    target = Path(out_dir) / series / f"{sop}.dcm"
     target.parent.mkdir(parents=True, exist_ok=True)
     written = write_atomic(target, body, fsync=False)
     if record is not None:

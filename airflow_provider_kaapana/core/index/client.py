@@ -20,13 +20,15 @@ import requests
 
 from airflow_provider_kaapana.core.index.document import merge_series_documents
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
-from airflow_provider_kaapana.core.net.retry import RetryPolicy
+from airflow_provider_kaapana.core.net.retry import RetryPolicy, redact, split_url_credentials
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
 log = logging.getLogger(__name__)
 
 Flavor = Literal["opensearch", "elasticsearch"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: A whole bulk request refused with these is sent again in halves (one bad document, or too large).
+SPLIT_STATUSES = frozenset({400, 413})
 #: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
 BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
@@ -40,7 +42,10 @@ def detect_flavor(
         response.raise_for_status()
         info = response.json()
     except (requests.RequestException, ValueError) as exc:
-        raise SearchIndexError(f"search server {url}: cannot detect its flavor (GET /): {exc}") from exc
+        secrets = (auth[1],) if auth else ()
+        raise SearchIndexError(
+            redact(f"search server {url}: cannot detect its flavor (GET /): {exc}", secrets)
+        ) from exc
     version = info.get("version", {}) if isinstance(info, dict) else {}
     if version.get("distribution") == "opensearch" or "opensearch" in str(info.get("tagline", "")).lower():
         return "opensearch"
@@ -143,7 +148,8 @@ def make_search_client(
     """A :class:`SearchClient` for ``url``; ``flavor="auto"`` asks the server once (``GET /``).
 
     ``retry`` is the policy of bulk requests (default :data:`BULK_RETRY`)."""
-    url = url.rstrip("/")
+    url, url_auth = split_url_credentials(url.rstrip("/"))  # the client's url (shown) holds no password
+    auth = auth or url_auth
     if flavor == "auto":
         flavor = detect_flavor(url, auth=auth, verify=ca_certs or verify_certs, timeout=timeout)
     options = dict(client_options or {})
@@ -199,7 +205,10 @@ def ensure_index_template(
     """
     body = build_index_template(f"{index}*", explicit=explicit)
     name = template_name(index)
-    current = client.get_index_template(name)
+    try:
+        current = client.get_index_template(name)
+    except Exception as exc:  # a server that is down or refuses us: one clear error, no traceback
+        raise SearchIndexError(f"{client.url}: reading index template {name!r} failed: {exc}") from exc
     if current is not None and _same_template(current, body):
         return False
     try:
@@ -318,8 +327,33 @@ def bulk_index(
     )
     result = BulkResult()
     for batch in _batches(index, docs, max_bytes):
-        _bulk_batch(client, index, batch, policy, result, refresh, sleep)
+        _bulk_batch_or_split(client, index, batch, policy, result, refresh, sleep)
     return result
+
+
+def _bulk_batch_or_split(
+    client: SearchClient,
+    index: str,
+    batch: list[tuple[str, bytes]],
+    policy: RetryPolicy,
+    result: BulkResult,
+    refresh: bool | str,
+    sleep: Callable[[float], None],
+) -> None:
+    """:func:`_bulk_batch`; a whole request refused outright (HTTP 400/413, e.g. one id over 512 bytes)
+    is sent again in halves, so one bad document is reported in ``failed`` and never sinks the others."""
+    try:
+        _bulk_batch(client, index, batch, policy, result, refresh, sleep)
+    except SearchIndexError as exc:
+        status = _status_of(exc.__cause__) if exc.__cause__ is not None else None
+        if status not in SPLIT_STATUSES:  # the server is down, or refuses us (401/403): stop
+            raise
+        if len(batch) == 1:
+            result.failed[batch[0][0]] = f"HTTP {status}: the whole request was refused: {exc.__cause__}"
+            return
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            _bulk_batch_or_split(client, index, part, policy, result, refresh, sleep)
 
 
 def _bulk_batch(
@@ -477,11 +511,13 @@ def index_series(
         else:
             normalised.append((item, dict(defaults)))
     report = IndexReport(index=index)
+    files_of: dict[str, list[Any]] = {}
 
     def documents() -> Iterator[tuple[str, dict[str, Any]]]:
         for docs, errors in iter_series_documents(normalised, workers=workers):
             report.file_errors.extend(errors)
             for doc in docs:
+                files_of[doc.doc_id] = list(doc.files)
                 report.instances += len(doc.files)
                 report.problems.extend(doc.problems)
                 document = doc.document
@@ -505,6 +541,17 @@ def index_series(
         backoff=backoff if backoff is not None else backoff_s,
         refresh=refresh,
     )
-    report.indexed, report.failed = result.indexed, result.failed
+    report.indexed = result.indexed
+    report.failed = {
+        uid: f"{_files_named(files_of.get(uid, []))}: {why}" for uid, why in result.failed.items()
+    }
     report.requests, report.retries = result.requests, result.retries
     return report
+
+
+def _files_named(files: Sequence[Any]) -> str:
+    """``/in/a.dcm`` or ``/in/a.dcm and 11 more files``: which files a rejected document came from."""
+    if not files:
+        return "(no file)"
+    more = f" and {len(files) - 1} more files" if len(files) > 1 else ""
+    return f"{files[0]}{more}"

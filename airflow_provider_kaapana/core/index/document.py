@@ -23,7 +23,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
-from airflow_provider_kaapana.exceptions import InvalidDicomError
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
 
 # Values of these VRs are bulk binary data (or of unknown encoding): never indexed.
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
@@ -279,17 +280,21 @@ class _Converter:
 
 def read_header(path: Path) -> Dataset:
     """The header of one DICOM file (no pixel data); raises :class:`InvalidDicomError` naming it."""
+    forced = False
     try:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024)
         except PydicomInvalidDicomError:
             # no preamble/file meta (raw dataset): accepted only if it carries a SeriesInstanceUID
+            forced = True
             ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024, force=True)
     except (PydicomInvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
-        raise InvalidDicomError(f"{path}: not readable as DICOM: {exc}") from exc
+        raise InvalidDicomError(f"{path}: not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises assorted errors on corrupt files
-        raise InvalidDicomError(f"{path}: not readable as DICOM: {type(exc).__name__}: {exc}") from exc
+        raise InvalidDicomError(f"{path}: not a DICOM file ({type(exc).__name__}: {exc})") from exc
     if 0x0020000E not in ds:
+        if forced:
+            raise InvalidDicomError(f"{path}: not a DICOM file (no DICM preamble and no DICOM header)")
         raise InvalidDicomError(f"{path}: has no SeriesInstanceUID (0020,000E)")
     return ds
 
@@ -731,10 +736,13 @@ def build_series_documents(
         try:
             ds = read_header(path)
             uid = _raw(ds, "SeriesInstanceUID")
-            uid = (uid if isinstance(uid, str) else str(uid or "")).strip()
+            uid = (uid if isinstance(uid, str) else str(uid or "")).strip().rstrip("\x00")
             if not uid:
                 raise InvalidDicomError(f"{path}: empty SeriesInstanceUID")
-        except InvalidDicomError as exc:
+            # the SeriesInstanceUID is the document id: an invalid one ('1.2.3/../../_bulk', 600
+            # characters) is refused here, for this file only, instead of sinking the bulk request
+            uid = validate_uid(uid, f"{path}: SeriesInstanceUID")
+        except (InvalidDicomError, InvalidUIDError) as exc:
             file_errors.append(str(exc))
             continue
         groups.setdefault(uid, []).append((path, ds))

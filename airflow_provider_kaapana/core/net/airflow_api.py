@@ -18,7 +18,13 @@ from urllib.parse import quote
 
 import requests
 
-from airflow_provider_kaapana.core.net.retry import RetryPolicy, TransientError, is_transient, redact
+from airflow_provider_kaapana.core.net.retry import (
+    RetryPolicy,
+    TransientError,
+    is_transient,
+    redact,
+    split_url_credentials,
+)
 from airflow_provider_kaapana.exceptions import KaapanaError
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,11 @@ class AirflowClient:
         max_backoff: float = 60.0,
         session: requests.Session | None = None,
     ) -> None:
+        # credentials written into the URL are used to log in; the URL kept (and shown) has none
+        base_url, url_auth = split_url_credentials(base_url)
+        self._url_password = url_auth[1] if url_auth else None
+        if url_auth and not username and not password:
+            username, password = url_auth
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -100,7 +111,7 @@ class AirflowClient:
         return bool(self.username and self._password)
 
     def _secrets(self) -> tuple[str | None, ...]:
-        return (self._password, self._token)
+        return (self._password, self._token, self._url_password)
 
     def _where(self) -> str:
         return f"Airflow {redact(self.base_url)}"

@@ -9,6 +9,7 @@ with the client's :class:`~airflow_provider_kaapana.core.net.retry.RetryPolicy`;
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -25,7 +26,13 @@ from pydicom.filereader import read_file_meta_info
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.files import fsync_dir
 from airflow_provider_kaapana.core.net.dimse import RetrieveResult, StoreResult
-from airflow_provider_kaapana.core.net.retry import RetryPolicy, TransientError, is_transient, redact
+from airflow_provider_kaapana.core.net.retry import (
+    RetryPolicy,
+    TransientError,
+    is_transient,
+    redact,
+    split_url_credentials,
+)
 from airflow_provider_kaapana.exceptions import InvalidDicomError, PacsError
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,10 @@ class DicomWebClient:
         session: requests.Session | None = None,
         max_backoff: float = 60.0,
     ) -> None:
+        # credentials written into the URL become basic auth; the URL kept (and shown) has none
+        base_url, url_auth = split_url_credentials(base_url)
+        if auth is None and url_auth is not None:
+            auth = url_auth
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -67,13 +78,15 @@ class DicomWebClient:
         self.session.verify = verify
         if cert:
             self.session.cert = cert
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: tuple[str, ...] = (url_auth[1],) if url_auth else ()
         if isinstance(auth, tuple):
             self.session.auth = auth
-            self._secrets = (auth[1],)
+            # a careless server may echo the Authorization header: its base64 form is a secret too
+            basic = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            self._secrets = (*self._secrets, auth[1], basic)
         elif isinstance(auth, str) and auth:
             self.session.headers["Authorization"] = f"Bearer {auth}"
-            self._secrets = (auth,)
+            self._secrets = (*self._secrets, auth)
 
     def __repr__(self) -> str:  # never shows credentials
         return f"DicomWebClient({self.base_url!r})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,12 @@ _PREFERRED_STORAGE = (
 )
 
 
+#: The default of each DIMSE timeout (ACSE, DIMSE, network), in seconds.
+DEFAULT_TIMEOUT = 30.0
+#: The connection extras (and ``kaapana send`` options) that set them.
+TIMEOUT_EXTRAS = ("acse_timeout", "dimse_timeout", "network_timeout")
+
+
 @dataclass(frozen=True)
 class DimsePeer:
     """A DICOM node to talk to: ``called_ae@host:port`` and how we present ourselves."""
@@ -124,9 +131,11 @@ class DimsePeer:
     called_ae: str = "ANY-SCP"
     calling_ae: str = "KAAPANA"
     tls: ssl.SSLContext | None = None
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 120.0
-    network_timeout: float = 60.0
+    # seconds: ACSE (association request/release answered), DIMSE (a request answered), network (no
+    # byte at all); a peer that accepts TCP and never answers is given up after one of them
+    acse_timeout: float = DEFAULT_TIMEOUT
+    dimse_timeout: float = DEFAULT_TIMEOUT
+    network_timeout: float = DEFAULT_TIMEOUT
     max_pdu: int = 0  # our maximum receive PDU; 0 = unlimited (fewest fragments)
     retries: int = 3  # retries after the first attempt (see RetryPolicy)
     backoff: float = 1.0  # seconds before the first retry, doubled for each further one
@@ -134,6 +143,24 @@ class DimsePeer:
 
     def __str__(self) -> str:
         return f"{self.called_ae}@{self.host}:{self.port}"
+
+    def __post_init__(self) -> None:
+        for name in TIMEOUT_EXTRAS:
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {getattr(self, name)!r}")
+
+    def no_answer(self, what: str, elapsed: float, timeout: str) -> str:
+        """Why nothing came back: names host:port and the timeout that expired (when one did)."""
+        limit = getattr(self, timeout)
+        network = self.network_timeout
+        if elapsed >= min(limit, network) * 0.9:
+            which = timeout if limit <= network else "network_timeout"
+            label = {"acse_timeout": "ACSE", "dimse_timeout": "DIMSE", "network_timeout": "network"}[which]
+            return (
+                f"no answer from {self.host}:{self.port} to {what} within the {label} timeout "
+                f"({getattr(self, which):g} s; set {which})"
+            )
+        return f"{what}: association aborted by {self.host}:{self.port} (no answer)"
 
     @property
     def retry(self) -> RetryPolicy:
@@ -196,19 +223,18 @@ def _ae(peer: DimsePeer) -> AE:
 
 def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
+    started = time.monotonic()
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, tls_args=tls_args, **kwargs)
     except OSError as exc:
-        raise TransientError(f"cannot connect: {exc}") from exc
+        raise TransientError(f"cannot connect to {peer.host}:{peer.port}: {exc}") from exc
     if not assoc.is_established:
-        why = (
-            "rejected"
-            if assoc.is_rejected
-            else "aborted (refused connection or no answer)"
-            if assoc.is_aborted
-            else "not established"
-        )
-        raise TransientError(f"association {why}")
+        if assoc.is_rejected:
+            raise TransientError(f"association rejected by {peer.host}:{peer.port}")
+        if assoc.is_aborted:
+            elapsed = time.monotonic() - started
+            raise TransientError(peer.no_answer("the association request", elapsed, "acse_timeout"))
+        raise TransientError(f"association with {peer.host}:{peer.port} not established")
     return assoc
 
 
@@ -670,6 +696,7 @@ def _store_group(
                     results[rest[0]] = StoreResult(rest[0], rest[2], None, False, "association lost")
                 retry.extend(todo[index:])
                 break
+            started = time.monotonic()
             try:
                 status = assoc.send_c_store(path)
             except (ValueError, AttributeError) as exc:  # no accepted context / bad meta: permanent
@@ -677,7 +704,8 @@ def _store_group(
             else:
                 code = getattr(status, "Status", None) if status else None
                 if code is None:
-                    result = StoreResult(path, sop, None, False, "no response")
+                    why = peer.no_answer("C-STORE", time.monotonic() - started, "dimse_timeout")
+                    result = StoreResult(path, sop, None, False, why)
                     retry.append(item)
                 elif code == STATUS_SUCCESS or code in _WARNINGS:
                     result = StoreResult(path, sop, code, True)

@@ -18,6 +18,7 @@ import logging
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -31,7 +32,9 @@ T = TypeVar("T")
 #: The connection extras (and keyword arguments) that configure a :class:`RetryPolicy`.
 RETRY_EXTRAS = ("retries", "backoff", "max_backoff")
 
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# the userinfo of a URL: everything between "://" and the LAST "@" before the path (a password may
+# hold an unescaped "@")
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
 
 
 class TransientError(Exception):
@@ -48,11 +51,34 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with every non-empty secret and any ``user:password@`` of a URL replaced by ``***``."""
+    """``text`` with every non-empty secret and any ``user:password@`` of a URL replaced by ``***``.
+
+    The one redaction of the package: every URL, error and retry line that may carry a credential
+    passes through it before it is logged, printed or raised.
+    """
+    text = str(text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
+            quoted = urllib.parse.quote(secret, safe="")
+            if quoted != secret:
+                text = text.replace(quoted, "***")
     return _URL_CREDENTIALS.sub("***@", text)
+
+
+def split_url_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://user:pw@host/x`` -> (``http://host/x``, (``user``, ``pw``)), percent-decoded.
+
+    Clients keep only the URL without userinfo (so no message can show it) and use the pair as basic
+    auth; a URL without userinfo comes back unchanged with ``None``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return clean, (urllib.parse.unquote(user), urllib.parse.unquote(password))
 
 
 def describe_error(exc: BaseException) -> str:

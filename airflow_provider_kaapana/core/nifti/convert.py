@@ -71,6 +71,7 @@ from airflow_provider_kaapana.core.nifti.geometry import order_and_check
 from airflow_provider_kaapana.core.nifti.pixels import apply_rescale, read_stored
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, Volume, scan_series, split_volumes
 from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti
+from airflow_provider_kaapana.core.paths import path_component
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
 log = logging.getLogger(__name__)
@@ -132,18 +133,27 @@ def convert_series(
         reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5]) or "no files"
         raise InvalidDicomError(f"{series_dir}: no image slices to convert ({reasons})")
     plans = _plan_volumes(slices, name, spacing_rtol, shear_tolerance)  # every check before any write
+    stems = [_file_stem(base, volume.suffix, suffix, series_uid, name) for series_uid, base, volume in plans]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped_json = [{"file": str(s.path.absolute()), "reason": s.reason} for s in skipped]
     results = []
-    for series_uid, base, volume in plans:
-        stem = "_".join(filter(None, [base, volume.suffix])) + suffix
+    for (series_uid, _base, volume), stem in zip(plans, stems):
         results.append(
             _write_volume(
                 volume, series_uid, out_dir, stem, compress, compression_level, skipped_json=skipped_json
             )
         )
     return results
+
+
+def _file_stem(base: str, part: str, suffix: str, series_uid: str, name: str | None) -> str:
+    """The checked file stem ``<base>[_<part>]<suffix>``: one file name inside ``out_dir``, never a path."""
+    stem = "_".join(filter(None, [base, part])) + suffix
+    source = "--name/suffix" if name else "the SeriesInstanceUID in the files"
+    # the longest extension (".nii.gz" / ".json") must fit too
+    path_component(stem, f"NIfTI file name from {source} ({series_uid[:80]!r})", max_bytes=255 - 7)
+    return stem
 
 
 def _plan_volumes(

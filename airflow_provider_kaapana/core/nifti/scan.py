@@ -22,6 +22,7 @@ from airflow_provider_kaapana.core.dicom.elements import (
     TruncatedDatasetError,
     read_file_meta,
 )
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.nifti.geometry import check_geometry_tags, positions_along_normal
 from airflow_provider_kaapana.exceptions import InvalidDicomError
 
@@ -306,6 +307,8 @@ def read_slices(path: Path) -> list[SliceInfo]:
     }
     if not base["sop_instance_uid"] or not base["series_instance_uid"]:
         raise InvalidDicomError(f"{path}: missing SOPInstanceUID or SeriesInstanceUID")
+    # the SeriesInstanceUID names the output files: a hostile one must never become a path
+    base["series_instance_uid"] = validate_uid(base["series_instance_uid"], f"SeriesInstanceUID of {path}")
     n_frames = _opt_int(ds.get("NumberOfFrames")) or 1
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_slices(ds, path, base, n_frames)

@@ -18,10 +18,11 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from airflow_provider_kaapana.exceptions import ModelError
+from airflow_provider_kaapana.core.paths import path_component, path_under
+from airflow_provider_kaapana.exceptions import ModelError, UnsafePathError
 
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 DEFAULT_MODELS_DIR = "~/.local/share/kaapana/models"  # the CLI's model store on a workstation
@@ -221,6 +222,17 @@ def resolve_model(
     return candidates[0]
 
 
+def _check_member(zip_path: Path, member: str) -> None:
+    """Refuse a zip member whose path could land outside the staging folder (zip-slip)."""
+    if member.startswith("/") or (member[:1].isalpha() and member[1:2] == ":"):
+        raise ModelError(f"{zip_path}: refusing unsafe member path {member!r}: an absolute path")
+    for part in member.rstrip("/").split("/"):
+        try:
+            path_component(part, f"{zip_path}: unsafe member path {member!r}")
+        except UnsafePathError as exc:
+            raise ModelError(str(exc)) from None
+
+
 def install_model(zip_path: str | Path, models_dir: str | Path | None = None) -> list[ModelInfo]:
     """Install an nnU-Net export zip into ``models_dir``; returns the installed model folders.
 
@@ -236,9 +248,7 @@ def install_model(zip_path: str | Path, models_dir: str | Path | None = None) ->
     try:
         with zipfile.ZipFile(zip_path) as archive:
             for member in archive.namelist():
-                parts = PurePosixPath(member).parts
-                if member.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-                    raise ModelError(f"{zip_path}: refusing unsafe member path {member!r}")
+                _check_member(zip_path, member)
             archive.extractall(staging)
         trainer_dirs = sorted(
             {p.parent for p in staging.rglob("plans.json") if _is_trainer_dir(p.parent)}, key=str
@@ -248,9 +258,14 @@ def install_model(zip_path: str | Path, models_dir: str | Path | None = None) ->
                 f"{zip_path} holds no model folder (DatasetXXX_Name/Trainer__Plans__configuration/plans.json)"
             )
         infos = [validate_model_dir(p) for p in trainer_dirs]
+        # the dataset name comes from the zip's plans.json: checked like any name from a file, and
+        # for every model before anything is replaced
+        targets = [
+            path_under(root, info.dataset, info.path.name, source=f"dataset_name in {zip_path}'s plans.json")
+            for info in infos
+        ]
         installed: list[ModelInfo] = []
-        for info in infos:
-            target = root / info.dataset / info.path.name
+        for info, target in zip(infos, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 shutil.rmtree(target)

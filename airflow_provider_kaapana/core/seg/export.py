@@ -45,6 +45,7 @@ from airflow_provider_kaapana.core.seg.geometry import (
     load_source_series,
     resample_to_source,
     source_series_instance_uid,
+    uncovered_slices,
 )
 from airflow_provider_kaapana.core.seg.labels import (
     LabelConfig,
@@ -54,7 +55,7 @@ from airflow_provider_kaapana.core.seg.labels import (
     parse_label_config,
 )
 from airflow_provider_kaapana.core.seg.writer import build_segmentation, seg_uids, write_atomically
-from airflow_provider_kaapana.exceptions import InvalidDicomError, NoFindingsError
+from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError, NoFindingsError
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class _SegExport:
         self.source = _source_of_expected_series(source_dir, expected_series_instance_uid)
         labels, affine = load_label_map(self.label_map_path)
         _cross_check_sidecar(self.label_map_path, sidecar_path, labels.shape, affine, self.source)
+        self._check_coverage(labels.shape, affine)
         self.on_grid, self.resampled = resample_to_source(
             labels, affine, self.source, out_dtype=labels.dtype.type
         )
@@ -194,6 +196,26 @@ class _SegExport:
         self.kept = self._kept_label_values()
         self.omitted = self._omitted_labels()
         self.on_grid = self._as_segment_numbers(self.on_grid)
+
+    def _check_coverage(self, label_shape: tuple[int, ...], affine: np.ndarray) -> None:
+        """A label map on the source's pixel grid that does not cover every source pixel has the wrong
+        shape: refused (a partial mask would be exported). One on another grid (resampled by a model)
+        may end short of the source's corners: exported, with a warning naming how many slices."""
+        if len(label_shape) != 3:
+            return  # resample_to_source names the wrong dimensionality
+        missing, on_source_grid = uncovered_slices(label_shape, affine, self.source)
+        if not missing:
+            return
+        uids = self.source.sop_instance_uids
+        problem = (
+            f"{self.label_map_path}: the label map (shape {list(label_shape)}) does not cover the source "
+            f"series {self.source.series_instance_uid} ({self.source.columns}x{self.source.rows}x"
+            f"{len(uids)}): {len(missing)} of {len(uids)} slices reach outside it (e.g. instance "
+            f"{uids[missing[0]]})"
+        )
+        if on_source_grid:
+            raise GeometryError(f"{problem}; refusing to export a partial mask")
+        log.warning("%s; on another grid: the pixels outside are exported as background", problem)
 
     def frames(self, value: int) -> int:
         """Frames (source slices) in which label ``value`` occurs."""

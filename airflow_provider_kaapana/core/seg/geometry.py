@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.seg.codes import LabelConfigError
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -81,6 +82,9 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
             raise InvalidDicomError(f"{path}: missing {', '.join(missing)}")
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
             raise InvalidDicomError(f"{path}: multi-frame source images are not supported")
+        for key in ("SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            # they are copied into what we write (SEG references, statistics): a hostile one is refused
+            validate_uid(str(ds.get(key, "")), f"{key} of {path}")
     for key in ("SeriesInstanceUID", "FrameOfReferenceUID"):
         values = {str(ds.get(key)) for _, ds in datasets}
         if len(values) > 1:
@@ -137,6 +141,29 @@ def _unit_axis(step: np.ndarray) -> tuple[int, int] | None:
     expected = np.zeros(3)
     expected[axis] = sign
     return (axis, sign) if np.allclose(step, expected, atol=_GRID_TOL) else None
+
+
+def uncovered_slices(
+    label_shape: Sequence[int], affine_ras: np.ndarray, source: SourceSeries
+) -> tuple[list[int], bool]:
+    """Source slices (sorted order) with pixels outside the label map's voxel grid, and whether the
+    label map lies on the source's pixel grid (its axes along the source rows and columns).
+
+    The label map's grid is a box in voxel space and each source slice maps to it affinely, so a slice
+    is covered when its four corner pixels are (up to half a voxel, the nearest-neighbour reach).
+    """
+    try:
+        bases, step_col, step_row = _slice_mapping(source, np.linalg.inv(affine_ras))
+    except np.linalg.LinAlgError:
+        raise GeometryError("label map affine is singular") from None
+    upper = np.asarray(label_shape[:3], dtype=float) - 0.5 + _GRID_TOL
+    corners = [r * step_row + c * step_col for r in (0, source.rows - 1) for c in (0, source.columns - 1)]
+    missing = [
+        k
+        for k, base in enumerate(bases)
+        if any(np.any(base + d < -0.5 - _GRID_TOL) or np.any(base + d > upper) for d in corners)
+    ]
+    return missing, _unit_axis(step_col) is not None and _unit_axis(step_row) is not None
 
 
 def resample_to_source(
@@ -234,8 +261,17 @@ def check_sidecar(
         raise GeometryError(f"{sidecar_path}: sidecar frame of reference {for_uid} differs from the source")
     sop_uids = sidecar.get("sop_instance_uids")
     side_affine = sidecar.get("affine")
-    if not sop_uids or side_affine is None or not np.allclose(np.asarray(side_affine), affine, atol=1e-3):
-        return  # a different grid (e.g. resampled by the model): nothing to compare slice by slice
+    if side_affine is not None and not np.allclose(np.asarray(side_affine, dtype=float), affine, atol=1e-3):
+        # the sidecar describes the image the label map was predicted on: a label map on another grid
+        # is not what it claims to be (a silent resample could shift every mask)
+        worst = float(np.max(np.abs(np.asarray(side_affine, dtype=float) - affine)))
+        raise GeometryError(
+            f"{sidecar_path}: the label map's affine differs from its sidecar's by up to {worst:.4g} mm "
+            f"(label map {np.round(affine, 4).tolist()}, sidecar "
+            f"{np.round(np.asarray(side_affine, dtype=float), 4).tolist()}); refusing to resample it"
+        )
+    if not sop_uids or side_affine is None:
+        return  # nothing to compare slice by slice
     side_shape = sidecar.get("shape")
     if side_shape and list(side_shape)[:3] != list(label_shape):
         raise GeometryError(
