@@ -169,3 +169,28 @@ def test_site_reads_only_seg_documents_with_statistics_and_only_the_fields_it_ne
     assert "kaapana.segments.volume_ml" in fields and "kaapana.segments.label" in fields
     # identifiers are fetched only so the guard can refuse them; what the analysis does not read is not
     assert "PatientID" in fields and "kaapana.segments.centroid_lps_mm" not in fields
+
+
+def test_site_reads_real_seg_documents_from_the_index(osmem, synthetic_series, tmp_path):
+    """The nested query and the fields against osmem-server, on SEGs indexed with their statistics."""
+    from airflow_provider_kaapana.core.index.client import index_series, make_search_client
+    from tests.core.test_index import unique_index
+    from tests.core.test_index_segments import _measured_seg
+
+    measured = [_measured_seg(synthetic_series, tmp_path, f"fed{i}", 6.0 + i, i + 1) for i in range(3)]
+    client = make_search_client(osmem.url, "opensearch")
+    index = unique_index()
+    report = index_series(
+        client,
+        index,
+        [(seg, {"statistics": str(stats_path)}) for _, seg, _, stats_path in measured]
+        + [(series.series_dir, {}) for series, *_ in measured],  # image series: no segments, not read
+        refresh=True,
+    )
+    assert not report.failed
+    documents = site_documents(JOB, SEGMENTATION_STATISTICS_V1.parameters, client, index)
+    assert len(documents) == 3  # the SEG documents only
+    stats = compute_segmentation_statistics(documents, "liver")
+    volumes = [next(s["volume_ml"] for s in m[2]["segments"] if s["label"] == "liver") for m in measured]
+    assert stats["label_volume_moments"]["n"] == 3
+    assert math.isclose(stats["label_volume_moments"]["sum"], math.fsum(volumes))
