@@ -71,6 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse a deflated dataset that inflates past this size (default 256)",
     )
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync before answering (unsafe)")
+    parser.add_argument(
+        "--deid-key-file",
+        default=None,
+        help="de-identify on intake with this site key (PS3.15 basic profile): originals are never written",
+    )
+    parser.add_argument(
+        "--deid-option", action="append", default=[], metavar="NAME", help="a Table E.1-1 option (repeatable)"
+    )
+    parser.add_argument(
+        "--deid-called-ae",
+        action="append",
+        default=[],
+        metavar="AET",
+        help="de-identify only what is addressed to this called AE title (repeatable; default: all)",
+    )
     parser.add_argument("--tls-cert", default=None, help="PEM certificate: accept DIMSE over TLS")
     parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
     parser.add_argument("--tls-ca", default=None, help="CA bundle: require client certificates signed by it")
@@ -122,6 +137,22 @@ def run(args: argparse.Namespace) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=args.tls_ca)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
         ssl_context.verify_mode = ssl.CERT_REQUIRED if args.tls_ca else ssl.CERT_NONE
+    deidentification = None
+    if args.deid_key_file:
+        from pathlib import Path
+
+        from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+        from airflow_provider_kaapana.core.listener.server import IntakeDeidentification
+
+        try:
+            deidentification = IntakeDeidentification(
+                DeidentificationProfile.from_names(args.deid_option),
+                Path(args.deid_key_file).read_bytes().strip(),
+                frozenset(args.deid_called_ae),
+            )
+        except (OSError, ValueError) as exc:
+            print(f"kaapana listen: {exc}")
+            return 2
     listener = DicomListener(
         args.landing,
         port=args.port,
@@ -142,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         max_inflated_bytes=int(args.max_inflated_mb * 1024 * 1024),
         fsync=not args.no_fsync,
         ssl_context=ssl_context,
+        deidentification=deidentification,
     )
 
     def _terminate(signum: int, frame: object) -> None:

@@ -7,9 +7,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from io import BytesIO
 from typing import Any
 
 import pydicom.uid
+from pydicom import dcmread
 from pydicom.charset import default_encoding
 from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -87,6 +89,7 @@ PATIENT_NAME = 0x00100010
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
 SERIES_INSTANCE_UID = 0x0020000E
+STUDY_INSTANCE_UID = 0x0020000D
 # set by this function after the walk: never copied from the input
 STAMPED = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
@@ -549,6 +552,7 @@ class EncodedInstance:
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
+    study_instance_uid: str
     replaced: Replaced
 
 
@@ -617,9 +621,41 @@ def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes
         sop_class_uid=uid(SOP_CLASS_UID) or _text(meta_values.get(0x00020002, b"")),
         sop_instance_uid=uid(SOP_INSTANCE_UID),
         series_instance_uid=uid(SERIES_INSTANCE_UID),
+        study_instance_uid=uid(STUDY_INSTANCE_UID),
         replaced=_replaced(walk),
     )
     chunks = [file_header(result.sop_class_uid, result.sop_instance_uid, syntax)]
     chunks.extend(elements[tag] for tag in sorted(elements))
     result.data = b"".join(chunks)
     return result
+
+
+def deidentify_part10(data: bytes, profile: DeidentificationProfile, key: bytes) -> EncodedInstance:
+    """A Part 10 file's bytes de-identified: :func:`deidentify_encoded` where it applies, else (deflated,
+    big endian, no preamble) pydicom reads it and :func:`deidentify` + its writer make the file.
+
+    Raises ``DeidentificationError`` (the profile refuses the instance), ``InvalidDicomError`` (broken
+    structure; truncated files are refused) and pydicom's errors for data pydicom cannot read.
+    """
+    try:
+        return deidentify_encoded(data, profile, key)
+    except NotEncodable:
+        pass
+    clean, replaced = deidentify_recorded(dcmread(BytesIO(data)), profile, key)
+
+    def text(keyword: str) -> str:
+        return str(clean.get(keyword, "") or "")
+
+    body = b""
+    if text("SOPInstanceUID"):  # without one there is no valid file to write (the caller refuses it)
+        buffer = BytesIO()
+        clean.save_as(buffer, enforce_file_format=True)
+        body = buffer.getvalue()
+    return EncodedInstance(
+        body,
+        sop_class_uid=text("SOPClassUID"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        series_instance_uid=text("SeriesInstanceUID"),
+        study_instance_uid=text("StudyInstanceUID"),
+        replaced=replaced,
+    )

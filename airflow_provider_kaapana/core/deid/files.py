@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
-from airflow_provider_kaapana.core.deid.deidentify import (
-    NotEncodable,
-    deidentify_encoded,
-    deidentify_recorded,
-)
+from airflow_provider_kaapana.core.deid.deidentify import deidentify_part10
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.deid.reidentify import ReidentificationMap, check_public_key
@@ -68,30 +62,19 @@ def deidentify_file(
     except OSError as exc:
         raise InvalidDicomError(f"{source}: cannot be read ({type(exc).__name__})") from None
     try:
-        try:
-            encoded = deidentify_encoded(data, profile, key)
-            body: list[bytes | memoryview] = [encoded.data]
-            sop, series = encoded.sop_instance_uid, encoded.series_instance_uid
-            replaced = encoded.replaced
-        except NotEncodable:  # deflated, big endian, no preamble: pydicom reads and writes it
-            clean, replaced = deidentify_recorded(pydicom.dcmread(io.BytesIO(data)), profile, key)
-            sop = str(clean.get("SOPInstanceUID", "") or "")
-            series = str(clean.get("SeriesInstanceUID", "") or "")
-            if sop:
-                buffer = io.BytesIO()
-                clean.save_as(buffer, enforce_file_format=True)
-                body = [buffer.getbuffer()]
+        encoded = deidentify_part10(data, profile, key)
     except (PydicomInvalidDicomError, InvalidDicomError, ValueError, EOFError) as exc:
         # our own messages name offsets and tags; a library's may quote a value, which could be PHI
         reason = str(exc) if isinstance(exc, InvalidDicomError) else type(exc).__name__
         raise InvalidDicomError(f"{source}: not readable DICOM ({reason})") from None
+    sop, series, replaced = encoded.sop_instance_uid, encoded.series_instance_uid, encoded.replaced
     try:
         series_dir = uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
         target = path_under(series_dir, f"{validate_uid(sop)}.dcm", source=f"SOPInstanceUID of {source}")
     except ValueError:
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    written = write_atomic(target, body, fsync=False)
+    written = write_atomic(target, [encoded.data], fsync=False)
     if record is not None:
         record.add(
             replaced.pseudonym, replaced.patient_id, replaced.patient_name, replaced.shift_days, replaced.uids

@@ -35,9 +35,12 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
+from airflow_provider_kaapana.core.deid.deidentify import deidentify_part10
+from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.dicom.elements import DEFLATED_TRANSFER_SYNTAXES, read_file_meta
 from airflow_provider_kaapana.core.dicom.raw import file_header, inflated_size, recover_partial_files
-from airflow_provider_kaapana.core.dicom.uids import is_valid_uid
+from airflow_provider_kaapana.core.dicom.uids import is_valid_uid, validate_uid
 from airflow_provider_kaapana.core.files import fsync_dir, write_atomic
 from airflow_provider_kaapana.core.listener.transport import ConnectionLimits, GuardedAssociationServer
 from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
@@ -50,7 +53,7 @@ from airflow_provider_kaapana.core.net.dimse import (
     received_uids,
 )
 from airflow_provider_kaapana.core.net.retry import redact
-from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
+from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError, InvalidUIDError
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,25 @@ class AirflowTrigger:
         return self.trigger(batch.conf(), run_id=batch.run_id)
 
 
+@dataclass(frozen=True)
+class IntakeDeidentification:
+    """De-identify on intake: what a sender addresses to one of ``called_aes`` (empty: any called AE
+    title) is de-identified (:func:`~airflow_provider_kaapana.core.deid.deidentify.deidentify_part10`)
+    before anything is written, so the original never reaches the landing zone; an instance the profile
+    refuses (burned-in text) is answered with a failure status and not written at all."""
+
+    profile: DeidentificationProfile
+    key: bytes = field(repr=False)
+    called_aes: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", check_key(self.key))
+        object.__setattr__(self, "called_aes", frozenset(a.strip() for a in self.called_aes if a.strip()))
+
+    def applies(self, called_ae: str) -> bool:
+        return not self.called_aes or called_ae.strip() in self.called_aes
+
+
 class DicomListener:
     """A storage SCP writing ``landing_dir`` and calling ``on_series_complete(batch)`` per finished batch.
 
@@ -201,7 +223,9 @@ class DicomListener:
     local limit exceeded) while free space in ``landing_dir`` is below ``min_free_bytes``. Timeouts and
     connection limits: see :class:`~.transport.ConnectionLimits` (``max_associations`` and
     ``network_timeout`` here are the same fields). A deflated dataset that inflates past
-    ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory.
+    ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory. With
+    ``deidentification`` (:class:`IntakeDeidentification`) instances addressed to its called AE titles
+    are de-identified before they are written.
     ``on_series_complete`` may return a dict that is stored in the manifest (e.g. the DAG run id); if it
     raises, the batch stays pending and is retried with backoff (``retry_seconds``, doubling, capped at
     ``max_retry_seconds``). Use :meth:`start` / :meth:`stop` or as a context manager, or
@@ -231,6 +255,7 @@ class DicomListener:
         max_connections: int = 100,
         max_connections_per_peer: int = 20,
         max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+        deidentification: IntakeDeidentification | None = None,
     ) -> None:
         self.landing_dir = Path(landing_dir)
         self.port = port
@@ -257,6 +282,7 @@ class DicomListener:
             max_associations=max_associations,
         )
         self.max_inflated_bytes = max_inflated_bytes
+        self.deidentification = deidentification
         self.state_dir = self.landing_dir / STATE_DIR / "batches"
         self.received = 0
         self.refused = 0
@@ -448,7 +474,8 @@ class DicomListener:
             request.DataSet.getbuffer(),
             str(event.context.transfer_syntax),
             calling_ae=event.assoc.requestor.ae_title,
-            called_ae=event.assoc.acceptor.ae_title,
+            # the title the sender addressed (pynetdicom's acceptor.ae_title is always our own)
+            called_ae=str(event.assoc.requestor.primitive.called_ae_title).strip(),
             affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
             affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
         )
@@ -499,12 +526,38 @@ class DicomListener:
                         STATUS_OUT_OF_RESOURCES, f"inflated dataset exceeds {self.max_inflated_bytes} bytes"
                     )
             uids = received_uids(data, transfer_syntax, affected_sop_instance_uid, affected_sop_class_uid)
-            series_dir = self._series_dir(uids["study_instance_uid"], uids["series_instance_uid"])
-            path = series_dir / f"{uids['sop_instance_uid']}.dcm"
-            chunks = (
+            chunks: tuple[bytes | memoryview, ...] = (
                 file_header(uids["sop_class_uid"], uids["sop_instance_uid"], transfer_syntax, calling_ae),
                 data,
             )
+            deid = self.deidentification
+            if deid is not None and deid.applies(called_ae):
+                try:
+                    clean = deidentify_part10(b"".join(chunks), deid.profile, deid.key)
+                except DeidentificationError as exc:
+                    log.warning(
+                        "refused instance %s from %s to %s: the intake de-identification profile refuses "
+                        "it (%s); nothing was written",
+                        what,
+                        calling_ae,
+                        called_ae,
+                        exc,
+                    )
+                    return self._refusal(STATUS_CANNOT_UNDERSTAND, "refused by intake de-identification")
+                uids = {
+                    "sop_class_uid": clean.sop_class_uid,
+                    "sop_instance_uid": validate_uid(clean.sop_instance_uid, "de-identified SOPInstanceUID"),
+                    "series_instance_uid": validate_uid(
+                        clean.series_instance_uid, "de-identified SeriesInstanceUID"
+                    ),
+                    "study_instance_uid": validate_uid(
+                        clean.study_instance_uid, "de-identified StudyInstanceUID"
+                    ),
+                }
+                data = memoryview(clean.data)[read_file_meta(clean.data)[1] :]
+                chunks = (clean.data,)
+            series_dir = self._series_dir(uids["study_instance_uid"], uids["series_instance_uid"])
+            path = series_dir / f"{uids['sop_instance_uid']}.dcm"
             with self._store_lock(path):
                 if path.exists():
                     return self._store_duplicate(path, uids, data, chunks, calling_ae)
