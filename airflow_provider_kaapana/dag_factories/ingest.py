@@ -95,10 +95,9 @@ def create_ingest_dag(
             series_dirs=valid,
             index=s.index,
             search_conn_id=s.search_conn_id,
+            # parallel runs of one series: each write is conditional on the version it merged with,
+            # and merged again when another run wrote first (optimistic concurrency, see index_series)
             merge_instances=True,
-            # the merge reads, merges and writes the series document: two batches of one series must
-            # not do that at the same time, or one batch's instances drop out of the document
-            max_active_tis_per_dag=1,
         )
 
         @task

@@ -398,3 +398,44 @@ def test_merging_the_same_instances_again_changes_nothing_even_without_sop_uids(
     merged = merge_series_documents(doc, doc)
     merged = merge_series_documents(merged, doc)
     assert merged["kaapana"]["instance_count"] == 3
+
+
+def test_parallel_runs_merging_parts_of_one_series_lose_no_instance(osmem, synthetic_series, tmp_path):
+    """Optimistic concurrency: 12 runs merge one part each into the same series document at once;
+    every write is conditional on the version it merged with, so none overwrites another's part."""
+    import shutil
+    import threading
+
+    from airflow_provider_kaapana.core.index.client import index_series
+
+    series = synthetic_series(seed=93, slices=12, rows=16, columns=16)
+    parts = []
+    for k, f in enumerate(series.files):
+        part = tmp_path / f"part{k}"
+        part.mkdir()
+        shutil.copy(f, part / f.name)
+        parts.append(part)
+    client = make_search_client(osmem.url, "opensearch")
+    index = unique_index()
+    index_series(client, index, [], refresh=True)  # the template, before the race
+    start = threading.Barrier(len(parts))
+    reports, errors = [], []
+
+    def run(part):
+        try:
+            start.wait()
+            reports.append(index_series(client, index, [part], merge_instances=True, ensure_template=False))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and all(not r.failed for r in reports), (errors, [r.failed for r in reports])
+    client.refresh(index)
+    document = client.get(index, series.series_instance_uid)["kaapana"]
+    assert document["instance_count"] == 12
+    assert document["instance_number"]["missing"] == [] and document["instance_number"]["complete"] is True
+    assert client.count(index) == 1

@@ -29,6 +29,8 @@ Flavor = Literal["opensearch", "elasticsearch"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: A whole bulk request refused with these is sent again in halves (one bad document, or too large).
 SPLIT_STATUSES = frozenset({400, 413})
+# merge_instances: how often a series document is merged again after a parallel write changed it
+MERGE_ATTEMPTS = 20
 #: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
 BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
@@ -118,12 +120,19 @@ class SearchClient:
         self.raw.indices.refresh(index=index)
 
     def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        found = self.get_versioned(index, doc_id)
+        return found[0] if found is not None else None
+
+    def get_versioned(self, index: str, doc_id: str) -> tuple[dict[str, Any], dict[str, int]] | None:
+        """The document and the condition that writes over exactly this version of it
+        (``{"if_seq_no", "if_primary_term"}``), or None when there is none."""
         try:
-            return dict(self.raw.get(index=index, id=doc_id))["_source"]
+            found = dict(self.raw.get(index=index, id=doc_id))
         except Exception as exc:
             if _status_of(exc) == 404:
                 return None
             raise
+        return found["_source"], {"if_seq_no": found["_seq_no"], "if_primary_term": found["_primary_term"]}
 
     def delete_index(self, index: str) -> None:
         try:
@@ -237,6 +246,7 @@ class BulkResult:
     failed: dict[str, str] = field(default_factory=dict)
     requests: int = 0
     retries: int = 0
+    conflicts: list[str] = field(default_factory=list)  # conditional writes refused (409): read again
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -247,19 +257,27 @@ class BulkResult:
         }
 
 
-def _action_lines(index: str, doc_id: str, document: dict[str, Any]) -> bytes:
-    action = json.dumps({"index": {"_index": index, "_id": doc_id}}, separators=(",", ":"))
+# A document to index: (doc_id, document), or (doc_id, document, condition) where condition is
+# {"if_seq_no", "if_primary_term"} (write over that version only) or {"op_type": "create"} (only if
+# there is none yet); a write whose condition no longer holds comes back in BulkResult.conflicts.
+BulkDocument = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def _action_lines(
+    index: str, doc_id: str, document: dict[str, Any], condition: dict[str, Any] | None = None
+) -> bytes:
+    condition = dict(condition or {})
+    op = "create" if condition.pop("op_type", None) == "create" else "index"
+    action = json.dumps({op: {"_index": index, "_id": doc_id, **condition}}, separators=(",", ":"))
     source = json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str)
     return f"{action}\n{source}\n".encode()
 
 
-def _batches(
-    index: str, docs: Iterable[tuple[str, dict[str, Any]]], max_bytes: int
-) -> Iterator[list[tuple[str, bytes]]]:
+def _batches(index: str, docs: Iterable[BulkDocument], max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
     batch: list[tuple[str, bytes]] = []
     size = 0
-    for doc_id, document in docs:
-        lines = _action_lines(index, doc_id, document)
+    for doc_id, document, *condition in docs:
+        lines = _action_lines(index, doc_id, document, condition[0] if condition else None)
         if batch and size + len(lines) > max_bytes:
             yield batch
             batch, size = [], 0
@@ -295,7 +313,7 @@ def _bulk_policy(client: SearchClient, **given: Any) -> RetryPolicy:
 def bulk_index(
     client: SearchClient,
     index: str,
-    docs: Iterable[tuple[str, dict[str, Any]]],
+    docs: Iterable[BulkDocument],
     *,
     max_bytes: int = 8 * 1024 * 1024,
     retries: int | None = None,
@@ -308,6 +326,9 @@ def bulk_index(
     max_backoff_s: float | None = None,
 ) -> BulkResult:
     """Index ``(doc_id, document)`` pairs in bulk requests of at most ``max_bytes``.
+
+    A third element makes the write conditional (:data:`BulkDocument`); those refused because the
+    document changed meanwhile (HTTP 409) are listed in ``BulkResult.conflicts``, not in ``failed``.
 
     A whole request answered 429/5xx (or a lost connection) is retried with exponential backoff and
     jitter; single documents rejected with 429/5xx inside a bulk response are retried the same way.
@@ -386,6 +407,8 @@ def _bulk_batch(
             if 200 <= status < 300:
                 result.indexed.append(doc_id)
                 result.failed.pop(doc_id, None)
+            elif status == 409:
+                result.conflicts.append(doc_id)
             elif status in RETRY_STATUSES and attempt_number <= policy.retries and doc_id in by_id:
                 retry.append((doc_id, by_id[doc_id]))
             else:
@@ -492,7 +515,11 @@ def index_series(
 
     ``merge_instances=True`` merges each document into the one already indexed for its series
     (:func:`~airflow_provider_kaapana.core.index.document.merge_series_documents`: instances united by
-    SOPInstanceUID, aggregates recomputed) — for series that arrive in parts. Default: replace.
+    SOPInstanceUID, aggregates recomputed) — for series that arrive in parts. Default: replace. The
+    merged document is written only over the version it was merged with (``if_seq_no`` /
+    ``if_primary_term``; ``create`` for a new series): when a parallel run wrote the series meanwhile,
+    the document is read, merged and written again (up to ``MERGE_ATTEMPTS`` times), so parallel runs
+    of one series lose no instances.
 
     ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
     give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
@@ -512,35 +539,54 @@ def index_series(
             normalised.append((item, dict(defaults)))
     report = IndexReport(index=index)
     files_of: dict[str, list[Any]] = {}
+    new_documents: dict[str, dict[str, Any]] = {}  # merge_instances: what this run adds, by series
 
-    def documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    def merged(doc_id: str) -> BulkDocument:
+        """This run's document merged into the indexed one, conditional on that very version."""
+        try:
+            found = client.get_versioned(index, doc_id)
+        except Exception as exc:
+            raise SearchIndexError(f"{client.url}: reading {doc_id} to merge failed: {exc}") from exc
+        if found is None:
+            return doc_id, new_documents[doc_id], {"op_type": "create"}
+        existing, condition = found
+        return doc_id, merge_series_documents(existing, new_documents[doc_id]), condition
+
+    def documents() -> Iterator[BulkDocument]:
         for docs, errors in iter_series_documents(normalised, workers=workers):
             report.file_errors.extend(errors)
             for doc in docs:
                 files_of[doc.doc_id] = list(doc.files)
                 report.instances += len(doc.files)
                 report.problems.extend(doc.problems)
-                document = doc.document
                 if merge_instances:
-                    try:
-                        existing = client.get(index, doc.doc_id)
-                    except Exception as exc:
-                        raise SearchIndexError(
-                            f"{client.url}: reading {doc.doc_id} to merge failed: {exc}"
-                        ) from exc
-                    if existing is not None:
-                        document = merge_series_documents(existing, document)
-                yield doc.doc_id, document
+                    new_documents[doc.doc_id] = doc.document
+                    yield merged(doc.doc_id)
+                else:
+                    yield doc.doc_id, doc.document
 
-    result = bulk_index(
-        client,
-        index,
-        documents(),
-        max_bytes=max_bytes,
-        retries=retries if retries is not None else max_retries,
-        backoff=backoff if backoff is not None else backoff_s,
-        refresh=refresh,
-    )
+    options: dict[str, Any] = {
+        "max_bytes": max_bytes,
+        "retries": retries if retries is not None else max_retries,
+        "backoff": backoff if backoff is not None else backoff_s,
+        "refresh": refresh,
+    }
+    result = bulk_index(client, index, documents(), **options)
+    # Optimistic concurrency: another run wrote the series document between our read and our write
+    # (parts of one series indexed by parallel runs): read it again, merge again, write again.
+    for attempt in range(1, MERGE_ATTEMPTS + 1):
+        if not result.conflicts:
+            break
+        again, result.conflicts = sorted(set(result.conflicts)), []
+        log.info("%d series documents changed while merging: merging again (%d)", len(again), attempt)
+        retried = bulk_index(client, index, [merged(doc_id) for doc_id in again], **options)
+        result.indexed += retried.indexed
+        result.failed.update(retried.failed)
+        result.conflicts = retried.conflicts
+        result.requests += retried.requests
+        result.retries += retried.retries
+    for doc_id in result.conflicts:
+        result.failed[doc_id] = f"still changing after {MERGE_ATTEMPTS} merges (HTTP 409 version conflict)"
     report.indexed = result.indexed
     report.failed = {
         uid: f"{_files_named(files_of.get(uid, []))}: {why}" for uid, why in result.failed.items()
