@@ -26,8 +26,9 @@ DOC = """
 
 Compares test segmentations with reference segmentations, pair by pair (both DICOM SEG series in the
 PACS, made on the same image series): Dice, Jaccard, volumes, Hausdorff, HD95, ASSD and surface Dice
-per segment. Writes `evaluation_cases.csv` (one row per case and segment) and `evaluation_summary.json`
-(per label over all cases) into the run workspace. Example conf:
+per segment. Writes `evaluation_cases.csv` (one row per case and segment), `evaluation_summary.json`
+(per label over all cases) and `evaluation_report.html` (table and box plots) into the run workspace,
+and the summary into the `<index>-evaluations` search index. Example conf:
 
 ```json
 {"pairs": [{"reference": "1.2.826.0.1.3680043.8.498.1", "test": "1.2.826.0.1.3680043.8.498.2"}],
@@ -132,14 +133,32 @@ def create_segmentation_evaluation_dag(
 
         @task
         def summary(results: Any, dag_run: Any = None) -> dict[str, Any]:
-            """The per-case CSV and per-label JSON of every evaluated pair, in the run's folder."""
-            from airflow_provider_kaapana.core.quant.summary import write_evaluation_summary
+            """The per-case CSV, the per-label JSON and the HTML report of every evaluated pair in the
+            run's folder; the summary also in the evaluations index (keyed by run: a re-run replaces it)."""
+            from airflow_provider_kaapana.core.index.client import bulk_index
+            from airflow_provider_kaapana.core.quant.summary import (
+                evaluation_index_document,
+                write_evaluation_summary,
+            )
             from airflow_provider_kaapana.core.workspace import run_workspace
+            from airflow_provider_kaapana.exceptions import KaapanaError
+            from airflow_provider_kaapana.hooks.search import SearchHook
 
             workspace = run_workspace(s.workspace_base, dag_run.dag_id, dag_run.run_id)
-            written = write_evaluation_summary([r for r in results if r], workspace.root)
-            return {k: written[k] for k in ("cases_path", "summary_path")} | {
-                "cases": written["summary"]["cases"]
+            title = f"Segmentation evaluation {dag_run.run_id}"
+            written = write_evaluation_summary([r for r in results if r], workspace.root, title)
+            doc = evaluation_index_document(
+                written["summary"],
+                dag_id=dag_run.dag_id,
+                run_id=dag_run.run_id,
+                created=str(dag_run.run_after),
+            )
+            indexed = bulk_index(SearchHook(s.search_conn_id).get_conn(), f"{s.index}-evaluations", [doc])
+            if indexed.failed:
+                raise KaapanaError(f"the evaluations index refused the summary: {indexed.failed}")
+            return {k: written[k] for k in ("cases_path", "summary_path", "report_path")} | {
+                "cases": written["summary"]["cases"],
+                "evaluations_index": f"{s.index}-evaluations",
             }
 
         summary(evaluations[0].output)

@@ -8,7 +8,11 @@ import json
 import pytest
 
 from airflow_provider_kaapana.core.quant.evaluation import SCHEMA
-from airflow_provider_kaapana.core.quant.summary import COLUMNS, write_evaluation_summary
+from airflow_provider_kaapana.core.quant.summary import (
+    COLUMNS,
+    evaluation_index_document,
+    write_evaluation_summary,
+)
 from airflow_provider_kaapana.exceptions import QuantificationError
 
 
@@ -45,6 +49,19 @@ def test_rows_and_distributions(tmp_path):
         }
     )
     assert liver["hd95_mm"]["n"] == 2 and liver["hd95_mm"]["mean"] == pytest.approx(3.0)
+    # the page a researcher opens: the table and two box plots, self-contained, the same on a re-run
+    page = open(written["report_path"]).read()
+    assert "<table>" in page and "Dice per label" in page and "<script" not in page
+    assert page.count("<svg") == 1  # these evaluations carry no volumes: no volume plot
+    assert "0.467 ± 0.368" in page and "(n=3)" in page  # liver's Dice mean ± SD over the 3 cases
+    assert write_evaluation_summary(cases, tmp_path / "again")["report_path"] != written["report_path"]
+    assert open(tmp_path / "again" / "evaluation_report.html").read() == page
+    doc_id, document = evaluation_index_document(
+        json.loads(open(written["summary_path"]).read()), dag_id="d", run_id="r1", created="2026-12-01"
+    )
+    assert doc_id == "d/r1" and document["cases"] == 3
+    assert document["segments"][0]["label"] == "liver"
+    assert document["segments"][0]["dice_median"] == 0.5 and document["segments"][0]["hd95_mm_n"] == 2
 
 
 def test_a_foreign_document_is_refused_by_name(tmp_path):

@@ -68,6 +68,12 @@ def test_evaluation_dag_writes_cases_and_summary(lib, new_series, tmp_path):  # 
     assert liver["cases"] == 2 and liver["dice"]["n"] == 2
     assert liver["dice"]["max"] == 1.0
     assert liver["dice"]["mean"] == pytest.approx((1.0 + direct["segments"][0]["dice"]) / 2)
+    assert "<svg" in open(summary["report_path"]).read()
+    client = lib.search_client()
+    client.refresh(summary["evaluations_index"])
+    indexed = client.get(summary["evaluations_index"], f"{dag_run.dag_id}/{dag_run.run_id}")
+    assert indexed["cases"] == 2
+    assert next(s for s in indexed["segments"] if s["label"] == "liver")["dice_n"] == 2
     # each test's evaluation sits in the test series' own folder: two tests of one source never collide
     for map_index in (0, 1):
         _, result = xcom(dag_run, "per_pair.evaluate", map_index)

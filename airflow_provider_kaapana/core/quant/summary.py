@@ -85,8 +85,42 @@ def evaluation_summary(cases: Sequence[Mapping[str, Any]]) -> tuple[list[dict[st
     return rows, {"schema": SUMMARY_SCHEMA, "cases": len(cases), "segments": segments}
 
 
-def write_evaluation_summary(cases: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Write ``evaluation_cases.csv`` and ``evaluation_summary.json`` into ``out_dir`` (atomically)."""
+def evaluation_index_document(
+    summary: Mapping[str, Any], *, dag_id: str, run_id: str, created: str
+) -> tuple[str, dict[str, Any]]:
+    """``(doc_id, document)`` of a run's summary for the evaluations index: one entry per label with
+    each metric's mean, median and n (flat, so a Dashboards table can list them by label)."""
+    segments = []
+    for segment in summary.get("segments", []):
+        entry: dict[str, Any] = {
+            "segment_number": segment["segment_number"],
+            "label": segment["label"],
+            "cases": segment["cases"],
+        }
+        for metric in METRICS:
+            described = segment.get(metric) or {}
+            entry[f"{metric}_mean"] = described.get("mean")
+            entry[f"{metric}_median"] = described.get("median")
+            entry[f"{metric}_n"] = described.get("n", 0)
+        segments.append(entry)
+    document = {
+        "schema": SUMMARY_SCHEMA,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "created": created,
+        "cases": summary.get("cases", 0),
+        "segments": segments,
+    }
+    return f"{dag_id}/{run_id}", document
+
+
+def write_evaluation_summary(
+    cases: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "Segmentation evaluation"
+) -> dict[str, Any]:
+    """Write ``evaluation_cases.csv``, ``evaluation_summary.json`` and ``evaluation_report.html`` (the
+    table and box plots of Dice and volumes per label) into ``out_dir`` (atomically)."""
+    from airflow_provider_kaapana.core.quant.report import REPORT_FILE_NAME, evaluation_report_html
+
     rows, summary = evaluation_summary(cases)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,4 +130,11 @@ def write_evaluation_summary(cases: Sequence[Mapping[str, Any]], out_dir: str | 
     writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     csv_path = write_atomic(out_dir / CASES_FILE_NAME, [text.getvalue().encode()])
     json_path = write_atomic(out_dir / SUMMARY_FILE_NAME, [json.dumps(summary, indent=2).encode()])
-    return {"cases_path": str(csv_path), "summary_path": str(json_path), "summary": summary}
+    page = evaluation_report_html(rows, summary, title)
+    report_path = write_atomic(out_dir / REPORT_FILE_NAME, [page.encode("utf-8")])
+    return {
+        "cases_path": str(csv_path),
+        "summary_path": str(json_path),
+        "report_path": str(report_path),
+        "summary": summary,
+    }
