@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airflow_provider_kaapana.core.nifti.geometry import order_and_check
+from airflow_provider_kaapana.core.nifti.geometry import order_and_check, slice_normal
 from airflow_provider_kaapana.core.nifti.pixels import apply_rescale, read_stored
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, Volume, scan_series, split_volumes
 from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti
@@ -211,6 +211,8 @@ def _write_volume(
             "voxel_axes": VOXEL_AXES,
             "rescale": rescale,
             "split": volume.split,
+            "mosaic": _mosaic_entry(volume),
+            "diffusion": _diffusion_entry(volume),
             "skipped_files": skipped_json,
         },
     )
@@ -225,6 +227,41 @@ def _write_volume(
         split=volume.split,
         split_suffix=volume.suffix,
     )
+
+
+def _mosaic_entry(volume: Volume) -> dict | None:
+    """Which tile of the Siemens mosaic each slice ``k`` was cut from (None for other images)."""
+    tiles = [s.mosaic for s in volume.slices]
+    if tiles[0] is None:
+        return None
+    return {
+        "grid": tiles[0].grid,
+        "tile_rows": tiles[0].rows,
+        "tile_columns": tiles[0].columns,
+        "tiles": [t.index if t is not None else None for t in tiles],
+    }
+
+
+def _diffusion_entry(volume: Volume) -> dict | None:
+    """b-value and gradient of a diffusion mosaic: in patient LPS, and as FSL's ``bvec`` (voxel axes, the
+    first negated when the affine's determinant is positive, as dcm2niix writes it)."""
+    diffusion = volume.slices[0].diffusion
+    if diffusion is None:
+        return None
+    bvec = [0.0, 0.0, 0.0]
+    if diffusion.gradient_direction_lps is not None:
+        g = np.asarray(diffusion.gradient_direction_lps)
+        orientation = volume.slices[0].orientation
+        axes = (orientation[:3], -orientation[3:], slice_normal(orientation))
+        bvec = [float(np.dot(g, axis)) for axis in axes]
+        assert volume.affine_ras is not None
+        if np.linalg.det(volume.affine_ras[:3, :3]) > 0:
+            bvec[0] = -bvec[0]
+    return {
+        "b_value": diffusion.b_value,
+        "gradient_direction_lps": list(diffusion.gradient_direction_lps or [0.0, 0.0, 0.0]),
+        "bvec": bvec,
+    }
 
 
 def read_sidecar(path: str | Path) -> dict:
@@ -247,6 +284,11 @@ def dicom_frames(
     frame of a multi-frame source (else None). Pass the mask file's ``affine`` to have it checked against
     the sidecar's (a :class:`GeometryError` when they differ by more than ``atol_mm``).
     """
+    if sidecar.get("mosaic"):
+        raise GeometryError(
+            f"{sidecar.get('nifti_file')} comes from a Siemens MOSAIC: its slices are tiles of one DICOM "
+            "frame, not frames a DICOM object can reference"
+        )
     shape = tuple(sidecar["shape"])
     if tuple(array.shape[:3]) != shape:
         raise GeometryError(
