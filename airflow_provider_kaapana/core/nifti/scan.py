@@ -93,6 +93,7 @@ class SliceInfo:
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
     pixel_offset: int | None = None  # byte offset of (uncompressed) PixelData, when known from the header
+    gantry_tilt: float | None = None  # GantryDetectorTilt, degrees
     mosaic: MosaicTile | None = None  # a tile of a Siemens MOSAIC: the slice is cut out of the whole frame
     mosaic_volume: tuple[int, int, str] | None = None  # (AcquisitionNumber, InstanceNumber, SOP UID) of it
     diffusion: Diffusion | None = None
@@ -177,6 +178,7 @@ _WANTED: dict[int, tuple[str, str]] = {
     0x00180086: ("EchoNumbers", "str"),
     TAG_NUMBER_OF_IMAGES_IN_MOSAIC: ("NumberOfImagesInMosaic", "str"),
     0x00180088: ("SpacingBetweenSlices", "str"),
+    0x00181120: ("GantryDetectorTilt", "str"),
     0x0020000D: ("StudyInstanceUID", "str"),
     0x0020000E: ("SeriesInstanceUID", "str"),
     0x00200012: ("AcquisitionNumber", "str"),
@@ -319,6 +321,7 @@ def read_slices(path: Path) -> list[SliceInfo]:
         "slice_thickness": _opt_float(ds.get("SliceThickness")),
         "spacing_between_slices": _opt_float(ds.get("SpacingBetweenSlices")),
         "pixel_offset": pixel_offset,
+        "gantry_tilt": _opt_float(ds.get("GantryDetectorTilt")),
     }
     if not base["sop_instance_uid"] or not base["series_instance_uid"]:
         raise InvalidDicomError(f"{path}: missing SOPInstanceUID or SeriesInstanceUID")
