@@ -98,22 +98,30 @@ def read_stored(slices: list[SliceInfo]) -> np.ndarray:
 
 
 def _decode_with_pydicom(s: SliceInfo) -> np.ndarray:
+    return decode_pixels(s.path, s.transfer_syntax_uid)
+
+
+def decode_pixels(path: Path, transfer_syntax_uid: str | None = None) -> np.ndarray:
+    """Stored pixel values of a file (frames, rows, columns; or rows, columns), decoded by pydicom.
+
+    Compressed syntaxes go through pydicom's plugins (core dependencies): pylibjpeg-libjpeg for JPEG
+    baseline/extended/lossless (Process 14 SV1 included) and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000,
+    pylibjpeg-rle (or pydicom's own decoder) for RLE. Raises :class:`InvalidDicomError` naming the file.
+    """
     import pydicom
 
     try:
-        ds = pydicom.dcmread(s.path)
+        ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise InvalidDicomError(f"{s.path}: cannot read: {exc}") from exc
+        raise InvalidDicomError(f"{path}: cannot read: {exc}") from exc
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise InvalidDicomError(f"{s.path}: has no pixel data")
+        raise InvalidDicomError(f"{path}: has no pixel data")
+    syntax = transfer_syntax_uid or str(ds.file_meta.get("TransferSyntaxUID", ""))
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing/failed decoders
-        name = uid_name(s.transfer_syntax_uid) or s.transfer_syntax_uid
-        raise InvalidDicomError(
-            f"{s.path}: cannot decode pixel data (transfer syntax {name}): {exc}. Install a pydicom "
-            "pixel-data plugin for it (pylibjpeg, pylibjpeg-openjpeg or gdcm) or send it uncompressed."
-        ) from exc
+        name = uid_name(syntax) or syntax
+        raise InvalidDicomError(f"{path}: cannot decode pixel data (transfer syntax {name}): {exc}") from exc
     return np.asarray(arr)
 
 
