@@ -253,9 +253,10 @@ class _SegExport:
     ) -> SegExportResult:
         """Build the SEG with highdicom and save it atomically at ``out_path``."""
         seg_series_uid, seg_sop_uid = seg_uids(self.source.series_instance_uid, model_id, configuration)
+        source_images, pixels = _in_source_order(self.source, self.on_grid)
         seg = build_segmentation(
-            self.source.datasets,
-            self.on_grid,
+            source_images,
+            pixels,
             [self.specs[v] for v in self.kept],
             segmentation_type=self.segmentation_type,
             algorithm=self.algorithm,
@@ -269,6 +270,7 @@ class _SegExport:
             max_fractional_value=max_fractional_value,
         )
         self.on_grid = None  # highdicom holds the encoded frames now
+        del pixels
         write_atomically(seg, out_path)
         return SegExportResult(
             seg_path=out_path,
@@ -333,6 +335,20 @@ def _cross_check_sidecar(
         sidecar_path = candidate if candidate.is_file() else None
     if sidecar_path is not None:
         check_sidecar(Path(sidecar_path), label_shape, affine, source)
+
+
+def _in_source_order(source: SourceSeries, on_grid: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """highdicom's inputs: the source images and the label frames in their order.
+
+    Single-frame sources: one image per sorted slice, as they are. A multi-frame source: the one image,
+    and the frames put back in its frame order (highdicom pairs frame ``i`` of the array with frame
+    ``i + 1`` of the source, whose functional groups give the SEG frame its position).
+    """
+    if source.frame_numbers is None:
+        return list(source.datasets), on_grid
+    frames = np.zeros_like(on_grid)
+    frames[np.asarray(source.frame_numbers) - 1] = on_grid
+    return [source.datasets[0]], frames
 
 
 def _frames_per_label_value(on_grid: np.ndarray) -> np.ndarray:
