@@ -4,13 +4,13 @@ group them into volumes by orientation, size, echo, temporal position and acquis
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.elements import (
     DEFLATED_TRANSFER_SYNTAXES,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -433,12 +433,6 @@ class _NotAnImage(Exception):
 # --------------------------------------------------------------------------- scanning a directory
 
 
-def _iter_files(series_dir: Path) -> Iterable[Path]:
-    for path in sorted(series_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.name != "DICOMDIR":
-            yield path
-
-
 def scan_series(series_dir: str | Path) -> tuple[list[SliceInfo], list[SkippedFile]]:
     """Read every file's header under ``series_dir``: the image slices, and the files skipped with why."""
     series_dir = Path(series_dir)
@@ -447,7 +441,7 @@ def scan_series(series_dir: str | Path) -> tuple[list[SliceInfo], list[SkippedFi
     slices: list[SliceInfo] = []
     skipped: list[SkippedFile] = []
     seen: dict[tuple[str, int | None, int | None], Path] = {}
-    for path in _iter_files(series_dir):
+    for path in dicom_files(series_dir):
         try:
             file_slices = read_slices(path)
         except _NotAnImage as exc:

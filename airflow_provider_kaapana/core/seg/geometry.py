@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.seg.codes import LabelConfigError
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -69,7 +70,7 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
     if not source_dir.is_dir():
         raise InvalidDicomError(f"{source_dir}: source series directory does not exist")
     datasets: list[tuple[Path, Dataset]] = []
-    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in dicom_files(source_dir):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
@@ -334,7 +335,7 @@ def check_sidecar(
 
 def source_series_instance_uid(source_dir: str | Path) -> str:
     """SeriesInstanceUID of the first DICOM file in ``source_dir`` (sorted by name)."""
-    for path in sorted(p for p in Path(source_dir).rglob("*") if p.is_file()):
+    for path in dicom_files(source_dir):
         try:
             ds = pydicom.dcmread(
                 path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"]
