@@ -25,7 +25,7 @@ DOC = """
 ### Ingest
 
 Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period,
-or by hand with the path of a series folder. Validates the instances, stores them in the PACS, indexes
+or by hand with the path of a folder or of CD/DVD media (DICOMDIR): every series in it is ingested. Validates the instances, stores them in the PACS, indexes
 the series, then removes the batch from the landing zone. Example manual conf:
 
 ```json
@@ -54,7 +54,11 @@ def create_ingest_dag(
                 type="string",
                 minLength=1,
                 title="Series folder",
-                description="Folder holding the DICOM files of one series (the listener fills this in).",
+                description=(
+                    "Folder holding the DICOM files of one series (the listener fills this in). By hand: "
+                    "any folder (files of any name, subfolders) or CD/DVD media with a DICOMDIR; every "
+                    "series in it is ingested."
+                ),
             ),
             "keep_landing_files": Param(
                 False,
