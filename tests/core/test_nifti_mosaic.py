@@ -143,3 +143,26 @@ def test_mosaic_slices_cannot_be_put_back_on_dicom_frames(tmp_path):
     sidecar = read_sidecar(volume.sidecar_path)
     with pytest.raises(GeometryError, match="Siemens MOSAIC"):
         list(dicom_frames(np.zeros(volume.shape, np.uint8), sidecar))
+
+
+def test_private_mosaic_count_counts_only_under_the_siemens_creator(tmp_path):
+    """(0019,100A) is NumberOfImagesInMosaic only in the SIEMENS MR HEADER block; GE uses it otherwise."""
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "ge"
+    src.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    block = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    block.add_new(0x0A, "US", 16)
+    ds.save_as(src / "ct.dcm")
+    (volume,) = convert_series(src, tmp_path / "out")
+    assert volume.shape == (128, 128, 1)
+
+    siemens = with_random_pixels(real_mosaic("siemens_dwi_0.dcm.gz"), 6)
+    siemens.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]  # no MOSAIC: the private count says it
+    assert siemens[0x00190010].value == "SIEMENS MR HEADER"
+    siemens_dir = tmp_path / "siemens"
+    siemens_dir.mkdir()
+    siemens.save_as(siemens_dir / "a")
+    (mosaic,) = convert_series(siemens_dir, tmp_path / "out2")
+    assert mosaic.shape == (128, 128, 48)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 TAG_NUMBER_OF_IMAGES_IN_MOSAIC = 0x0019100A  # Siemens private (SIEMENS MR HEADER), mirrors the CSA entry
+TAG_PRIVATE_CREATOR_0019_10 = 0x00190010  # its private creator: other vendors use (0019,100A) otherwise
+SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,16 @@ class Diffusion:
     gradient_direction_lps: tuple[float, float, float] | None  # unit vector in patient LPS, None for b=0
 
 
-def looks_like_mosaic(image_type: object, number_in_mosaic: object = None) -> bool:
-    """Whether a header announces a mosaic: ImageType contains MOSAIC, or NumberOfImagesInMosaic > 1."""
+def looks_like_mosaic(
+    image_type: object, number_in_mosaic: object = None, private_creator: object = None
+) -> bool:
+    """Whether a header announces a mosaic: ImageType contains MOSAIC, or the Siemens private
+    NumberOfImagesInMosaic (only under the private creator ``SIEMENS MR HEADER``) is above 1."""
     values = image_type if isinstance(image_type, (list, tuple)) else str(image_type or "").split("\\")
     if any(str(v).strip().upper() == "MOSAIC" for v in values):
         return True
+    if str(private_creator or "").strip() != SIEMENS_MR_HEADER:
+        return False
     try:
         return int(number_in_mosaic) > 1  # type: ignore[call-overload]
     except (TypeError, ValueError):
@@ -65,7 +72,10 @@ def looks_like_mosaic(image_type: object, number_in_mosaic: object = None) -> bo
 def is_mosaic(ds: Dataset) -> bool:
     """:func:`looks_like_mosaic` of a pydicom dataset."""
     element = ds.get(TAG_NUMBER_OF_IMAGES_IN_MOSAIC)
-    return looks_like_mosaic(list(ds.get("ImageType", []) or []), getattr(element, "value", None))
+    creator = ds.get(TAG_PRIVATE_CREATOR_0019_10)
+    return looks_like_mosaic(
+        list(ds.get("ImageType", []) or []), getattr(element, "value", None), getattr(creator, "value", None)
+    )
 
 
 def _csareader() -> Any:

@@ -25,6 +25,7 @@ from airflow_provider_kaapana.core.dicom.elements import (
 from airflow_provider_kaapana.core.nifti.geometry import check_geometry_tags, positions_along_normal
 from airflow_provider_kaapana.core.nifti.mosaic import (
     TAG_NUMBER_OF_IMAGES_IN_MOSAIC,
+    TAG_PRIVATE_CREATOR_0019_10,
     Diffusion,
     MosaicTile,
     diffusion_of,
@@ -176,7 +177,8 @@ _WANTED: dict[int, tuple[str, str]] = {
     0x00180050: ("SliceThickness", "str"),
     0x00180081: ("EchoTime", "str"),
     0x00180086: ("EchoNumbers", "str"),
-    TAG_NUMBER_OF_IMAGES_IN_MOSAIC: ("NumberOfImagesInMosaic", "str"),
+    TAG_PRIVATE_CREATOR_0019_10: ("PrivateCreator0019", "str"),
+    TAG_NUMBER_OF_IMAGES_IN_MOSAIC: ("NumberOfImagesInMosaic", "US"),
     0x00180088: ("SpacingBetweenSlices", "str"),
     0x00181120: ("GantryDetectorTilt", "str"),
     0x0020000D: ("StudyInstanceUID", "str"),
@@ -274,7 +276,9 @@ def read_slices(path: Path) -> list[SliceInfo]:
         ds: Any = _fast_header(path)
     except (OSError, struct.error, ValueError, UnicodeDecodeError, InvalidDicomError):
         ds = None
-    if ds is not None and looks_like_mosaic(ds.get("ImageType"), ds.get("NumberOfImagesInMosaic")):
+    if ds is not None and looks_like_mosaic(
+        ds.get("ImageType"), ds.get("NumberOfImagesInMosaic"), ds.get("PrivateCreator0019")
+    ):
         ds = None  # a Siemens mosaic: its CSA header is read from the pydicom dataset
     if ds is None:
         import pydicom
