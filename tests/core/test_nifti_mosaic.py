@@ -77,6 +77,14 @@ def test_dwi_mosaic_series_matches_dcm2niix(tool, tmp_path):
     assert abs(bvec[0]) > 0.99  # the gradient of this acquisition is along x
     assert b1000["split"]["mosaic_volume"] == {"index": 2, "acquisition_number": 2, "instance_number": 2}
     assert b1000["sop_instance_uids"] == [b1000["sop_instance_uids"][0]] * 48
+    # FSL gradient files for the series, one column per volume in _v order
+    assert (tmp_path / "ours" / "dwi.bval").read_text().split() == ["0", "1000"]
+    bvecs = np.loadtxt(tmp_path / "ours" / "dwi.bvec")
+    assert bvecs.shape == (3, 2)
+    np.testing.assert_allclose(bvecs[:, 1], bvec, atol=1e-6)
+    # stacked, our volumes are dcm2niix's 4-D image
+    stacked = nib.concat_images([nib.load(v.nifti_path) for v in volumes])
+    np.testing.assert_array_equal(np.asarray(stacked.dataobj), ref_data)
 
 
 def test_oblique_mosaic_matches_dcm2niix(tool, tmp_path):

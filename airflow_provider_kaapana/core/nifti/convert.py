@@ -70,7 +70,7 @@ import numpy as np
 from airflow_provider_kaapana.core.nifti.geometry import order_and_check, slice_normal
 from airflow_provider_kaapana.core.nifti.pixels import apply_rescale, read_stored
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, Volume, scan_series, split_volumes
-from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti
+from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti, write_text
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,23 @@ def convert_series(
                 volume, series_uid, out_dir, stem, compress, compression_level, skipped_json=skipped_json
             )
         )
+    _write_fsl_gradients(plans, out_dir, suffix)
     return results
+
+
+def _write_fsl_gradients(plans: list[tuple[str, str, Volume]], out_dir: Path, suffix: str) -> None:
+    """``<stem>.bval`` / ``<stem>.bvec`` (FSL) per diffusion series: one column per volume, in the order of
+    the ``_v1``, ``_v2``... volumes, so that those stacked as a 4-D image pair with them as dcm2niix's do."""
+    by_base: dict[str, list[dict | None]] = {}
+    for _series_uid, base, volume in plans:
+        by_base.setdefault(base, []).append(_diffusion_entry(volume))
+    for base, entries in by_base.items():
+        if not entries or any(e is None for e in entries):
+            continue
+        bvals = " ".join(f"{e['b_value']:g}" for e in entries if e is not None)
+        rows = [" ".join(f"{e['bvec'][axis]:.6f}" for e in entries if e is not None) for axis in range(3)]
+        write_text(out_dir / f"{base}{suffix}.bval", bvals + "\n")
+        write_text(out_dir / f"{base}{suffix}.bvec", "\n".join(rows) + "\n")
 
 
 def _plan_volumes(
