@@ -348,7 +348,41 @@ def _in_source_order(source: SourceSeries, on_grid: np.ndarray) -> tuple[list[An
         return list(source.datasets), on_grid
     frames = np.zeros_like(on_grid)
     frames[np.asarray(source.frame_numbers) - 1] = on_grid
-    return [source.datasets[0]], frames
+    return [_with_shared_plane_groups(source.datasets[0])], frames
+
+
+_PLANE_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+
+
+def _with_shared_plane_groups(ds: Any) -> Any:
+    """The multi-frame source header as highdicom reads it: pixel measures and plane orientation shared.
+
+    Some vendors (Philips) repeat the same Pixel Measures and Plane Orientation in every frame's
+    functional groups instead of the shared ones; highdicom reads them from the shared groups only. When
+    every frame carries the same values, a copy of the header with them shared describes the very same
+    frames (nothing else changes; the SEG references the source by its UIDs). Differing values are
+    refused.
+    """
+    import copy
+
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    missing = [g for g in _PLANE_GROUPS if shared is None or g not in shared]
+    if not missing:
+        return ds
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    for group in missing:
+        values = {repr(item[group].value[0].to_json_dict()) if group in item else None for item in per_frame}
+        if len(values) != 1 or None in values:
+            raise InvalidDicomError(
+                f"multi-frame source {ds.SOPInstanceUID}: {group} differs between frames (or is missing); "
+                "a SEG needs one pixel grid and orientation for all frames"
+            )
+    out = copy.deepcopy(ds)  # a header (no pixel data): the caller's dataset stays as it was read
+    new_shared = out.SharedFunctionalGroupsSequence[0] if shared is not None else type(ds)()
+    for group in missing:
+        new_shared[group] = copy.deepcopy(per_frame[0][group])
+    out.SharedFunctionalGroupsSequence = [new_shared]
+    return out
 
 
 def _frames_per_label_value(on_grid: np.ndarray) -> np.ndarray:
