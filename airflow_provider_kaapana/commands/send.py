@@ -11,7 +11,12 @@ HELP = "send DICOM files or directories to a PACS (C-STORE or STOW-RS), checking
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or directories (*.dcm below)")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM files, directories (DICOM files below, any name) or DICOMDIR media",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--dimse", metavar="AET@HOST:PORT", help="C-STORE to this DICOM node")
     target.add_argument("--dicomweb", metavar="URL", help="STOW-RS to this DICOMweb base URL")

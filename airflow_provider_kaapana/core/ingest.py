@@ -13,8 +13,8 @@ import filecmp
 import logging
 import os
 import shutil
-from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,50 +46,92 @@ def _link_or_copy(src: Path, dst: Path, mode: str) -> None:
     os.replace(tmp, dst)
 
 
-def receive_from_landing(conf: Mapping[str, Any], dest_dir: Path, mode: str = "link") -> list[Path]:
-    """Bring one listener batch (``conf`` of a listener-triggered run) into ``dest_dir``."""
-    files = read_batch_files(dict(conf))
-    missing = [f for f in files if not f.exists()]
+@dataclass(frozen=True)
+class LandingSeries:
+    """The files of one series to bring into a run's workspace, named relative to ``base``."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    files: list[Path]
+    base: Path
+
+
+def _destination_name(src: Path, base: Path) -> str:
+    """A flat, unique file name in the workspace: ``DICOM/ST0/SE1/IM3`` -> ``DICOM_ST0_SE1_IM3``."""
+    try:
+        return "_".join(src.relative_to(base).parts)
+    except ValueError:
+        return src.name
+
+
+def receive_files(series: LandingSeries, dest_dir: Path, mode: str = "link") -> list[Path]:
+    """Link (or copy) one series' files into ``dest_dir``; idempotent."""
+    missing = [f for f in series.files if not f.exists()]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(files)} files of series {conf.get('series_instance_uid')} are missing "
-            f"from the landing zone, e.g. {missing[0]}"
+            f"{len(missing)} of {len(series.files)} files of series {series.series_instance_uid} are missing "
+            f"from {series.base}, e.g. {missing[0]}"
         )
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = []
-    for src in files:
-        dst = dest_dir / src.name
+    for src in series.files:
+        dst = dest_dir / _destination_name(src, series.base)
         _link_or_copy(src, dst, mode)
         out.append(dst)
     return out
 
 
-def with_series_uids(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """A conf naming only ``series_dir`` (an ingest run by hand) gets its UIDs from its files."""
+def receive_from_landing(conf: Mapping[str, Any], dest_dir: Path, mode: str = "link") -> list[Path]:
+    """Bring one listener batch (``conf`` of a listener-triggered run) into ``dest_dir``."""
+    series = landing_series(conf)
+    if len(series) != 1:
+        raise InvalidDicomError(f"{conf.get('series_dir')}: holds {len(series)} series, expected one")
+    return receive_files(series[0], dest_dir, mode)
+
+
+def landing_series(conf: Mapping[str, Any]) -> list[LandingSeries]:
+    """The series a run receives: a listener batch is one series (its conf names UIDs and files); a run by
+    hand names only ``series_dir`` (a folder, CD/DVD media with a DICOMDIR, or the DICOMDIR itself) and
+    gets one entry per series among its DICOM files (any file name), by the UIDs in the files.
+
+    Unreadable files of a run by hand go with the first series, so that its validation sets them aside
+    with the reason; a run by hand never deletes anything from its folder.
+    """
     from airflow_provider_kaapana.core.net.send import instance_uids
 
-    conf = dict(conf)
+    series_dir = Path(conf["series_dir"])
+    base = series_dir.parent if series_dir.is_file() else series_dir
     if conf.get("series_instance_uid") and conf.get("study_instance_uid"):
-        return conf
-    files = read_batch_files(conf)
+        return [
+            LandingSeries(
+                str(conf["study_instance_uid"]),
+                str(conf["series_instance_uid"]),
+                read_batch_files(dict(conf)),
+                base,
+            )
+        ]
+    files = read_batch_files(dict(conf))
     if not files:
-        raise FileNotFoundError(f"no DICOM file (*.dcm) in {conf['series_dir']}")
-    # The folder's series is the one most of its files belong to: an unreadable or stray file that
-    # happens to sort first must not decide it (it is set aside later, the rest goes on).
-    votes: Counter[tuple[str, str]] = Counter()
+        raise FileNotFoundError(f"no DICOM file in {series_dir}")
+    groups: dict[tuple[str, str], list[Path]] = {}
+    unreadable: list[Path] = []
     for path in files:
         try:
             uids = instance_uids(path)
         except InvalidDicomError as exc:
             log.warning("%s", exc)
+            unreadable.append(path)
             continue
-        votes[(uids.study_instance_uid, uids.series_instance_uid)] += 1
-    if not votes:
-        raise InvalidDicomError(f"{conf['series_dir']}: none of its {len(files)} files is readable DICOM")
-    (study_uid, series_uid), _ = votes.most_common(1)[0]
-    conf.setdefault("series_instance_uid", series_uid)
-    conf.setdefault("study_instance_uid", study_uid)
-    return conf
+        groups.setdefault((uids.study_instance_uid, uids.series_instance_uid), []).append(path)
+    if not groups:
+        raise InvalidDicomError(f"{series_dir}: none of its {len(files)} files is readable DICOM")
+    # the largest series first (a stray file that happens to sort first does not lead)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    out = [LandingSeries(study, series, paths, base) for (study, series), paths in ordered]
+    out[0] = LandingSeries(
+        out[0].study_instance_uid, out[0].series_instance_uid, out[0].files + unreadable, base
+    )
+    return out
 
 
 # --- validation -----------------------------------------------------------------------------------

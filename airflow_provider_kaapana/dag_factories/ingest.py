@@ -26,12 +26,12 @@ DOC = """
 ### Ingest
 
 Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period,
-or by hand with the path of a series folder. Validates the instances, stores them in the PACS, indexes
-the series, then removes the batch from the landing zone. Files that are not valid DICOM of the
-series are set aside (kept in the landing zone, copied to the run's `.invalid` folder): the good files
-are stored and indexed all the same, and the last task, `report`, then **fails** with
-"N stored, M quarantined (where, why)", so the run shows as failed until someone looks. Example manual
-conf:
+or by hand with the path of a folder or of CD/DVD media (DICOMDIR): every series in it is ingested.
+Validates the instances, stores them in the PACS, indexes the series, then removes the batch from the
+landing zone. Files that are not valid DICOM of the series are set aside (kept in the landing zone,
+copied to the run's `.invalid` folder): the good files are stored and indexed all the same, and the
+last task, `report`, then **fails** with "N stored, M quarantined (where, why)", so the run shows as
+failed until someone looks. Example manual conf:
 
 ```json
 {"series_dir": "/data/kaapana/landing/1.2.3/1.2.3.4"}
@@ -59,7 +59,11 @@ def create_ingest_dag(
                 type="string",
                 minLength=1,
                 title="Series folder",
-                description="Folder holding the DICOM files of one series (the listener fills this in).",
+                description=(
+                    "Folder holding the DICOM files of one series (the listener fills this in). By hand: "
+                    "any folder (files of any name, subfolders) or CD/DVD media with a DICOMDIR; every "
+                    "series in it is ingested."
+                ),
             ),
             "keep_landing_files": Param(
                 False,

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
-from airflow_provider_kaapana.core.ingest import receive_from_landing, with_series_uids
+from airflow_provider_kaapana.core.ingest import landing_series, receive_files
 from airflow_provider_kaapana.core.params import as_native
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
 from airflow_provider_kaapana.exceptions import PacsError
@@ -31,7 +31,8 @@ class DicomReceiveOperator(KaapanaBaseOperator):
     """Fetch DICOM series into the run workspace (``<base>/<dag>/<run>/batch/<series>/dicom``).
 
     Give either ``landing_conf`` (the conf of a listener-triggered run: ``"{{ dag_run.conf }}"``; a conf
-    with only ``series_dir``, as from a run by hand, gets its UIDs from the files) or ``series``: one or a
+    with only ``series_dir``, as from a run by hand, gets one entry per series among the folder's DICOM
+    files: any file name, subfolders, DICOM media with a DICOMDIR) or ``series``: one or a
     list of ``{"study_instance_uid", "series_instance_uid"}`` (a study UID alone fetches every series of the
     study, found by C-FIND). One series dict in gives one dict out; otherwise a list. Mappable:
     ``DicomReceiveOperator.partial(task_id=..., method="wado-rs").expand(series=[...])``.
@@ -81,15 +82,23 @@ class DicomReceiveOperator(KaapanaBaseOperator):
                 raise ValueError(
                     f"landing_conf needs the listener's conf with series_dir, got {landing_conf!r}"
                 )
-            landing_conf = with_series_uids(landing_conf)
-            series_uid = validate_uid(landing_conf["series_instance_uid"], "SeriesInstanceUID")
-            study_uid = validate_uid(landing_conf["study_instance_uid"], "StudyInstanceUID")
-            dest = workspace.step_dir(series_uid, "dicom")
-            files = receive_from_landing(landing_conf, dest, self.copy_mode)
-            log.info("series %s: %d instances from the landing zone into %s", series_uid, len(files), dest)
-            return [
-                {"study_instance_uid": study_uid, "series_instance_uid": series_uid, "series_dir": str(dest)}
-            ]
+            received = []
+            for landing in landing_series(landing_conf):
+                series_uid = validate_uid(landing.series_instance_uid, "SeriesInstanceUID")
+                study_uid = validate_uid(landing.study_instance_uid, "StudyInstanceUID")
+                dest = workspace.step_dir(series_uid, "dicom")
+                files = receive_files(landing, dest, self.copy_mode)
+                log.info(
+                    "series %s: %d instances from %s into %s", series_uid, len(files), landing.base, dest
+                )
+                received.append(
+                    {
+                        "study_instance_uid": study_uid,
+                        "series_instance_uid": series_uid,
+                        "series_dir": str(dest),
+                    }
+                )
+            return received
         if not series:
             raise ValueError("nothing to receive: give landing_conf or series")
         if isinstance(series, Mapping):

@@ -37,7 +37,8 @@ def _paths_of(value: Any) -> list[str]:
 
 
 class DicomSendOperator(KaapanaBaseOperator):
-    """Send files (or every ``*.dcm`` under directories) to the PACS of ``pacs_conn_id``.
+    """Send files (or the DICOM files under directories: ``*.dcm`` or any Part-10 file; DICOMDIR media by
+    their records) to the PACS of ``pacs_conn_id``.
 
     ``paths`` may be file/directory paths or the XCom of another step (dicts with ``series_dir``).
     Every instance's status is checked; a failure raises :class:`PacsError` listing the files. With

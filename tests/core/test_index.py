@@ -311,6 +311,8 @@ def test_every_pydicom_test_file_indexes_or_is_named(osmem, pydicom_test_files):
     covered = {str(f) for d in docs for f in d.files}
     for path in pydicom_test_files:
         named = [e for e in errors if e.startswith(str(path) + ":")]
+        if path.name == "DICOMDIR":
+            continue  # given by name, a DICOMDIR stands for the files its records reference
         assert str(path) in covered or named, f"{path} neither indexed nor named in an error"
     client = make_search_client(osmem.url, "opensearch")
     index = unique_index()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from airflow_provider_kaapana.core.ingest import (
     arrival_facts,
     ingest_summary,
+    landing_series,
     receive_from_landing,
     remove_from_landing,
     validate_batch,
-    with_series_uids,
 )
 from airflow_provider_kaapana.core.listener.server import SeriesBatch
 
@@ -62,9 +62,17 @@ def test_a_run_by_hand_gets_its_uids_from_its_files_and_deletes_nothing(syntheti
     series = synthetic_series(slices=3, rows=8, columns=8)
     stray = synthetic_series(slices=1, rows=8, columns=8, seed=9)
     (series.series_dir / "000-stray.dcm").write_bytes(stray.files[0].read_bytes())
-    conf = with_series_uids({"series_dir": str(series.series_dir)})
-    assert conf["series_instance_uid"] == series.series_instance_uid
-    assert conf["study_instance_uid"] == series.study_instance_uid
+    (series.series_dir / "000-broken.dcm").write_bytes(b"not dicom")
+    conf = {"series_dir": str(series.series_dir)}
+    main, other = landing_series(conf)
+    # the folder's main series leads (a stray file sorting first does not), the stray is its own series
+    assert (main.series_instance_uid, main.study_instance_uid) == (
+        series.series_instance_uid,
+        series.study_instance_uid,
+    )
+    assert other.series_instance_uid == stray.series_instance_uid
+    # the unreadable file goes with the first series, whose validation sets it aside with the reason
+    assert sorted(p.name for p in main.files) == sorted(["000-broken.dcm", *(f.name for f in series.files)])
     assert arrival_facts(conf) == {}
     validated = [{"series_dir": str(series.series_dir), "valid_files": [f.name for f in series.files]}]
     assert remove_from_landing(conf, validated) == []

@@ -242,7 +242,8 @@ def test_ingest_by_hand_deletes_nothing_and_reruns_without_duplicates(lib, new_s
 
 
 def test_ingest_by_hand_with_a_stray_first_file_ingests_the_series(lib, new_series):
-    """The series of a folder is its files' series, not whatever sorts first (garbage or a stray)."""
+    """A run by hand ingests every series of its folder, the largest first (not whatever sorts first);
+    a file that is not DICOM is set aside with that series."""
     series = new_series(slices=3)
     stranger = new_series(slices=1)
     (series.series_dir / "000-garbage.dcm").write_bytes(b"not DICOM" * 30)
@@ -253,9 +254,16 @@ def test_ingest_by_hand_with_a_stray_first_file_ingests_the_series(lib, new_seri
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids
     )
-    assert lib.count(series.series_instance_uid) == 1 and lib.count(stranger.series_instance_uid) == 0
+    assert instances_in(lib.pacs, stranger.study_instance_uid, stranger.series_instance_uid) == set(
+        stranger.sop_instance_uids
+    )
+    assert lib.count(series.series_instance_uid) == 1 and lib.count(stranger.series_instance_uid) == 1
     state, validated = xcom(dag_run, "validate")
-    assert {q.split(":", 1)[0] for q in validated[0]["quarantined"]} == {"000-garbage.dcm", "000-stray.dcm"}
+    assert [v["series_instance_uid"] for v in validated] == [
+        series.series_instance_uid,
+        stranger.series_instance_uid,
+    ]
+    assert {q.split(":", 1)[0] for q in validated[0]["quarantined"]} == {"000-garbage.dcm"}
     assert len(list(series.series_dir.iterdir())) == 5  # a run by hand removes nothing
 
 

@@ -156,6 +156,29 @@ def test_dag_from_listener_landing_zone(
     )
 
 
+@pytest.mark.slow
+def test_dag_ingests_cd_media_by_hand(airflow_db, orthanc_factory, tmp_path, monkeypatch):
+    """A run by hand on CD media (DICOMDIR, files without extension): every series reaches the PACS."""
+    from pydicom.data import get_testdata_file
+    from pydicom.fileset import FileSet
+
+    from tests.dags.dicom_io import dicom_landing
+
+    target = orthanc_factory()
+    monkeypatch.setenv("AIRFLOW_CONN_KAAPANA_TEST_TARGET", conn_json(target, dicomweb=False))
+    fs = FileSet()
+    originals = [pydicom.dcmread(get_testdata_file(n)) for n in ("CT_small.dcm", "MR_small.dcm")]
+    for ds in originals:
+        fs.add(ds)
+    fs.write(tmp_path / "cd")
+    conf = {"series_dir": str(tmp_path / "cd"), "workspace_base": str(tmp_path / "ws")}
+    dag_run = dicom_landing.test(run_conf=conf)
+    assert dag_run.state == "success"
+    for ds in originals:
+        assert instances_in(target, ds.StudyInstanceUID, ds.SeriesInstanceUID) == {ds.SOPInstanceUID}
+    assert (tmp_path / "cd" / "DICOMDIR").exists()  # a run by hand deletes nothing
+
+
 def test_receive_operator_is_idempotent(orthanc, synthetic_series, tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -23,6 +23,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
 
@@ -300,13 +301,12 @@ def read_header(path: Path) -> Dataset:
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    """Every file below folders (any name; DICOMDIR media by their records); a missing path stays, to be
+    reported as unreadable with the others."""
     files: list[Path] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
-        else:
-            files.append(p)
+        files.extend(dicom_files(p) if p.exists() else [p])
     return files
 
 

@@ -38,6 +38,7 @@ from pynetdicom.sop_class import Verification
 from airflow_provider_kaapana.core.deid.deidentify import deidentify_part10
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.elements import DEFLATED_TRANSFER_SYNTAXES, read_file_meta
 from airflow_provider_kaapana.core.dicom.raw import file_header, inflated_size, recover_partial_files
 from airflow_provider_kaapana.core.dicom.uids import is_valid_uid, validate_uid
@@ -799,8 +800,9 @@ class DicomListener:
 def read_batch_files(conf: dict[str, Any]) -> list[Path]:
     """The instance files a listener-triggered run must process, from its DAG run ``conf``.
 
-    Uses the batch manifest when present (only that batch's instances), else ``files``, else every
-    ``*.dcm`` in ``series_dir``.
+    Uses the batch manifest when present (only that batch's instances), else ``files``, else the DICOM
+    files of ``series_dir`` found by :func:`~airflow_provider_kaapana.core.dicom.discovery.dicom_files`
+    (a run by hand: any file name, subfolders, DICOMDIR media).
     """
     series_dir = Path(conf["series_dir"])
     names: list[str] | None = None
@@ -810,7 +812,7 @@ def read_batch_files(conf: dict[str, Any]) -> list[Path]:
     elif conf.get("files"):
         names = list(conf["files"])
     if names is None:
-        return sorted(series_dir.glob("*.dcm"))
+        return dicom_files(series_dir, only_dicom=True)
     for name in names:
         if os.sep in name or name.startswith("."):
             raise InvalidDicomError(f"batch file name {name!r} is not a plain file name")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pydicom
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
 from airflow_provider_kaapana.core.net.dimse import DimsePeer, StoreResult
@@ -31,19 +32,13 @@ class InstanceUids:
 
 
 def collect_dicom_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and every ``*.dcm`` below given directories (hidden files skipped), sorted."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.dcm") if not p.name.startswith("."))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
+    """Files as given, and the DICOM files below given directories or in DICOMDIR media (any name:
+    ``*.dcm`` or a Part-10 preamble; see :func:`~airflow_provider_kaapana.core.dicom.discovery.dicom_files`)."""
+    paths = list(paths)
+    files = dicom_files(paths, only_dicom=True)
     if not files:
         raise InvalidDicomError(f"no DICOM files in {[str(p) for p in paths]}")
-    return list(dict.fromkeys(files))
+    return files
 
 
 def instance_uids(path: Path) -> InstanceUids:

@@ -67,10 +67,10 @@ from pathlib import Path
 
 import numpy as np
 
-from airflow_provider_kaapana.core.nifti.geometry import order_and_check
+from airflow_provider_kaapana.core.nifti.geometry import order_and_check, slice_normal
 from airflow_provider_kaapana.core.nifti.pixels import apply_rescale, read_stored
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, Volume, scan_series, split_volumes
-from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti
+from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti, write_text
 from airflow_provider_kaapana.core.paths import path_component
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -144,6 +144,7 @@ def convert_series(
                 volume, series_uid, out_dir, stem, compress, compression_level, skipped_json=skipped_json
             )
         )
+    _write_fsl_gradients(plans, out_dir, suffix)
     return results
 
 
@@ -154,6 +155,21 @@ def _file_stem(base: str, part: str, suffix: str, series_uid: str, name: str | N
     # the longest extension (".nii.gz" / ".json") must fit too
     path_component(stem, f"NIfTI file name from {source} ({series_uid[:80]!r})", max_bytes=255 - 7)
     return stem
+
+
+def _write_fsl_gradients(plans: list[tuple[str, str, Volume]], out_dir: Path, suffix: str) -> None:
+    """``<stem>.bval`` / ``<stem>.bvec`` (FSL) per diffusion series: one column per volume, in the order of
+    the ``_v1``, ``_v2``... volumes, so that those stacked as a 4-D image pair with them as dcm2niix's do."""
+    by_base: dict[str, list[dict | None]] = {}
+    for _series_uid, base, volume in plans:
+        by_base.setdefault(base, []).append(_diffusion_entry(volume))
+    for base, entries in by_base.items():
+        if not entries or any(e is None for e in entries):
+            continue
+        bvals = " ".join(f"{e['b_value']:g}" for e in entries if e is not None)
+        rows = [" ".join(f"{e['bvec'][axis]:.6f}" for e in entries if e is not None) for axis in range(3)]
+        write_text(out_dir / f"{base}{suffix}.bval", bvals + "\n")
+        write_text(out_dir / f"{base}{suffix}.bvec", "\n".join(rows) + "\n")
 
 
 def _plan_volumes(
@@ -221,6 +237,8 @@ def _write_volume(
             "voxel_axes": VOXEL_AXES,
             "rescale": rescale,
             "split": volume.split,
+            "mosaic": _mosaic_entry(volume),
+            "diffusion": _diffusion_entry(volume),
             "skipped_files": skipped_json,
         },
     )
@@ -235,6 +253,41 @@ def _write_volume(
         split=volume.split,
         split_suffix=volume.suffix,
     )
+
+
+def _mosaic_entry(volume: Volume) -> dict | None:
+    """Which tile of the Siemens mosaic each slice ``k`` was cut from (None for other images)."""
+    tiles = [s.mosaic for s in volume.slices]
+    if tiles[0] is None:
+        return None
+    return {
+        "grid": tiles[0].grid,
+        "tile_rows": tiles[0].rows,
+        "tile_columns": tiles[0].columns,
+        "tiles": [t.index if t is not None else None for t in tiles],
+    }
+
+
+def _diffusion_entry(volume: Volume) -> dict | None:
+    """b-value and gradient of a diffusion mosaic: in patient LPS, and as FSL's ``bvec`` (voxel axes, the
+    first negated when the affine's determinant is positive, as dcm2niix writes it)."""
+    diffusion = volume.slices[0].diffusion
+    if diffusion is None:
+        return None
+    bvec = [0.0, 0.0, 0.0]
+    if diffusion.gradient_direction_lps is not None:
+        g = np.asarray(diffusion.gradient_direction_lps)
+        orientation = volume.slices[0].orientation
+        axes = (orientation[:3], -orientation[3:], slice_normal(orientation))
+        bvec = [float(np.dot(g, axis)) for axis in axes]
+        assert volume.affine_ras is not None
+        if np.linalg.det(volume.affine_ras[:3, :3]) > 0:
+            bvec[0] = -bvec[0]
+    return {
+        "b_value": diffusion.b_value,
+        "gradient_direction_lps": list(diffusion.gradient_direction_lps or [0.0, 0.0, 0.0]),
+        "bvec": bvec,
+    }
 
 
 def read_sidecar(path: str | Path) -> dict:
@@ -257,6 +310,11 @@ def dicom_frames(
     frame of a multi-frame source (else None). Pass the mask file's ``affine`` to have it checked against
     the sidecar's (a :class:`GeometryError` when they differ by more than ``atol_mm``).
     """
+    if sidecar.get("mosaic"):
+        raise GeometryError(
+            f"{sidecar.get('nifti_file')} comes from a Siemens MOSAIC: its slices are tiles of one DICOM "
+            "frame, not frames a DICOM object can reference"
+        )
     shape = tuple(sidecar["shape"])
     if tuple(array.shape[:3]) != shape:
         raise GeometryError(

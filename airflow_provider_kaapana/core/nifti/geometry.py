@@ -29,6 +29,10 @@ def check_geometry_tags(path: Path, iop: list[float], ipp: list[float], spacing:
     ]
     if missing:
         raise InvalidDicomError(f"{path}: missing or malformed {', '.join(missing)}; cannot place the slice")
+    if not np.all(np.isfinite([*iop, *ipp, *spacing])):
+        raise InvalidDicomError(
+            f"{path}: ImageOrientationPatient/ImagePositionPatient/PixelSpacing not finite"
+        )
     row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
     if (
         abs(np.linalg.norm(row) - 1) > 1e-3
@@ -100,7 +104,19 @@ def order_and_check(volume: Volume, series_uid: str, spacing_rtol: float, shear_
                 "refusing to write a sheared volume"
             )
     else:
+        if first.gantry_tilt and abs(first.gantry_tilt) > 0.01:
+            # dcm2niix shears the affine by the stated tilt; from one slice it cannot be checked
+            raise GeometryError(
+                f"{label}: single slice {first.path.name} with GantryDetectorTilt {first.gantry_tilt} degrees: "
+                "the tilt of the stack cannot be verified from one slice"
+            )
         spacing = first.spacing_between_slices or first.slice_thickness or 1.0
+    frames_of_reference = sorted({s.frame_of_reference_uid for s in slices})
+    if len(frames_of_reference) > 1:
+        raise GeometryError(
+            f"{label}: slices in {len(frames_of_reference)} frames of reference ({', '.join(frames_of_reference)}): "
+            "their positions are not in one coordinate system"
+        )
     volume.spacing = float(spacing)
     row, col = first.orientation[:3], first.orientation[3:]
     lps = np.eye(4)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from airflow_provider_kaapana.core.dicom.elements import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from airflow_provider_kaapana.core.nifti.mosaic import tile_of
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, uid_name
 from airflow_provider_kaapana.exceptions import InvalidDicomError
 
@@ -70,21 +71,24 @@ def read_stored(slices: list[SliceInfo]) -> np.ndarray:
             raise InvalidDicomError(
                 f"{s.path}: pixel type {_stored_dtype(s)} differs from {dtype} of {first.path.name}"
             )
-        with open(s.path, "rb", buffering=0) as fh:
-            offset = _raw_frame_offset(s, nbytes, fh)
-            if offset is not None:
-                fh.seek(offset)
-                got = fh.readinto(memoryview(frame).cast("B"))
-                if got != nbytes:
-                    raise InvalidDicomError(f"{s.path}: pixel data truncated ({got} of {nbytes} bytes)")
-                out[k] = _fix_bits(frame, s)[::-1]
-                continue
+        if s.mosaic is None:
+            with open(s.path, "rb", buffering=0) as fh:
+                offset = _raw_frame_offset(s, nbytes, fh)
+                if offset is not None:
+                    fh.seek(offset)
+                    got = fh.readinto(memoryview(frame).cast("B"))
+                    if got != nbytes:
+                        raise InvalidDicomError(f"{s.path}: pixel data truncated ({got} of {nbytes} bytes)")
+                    out[k] = _fix_bits(frame, s)[::-1]
+                    continue
         arr = decoded.get(s.path)
         if arr is None:
             arr = _decode_with_pydicom(s)
-            if s.number_of_frames > 1:
-                decoded = {s.path: arr}
+            if s.number_of_frames > 1 or s.mosaic is not None:
+                decoded = {s.path: arr}  # the next slices come from the same file
         pixels = arr[s.frame_number - 1] if s.frame_number else arr
+        if s.mosaic is not None:
+            pixels = tile_of(pixels, s.mosaic)
         if pixels.shape != (rows, cols):
             raise InvalidDicomError(
                 f"{s.path}: decoded pixels have shape {pixels.shape}, expected {(rows, cols)}"
@@ -94,17 +98,30 @@ def read_stored(slices: list[SliceInfo]) -> np.ndarray:
 
 
 def _decode_with_pydicom(s: SliceInfo) -> np.ndarray:
+    return decode_pixels(s.path, s.transfer_syntax_uid)
+
+
+def decode_pixels(path: Path, transfer_syntax_uid: str | None = None) -> np.ndarray:
+    """Stored pixel values of a file (frames, rows, columns; or rows, columns), decoded by pydicom.
+
+    Compressed syntaxes go through pydicom's plugins (core dependencies): pylibjpeg-libjpeg for JPEG
+    baseline/extended/lossless (Process 14 SV1 included) and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000,
+    pylibjpeg-rle (or pydicom's own decoder) for RLE. Raises :class:`InvalidDicomError` naming the file.
+    """
     import pydicom
 
     try:
-        ds = pydicom.dcmread(s.path)
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise InvalidDicomError(f"{path}: cannot read: {exc}") from exc
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InvalidDicomError(f"{path}: has no pixel data")
+    syntax = transfer_syntax_uid or str(ds.file_meta.get("TransferSyntaxUID", ""))
+    try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing/failed decoders
-        name = uid_name(s.transfer_syntax_uid) or s.transfer_syntax_uid
-        raise InvalidDicomError(
-            f"{s.path}: cannot decode pixel data (transfer syntax {name}): {exc}. Install a pydicom "
-            "pixel-data plugin for it (pylibjpeg, pylibjpeg-openjpeg or gdcm) or send it uncompressed."
-        ) from exc
+        name = uid_name(syntax) or syntax
+        raise InvalidDicomError(f"{path}: cannot decode pixel data (transfer syntax {name}): {exc}") from exc
     return np.asarray(arr)
 
 

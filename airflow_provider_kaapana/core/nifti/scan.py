@@ -4,13 +4,13 @@ group them into volumes by orientation, size, echo, temporal position and acquis
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.elements import (
     DEFLATED_TRANSFER_SYNTAXES,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -24,6 +24,16 @@ from airflow_provider_kaapana.core.dicom.elements import (
 )
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.nifti.geometry import check_geometry_tags, positions_along_normal
+from airflow_provider_kaapana.core.nifti.mosaic import (
+    TAG_NUMBER_OF_IMAGES_IN_MOSAIC,
+    TAG_PRIVATE_CREATOR_0019_10,
+    Diffusion,
+    MosaicTile,
+    diffusion_of,
+    is_mosaic,
+    looks_like_mosaic,
+    mosaic_tiles,
+)
 from airflow_provider_kaapana.exceptions import InvalidDicomError
 
 if TYPE_CHECKING:
@@ -85,6 +95,10 @@ class SliceInfo:
     slice_thickness: float | None = None
     spacing_between_slices: float | None = None
     pixel_offset: int | None = None  # byte offset of (uncompressed) PixelData, when known from the header
+    gantry_tilt: float | None = None  # GantryDetectorTilt, degrees
+    mosaic: MosaicTile | None = None  # a tile of a Siemens MOSAIC: the slice is cut out of the whole frame
+    mosaic_volume: tuple[int, int, str] | None = None  # (AcquisitionNumber, InstanceNumber, SOP UID) of it
+    diffusion: Diffusion | None = None
 
 
 @dataclass
@@ -157,6 +171,7 @@ def _first(seq: object) -> Dataset | None:
 
 
 _WANTED: dict[int, tuple[str, str]] = {
+    0x00080008: ("ImageType", "str"),
     0x00080016: ("SOPClassUID", "str"),
     0x00080018: ("SOPInstanceUID", "str"),
     0x00080060: ("Modality", "str"),
@@ -164,6 +179,9 @@ _WANTED: dict[int, tuple[str, str]] = {
     0x00180081: ("EchoTime", "str"),
     0x00180086: ("EchoNumbers", "str"),
     0x00180088: ("SpacingBetweenSlices", "str"),
+    0x00181120: ("GantryDetectorTilt", "str"),
+    TAG_PRIVATE_CREATOR_0019_10: ("PrivateCreator0019", "str"),
+    TAG_NUMBER_OF_IMAGES_IN_MOSAIC: ("NumberOfImagesInMosaic", "US"),
     0x0020000D: ("StudyInstanceUID", "str"),
     0x0020000E: ("SeriesInstanceUID", "str"),
     0x00200012: ("AcquisitionNumber", "str"),
@@ -259,6 +277,10 @@ def read_slices(path: Path) -> list[SliceInfo]:
         ds: Any = _fast_header(path)
     except (OSError, struct.error, ValueError, UnicodeDecodeError, InvalidDicomError):
         ds = None
+    if ds is not None and looks_like_mosaic(
+        ds.get("ImageType"), ds.get("NumberOfImagesInMosaic"), ds.get("PrivateCreator0019")
+    ):
+        ds = None  # a Siemens mosaic: its CSA header is read from the pydicom dataset
     if ds is None:
         import pydicom
         from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
@@ -304,6 +326,7 @@ def read_slices(path: Path) -> list[SliceInfo]:
         "slice_thickness": _opt_float(ds.get("SliceThickness")),
         "spacing_between_slices": _opt_float(ds.get("SpacingBetweenSlices")),
         "pixel_offset": pixel_offset,
+        "gantry_tilt": _opt_float(ds.get("GantryDetectorTilt")),
     }
     if not base["sop_instance_uid"] or not base["series_instance_uid"]:
         raise InvalidDicomError(f"{path}: missing SOPInstanceUID or SeriesInstanceUID")
@@ -320,6 +343,8 @@ def read_slices(path: Path) -> list[SliceInfo]:
     iop, ipp, spacing = _geometry_from(ds)
     check_geometry_tags(path, iop, ipp, spacing)
     echo = _opt_int(ds.get("EchoNumbers"))
+    if not isinstance(ds, _FastHeader) and is_mosaic(ds):
+        return _mosaic_slices(ds, path, base, iop, spacing, ipp, echo)
     return [
         SliceInfo(
             **base,
@@ -331,6 +356,37 @@ def read_slices(path: Path) -> list[SliceInfo]:
             echo=float(echo) if echo is not None else _opt_float(ds.get("EchoTime")),
             temporal_position=_opt_int(ds.get("TemporalPositionIdentifier")),
         )
+    ]
+
+
+def _mosaic_slices(
+    ds: Dataset,
+    path: Path,
+    base: dict,
+    iop: list[float],
+    spacing: list[float],
+    ipp: list[float],
+    echo: int | None,
+) -> list[SliceInfo]:
+    """One slice per tile of a Siemens mosaic (see :mod:`.mosaic`), each with its own position."""
+    tiles, slice_spacing = mosaic_tiles(ds, path, iop, ipp, spacing)
+    diffusion = diffusion_of(ds, path)
+    volume_key = (base["acquisition_number"] or 0, base["instance_number"] or 0, base["sop_instance_uid"])
+    return [
+        SliceInfo(
+            **{**base, "rows": tile.rows, "columns": tile.columns, "spacing_between_slices": slice_spacing},
+            pixel_spacing=(spacing[0], spacing[1]),
+            orientation=np.asarray(iop, float),
+            position=tile.position,
+            slope=_opt_float(ds.get("RescaleSlope")) or 1.0,
+            intercept=_opt_float(ds.get("RescaleIntercept")) or 0.0,
+            echo=float(echo) if echo is not None else _opt_float(ds.get("EchoTime")),
+            temporal_position=_opt_int(ds.get("TemporalPositionIdentifier")),
+            mosaic=tile,
+            mosaic_volume=volume_key,
+            diffusion=diffusion,
+        )
+        for tile in tiles
     ]
 
 
@@ -384,12 +440,6 @@ class _NotAnImage(Exception):
 # --------------------------------------------------------------------------- scanning a directory
 
 
-def _iter_files(series_dir: Path) -> Iterable[Path]:
-    for path in sorted(series_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and path.name != "DICOMDIR":
-            yield path
-
-
 def scan_series(series_dir: str | Path) -> tuple[list[SliceInfo], list[SkippedFile]]:
     """Read every file's header under ``series_dir``: the image slices, and the files skipped with why."""
     series_dir = Path(series_dir)
@@ -397,15 +447,15 @@ def scan_series(series_dir: str | Path) -> tuple[list[SliceInfo], list[SkippedFi
         raise InvalidDicomError(f"{series_dir}: not a directory")
     slices: list[SliceInfo] = []
     skipped: list[SkippedFile] = []
-    seen: dict[tuple[str, int | None], Path] = {}
-    for path in _iter_files(series_dir):
+    seen: dict[tuple[str, int | None, int | None], Path] = {}
+    for path in dicom_files(series_dir):
         try:
             file_slices = read_slices(path)
         except _NotAnImage as exc:
             skipped.append(SkippedFile(path, str(exc)))
             continue
         for s in file_slices:
-            key = (s.sop_instance_uid, s.frame_number)
+            key = (s.sop_instance_uid, s.frame_number, s.mosaic.index if s.mosaic else None)
             if key in seen:
                 skipped.append(SkippedFile(path, f"duplicate of {seen[key]} (same SOPInstanceUID)"))
                 break
@@ -434,7 +484,8 @@ def _cluster(values: list[np.ndarray], tol: float) -> list[int]:
 
 
 def split_volumes(slices: list[SliceInfo]) -> list[Volume]:
-    """Split one series' slices by orientation, size, echo, temporal position (and acquisition on repeats)."""
+    """Split one series' slices by orientation, size, echo, temporal position, Siemens mosaic (each mosaic
+    is one volume: a DWI direction or an fMRI time point) and acquisition on repeats."""
     orient_labels = _cluster([s.orientation for s in slices], 1e-4)
     # name orientation groups by their normal, so the order does not depend on file names
     orient_centres = {}
@@ -442,6 +493,7 @@ def split_volumes(slices: list[SliceInfo]) -> list[Volume]:
         orient_centres.setdefault(lab, tuple(np.round(s.orientation, 4)))
     orient_rank = {lab: r for r, lab in enumerate(sorted(orient_centres, key=orient_centres.get))}
     size_keys = sorted({(s.rows, s.columns, *np.round(s.pixel_spacing, 5)) for s in slices})
+    mosaic_keys = sorted({s.mosaic_volume for s in slices if s.mosaic_volume is not None})
     groups: dict[tuple, list[SliceInfo]] = {}
     for s, lab in zip(slices, orient_labels):
         size = size_keys.index((s.rows, s.columns, *np.round(s.pixel_spacing, 5)))
@@ -450,16 +502,17 @@ def split_volumes(slices: list[SliceInfo]) -> list[Volume]:
             size,
             -1.0 if s.echo is None else s.echo,
             -1 if s.temporal_position is None else s.temporal_position,
+            -1 if s.mosaic_volume is None else mosaic_keys.index(s.mosaic_volume),
         )
         groups.setdefault(key, []).append(s)
     keys = sorted(groups)
-    varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
+    varying = [len({k[i] for k in keys}) > 1 for i in range(5)]
     volumes = []
     for key in keys:
         members = groups[key]
         split: dict[str, object] = {}
         parts = []
-        o, size, echo, temporal = key
+        o, size, echo, temporal, mosaic = key
         if varying[0]:
             split["orientation"] = [float(x) for x in members[0].orientation]
             parts.append(f"o{o + 1}")
@@ -473,6 +526,14 @@ def split_volumes(slices: list[SliceInfo]) -> list[Volume]:
         if varying[3]:
             split["temporal_position"] = temporal if temporal >= 0 else None
             parts.append(f"t{temporal if temporal >= 0 else 0}")
+        if varying[4] and mosaic >= 0:
+            acquisition, instance, _uid = mosaic_keys[mosaic]
+            split["mosaic_volume"] = {
+                "index": mosaic + 1,
+                "acquisition_number": acquisition,
+                "instance_number": instance,
+            }
+            parts.append(f"v{mosaic + 1}")
         volumes.extend(_split_acquisitions(members, split, "_".join(parts)))
     return volumes
 

@@ -24,9 +24,9 @@ def first_header(series_dir: str | Path) -> pydicom.Dataset:
     """The header of the first image-like DICOM file in ``series_dir`` (for UIDs and channel selection)."""
     import pydicom  # imported on use: DAG files import the operator module at parse time
 
-    for path in sorted(Path(series_dir).rglob("*")):
-        if not path.is_file():
-            continue
+    from airflow_provider_kaapana.core.dicom.discovery import dicom_files
+
+    for path in dicom_files(series_dir):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # not DICOM: convert_series reports it with the reason

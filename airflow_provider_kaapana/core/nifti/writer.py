@@ -175,6 +175,11 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, compress: bool
 
 def write_json(path: Path, payload: dict) -> None:
     """``payload`` as indented JSON at ``path``, replaced atomically."""
+    write_text(path, json.dumps(payload, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` at ``path``, replaced atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)

@@ -133,7 +133,7 @@ def source_grid(series: SourceSeries) -> Grid:
 
 def load_source_image(series_dir: str | Path) -> SourceImage:
     """The series in ``series_dir`` as a rescaled float32 volume (CT in HU) on its own grid."""
-    series = load_source_series(series_dir)
+    series = _single_frame(load_source_series(series_dir))
     grid = source_grid(series)
     pixels = np.empty(grid.shape, dtype=np.float32)
     for k, header in enumerate(series.datasets):
@@ -183,8 +183,20 @@ def load_segmentation(
     return _load_label_map(path, source, label_config)
 
 
+def _single_frame(series: SourceSeries) -> SourceSeries:
+    """Refuse a multi-frame source: these measurements read one instance per slice."""
+    if series.frame_numbers is not None:
+        raise InvalidDicomError(
+            f"series {series.series_instance_uid} is one multi-frame instance: measuring on multi-frame "
+            "sources is not supported (convert it to NIfTI and measure the label map on that grid)"
+        )
+    return series
+
+
 def _load_seg(path: Path, source: SourceSeries) -> Segmentation:
     import highdicom as hd
+
+    _single_frame(source)
 
     seg = hd.seg.segread(path)
     referenced = {str(uid) for _study, _series, uid in seg.get_source_image_uids()}

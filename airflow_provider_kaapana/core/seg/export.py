@@ -275,9 +275,10 @@ class _SegExport:
     ) -> SegExportResult:
         """Build the SEG with highdicom and save it atomically at ``out_path``."""
         seg_series_uid, seg_sop_uid = seg_uids(self.source.series_instance_uid, model_id, configuration)
+        source_images, pixels = _in_source_order(self.source, self.on_grid)
         seg = build_segmentation(
-            self.source.datasets,
-            self.on_grid,
+            source_images,
+            pixels,
             [self.specs[v] for v in self.kept],
             segmentation_type=self.segmentation_type,
             algorithm=self.algorithm,
@@ -291,6 +292,7 @@ class _SegExport:
             max_fractional_value=max_fractional_value,
         )
         self.on_grid = None  # highdicom holds the encoded frames now
+        del pixels
         write_atomically(seg, out_path)
         return SegExportResult(
             seg_path=out_path,
@@ -355,6 +357,54 @@ def _cross_check_sidecar(
         sidecar_path = candidate if candidate.is_file() else None
     if sidecar_path is not None:
         check_sidecar(Path(sidecar_path), label_shape, affine, source)
+
+
+def _in_source_order(source: SourceSeries, on_grid: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """highdicom's inputs: the source images and the label frames in their order.
+
+    Single-frame sources: one image per sorted slice, as they are. A multi-frame source: the one image,
+    and the frames put back in its frame order (highdicom pairs frame ``i`` of the array with frame
+    ``i + 1`` of the source, whose functional groups give the SEG frame its position).
+    """
+    if source.frame_numbers is None:
+        return list(source.datasets), on_grid
+    frames = np.zeros_like(on_grid)
+    frames[np.asarray(source.frame_numbers) - 1] = on_grid
+    return [_with_shared_plane_groups(source.datasets[0])], frames
+
+
+_PLANE_GROUPS = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+
+
+def _with_shared_plane_groups(ds: Any) -> Any:
+    """The multi-frame source header as highdicom reads it: pixel measures and plane orientation shared.
+
+    Some vendors (Philips) repeat the same Pixel Measures and Plane Orientation in every frame's
+    functional groups instead of the shared ones; highdicom reads them from the shared groups only. When
+    every frame carries the same values, a copy of the header with them shared describes the very same
+    frames (nothing else changes; the SEG references the source by its UIDs). Differing values are
+    refused.
+    """
+    import copy
+
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    missing = [g for g in _PLANE_GROUPS if shared is None or g not in shared]
+    if not missing:
+        return ds
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    for group in missing:
+        values = {repr(item[group].value[0].to_json_dict()) if group in item else None for item in per_frame}
+        if len(values) != 1 or None in values:
+            raise InvalidDicomError(
+                f"multi-frame source {ds.SOPInstanceUID}: {group} differs between frames (or is missing); "
+                "a SEG needs one pixel grid and orientation for all frames"
+            )
+    out = copy.deepcopy(ds)  # a header (no pixel data): the caller's dataset stays as it was read
+    new_shared = out.SharedFunctionalGroupsSequence[0] if shared is not None else type(ds)()
+    for group in missing:
+        new_shared[group] = copy.deepcopy(per_frame[0][group])
+    out.SharedFunctionalGroupsSequence = [new_shared]
+    return out
 
 
 def _frames_per_label_value(on_grid: np.ndarray) -> np.ndarray:

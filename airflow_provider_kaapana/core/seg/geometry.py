@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.seg.codes import LabelConfigError
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
@@ -29,7 +30,12 @@ _GRID_TOL = 1e-3  # voxel units: how close to an integer grid counts as "the gri
 
 @dataclass(frozen=True)
 class SourceSeries:
-    """Single-frame source instances (no pixel data) sorted along the slice normal, and their geometry."""
+    """The source slices (headers, no pixel data) sorted along the slice normal, and their geometry.
+
+    A series of single-frame instances has one dataset per slice; an enhanced (or legacy-converted)
+    multi-frame instance has the same dataset at every slice and ``frame_numbers[k]`` (1-based) says
+    which of its frames slice ``k`` is.
+    """
 
     datasets: list[Dataset]
     positions: np.ndarray  # (n, 3) ImagePositionPatient, LPS mm, in sorted order
@@ -38,6 +44,7 @@ class SourceSeries:
     pixel_spacing: tuple[float, float]  # (between rows, between columns)
     rows: int
     columns: int
+    frame_numbers: list[int] | None = None  # multi-frame source: the frame of each sorted slice
 
     @property
     def series_instance_uid(self) -> str:
@@ -46,6 +53,12 @@ class SourceSeries:
     @property
     def sop_instance_uids(self) -> list[str]:
         return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+    @property
+    def slice_keys(self) -> list[tuple[str, int | None]]:
+        """(SOPInstanceUID, frame number or None) of each sorted slice."""
+        frames = self.frame_numbers or [None] * len(self.datasets)
+        return list(zip(self.sop_instance_uids, frames))
 
 
 def load_source_series(source_dir: str | Path) -> SourceSeries:
@@ -58,7 +71,7 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
     if not source_dir.is_dir():
         raise InvalidDicomError(f"{source_dir}: source series directory does not exist")
     datasets: list[tuple[Path, Dataset]] = []
-    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in dicom_files(source_dir):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
@@ -66,13 +79,18 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class.startswith(SEGMENTATION_SOP_CLASS_PREFIX) or (
-            "ImagePositionPatient" not in ds and "PixelSpacing" not in ds
+            "ImagePositionPatient" not in ds
+            and "PixelSpacing" not in ds
+            and "PerFrameFunctionalGroupsSequence" not in ds
         ):
             log.debug("skipping %s: not a source image (SOP class %s)", path, sop_class or "none")
             continue
         datasets.append((path, ds))
     if not datasets:
-        raise InvalidDicomError(f"{source_dir}: no DICOM files found")
+        raise InvalidDicomError(f"{source_dir}: no DICOM image files found (only non-images or non-DICOM)")
+    multi_frame = [(path, ds) for path, ds in datasets if "PerFrameFunctionalGroupsSequence" in ds]
+    if multi_frame:
+        return _multi_frame_source(source_dir, datasets, multi_frame)
 
     first_path, first = datasets[0]
     required = ("SeriesInstanceUID", "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
@@ -118,6 +136,58 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
         pixel_spacing=(float(spacing0[0]), float(spacing0[1])),
         rows=int(first.Rows),
         columns=int(first.Columns),
+    )
+
+
+def _multi_frame_source(
+    source_dir: Path, datasets: list[tuple[Path, Dataset]], multi_frame: list[tuple[Path, Dataset]]
+) -> SourceSeries:
+    """One enhanced / legacy-converted multi-frame instance as the source: its frames sorted by position.
+
+    The frames are placed from the per-frame and shared functional groups by the NIfTI conversion's own
+    reader (:func:`~airflow_provider_kaapana.core.nifti.scan.read_slices`), so the SEG and the NIfTI agree
+    on every frame. A SEG references the frames of one multi-frame image: several multi-frame instances, or
+    a mix with single-frame ones, are refused.
+    """
+    from airflow_provider_kaapana.core.nifti.scan import read_slices
+
+    if len(datasets) > 1:
+        names = ", ".join(p.name for p, _ in datasets[:5])
+        raise InvalidDicomError(
+            f"{source_dir}: {len(multi_frame)} multi-frame and {len(datasets) - len(multi_frame)} other image "
+            f"instances ({names}): a SEG can reference the frames of one multi-frame source image only"
+        )
+    path, ds = multi_frame[0]
+    slices = read_slices(path)
+    first = slices[0]
+    for s in slices[1:]:
+        if not np.allclose(s.orientation, first.orientation, atol=1e-4):
+            raise GeometryError(
+                f"{path} frame {s.frame_number}: ImageOrientationPatient differs from frame 1"
+            )
+        if not np.allclose(s.pixel_spacing, first.pixel_spacing, atol=1e-5):
+            raise GeometryError(f"{path} frame {s.frame_number}: PixelSpacing differs from frame 1")
+    if not str(ds.get("FrameOfReferenceUID", "")):
+        raise InvalidDicomError(f"{path}: missing FrameOfReferenceUID")
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    positions = np.array([s.position for s in slices])
+    along = positions @ np.cross(row_dir, col_dir)
+    order = np.argsort(along, kind="stable")
+    if len(order) > 1 and np.min(np.diff(along[order])) < 1e-4:
+        k = int(np.argmin(np.diff(along[order])))
+        raise GeometryError(
+            f"{path}: frames {slices[order[k]].frame_number} and {slices[order[k + 1]].frame_number} lie at the "
+            "same position along the slice normal"
+        )
+    return SourceSeries(
+        datasets=[ds] * len(slices),
+        positions=positions[order],
+        row_direction=row_dir,
+        column_direction=col_dir,
+        pixel_spacing=(float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
+        rows=first.rows,
+        columns=first.columns,
+        frame_numbers=[int(slices[i].frame_number or 0) for i in order],
     )
 
 
@@ -277,29 +347,31 @@ def check_sidecar(
         raise GeometryError(
             f"{sidecar_path}: sidecar shape {side_shape} differs from the label map {list(label_shape)}"
         )
-    unlisted = [uid for uid in source.sop_instance_uids if uid not in set(sop_uids)]
+    frames = sidecar.get("frame_numbers") or [None] * len(sop_uids)
+    listed = list(zip(sop_uids, frames))
+    unlisted = [key for key in source.slice_keys if key not in set(listed)]
     if unlisted:
         log.warning(
-            "%s: %d source instances are not in the sidecar (e.g. %s)",
+            "%s: %d source slices are not in the sidecar (e.g. %s)",
             sidecar_path,
             len(unlisted),
             unlisted[0],
         )
     bases, _, _ = _slice_mapping(source, np.linalg.inv(affine))
     # the slice axis is the third voxel axis by the sidecar's contract
-    index_of = {uid: k for k, uid in enumerate(sop_uids)}
-    for ds, base in zip(source.datasets, bases):
-        uid = str(ds.SOPInstanceUID)
-        if uid in index_of and abs(base[2] - index_of[uid]) > 0.5:
+    index_of = {key: k for k, key in enumerate(listed)}
+    for key, base in zip(source.slice_keys, bases):
+        if key in index_of and abs(base[2] - index_of[key]) > 0.5:
+            what = f"instance {key[0]}" + (f" frame {key[1]}" if key[1] is not None else "")
             raise GeometryError(
-                f"{sidecar_path}: instance {uid} maps to slice {base[2]:.2f} by geometry but the sidecar "
-                f"lists it at {index_of[uid]}"
+                f"{sidecar_path}: {what} maps to slice {base[2]:.2f} by geometry but the sidecar "
+                f"lists it at {index_of[key]}"
             )
 
 
 def source_series_instance_uid(source_dir: str | Path) -> str:
     """SeriesInstanceUID of the first DICOM file in ``source_dir`` (sorted by name)."""
-    for path in sorted(p for p in Path(source_dir).rglob("*") if p.is_file()):
+    for path in dicom_files(source_dir):
         try:
             ds = pydicom.dcmread(
                 path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"]
