@@ -17,10 +17,33 @@ EXIT_INCOMPLETE = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from airflow_provider_kaapana.core.deid.profile import Option
 
-    parser.add_argument("in_dir", metavar="IN_DIR", help="folder (searched recursively) or one DICOM file")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="output: <SeriesInstanceUID>/<SOPInstanceUID>.dcm")
     parser.add_argument(
-        "--key-file", required=True, help="file holding the site key (at least 32 bytes; never printed)"
+        "in_dir", metavar="IN_DIR", nargs="?", help="folder (searched recursively) or one DICOM file"
+    )
+    parser.add_argument(
+        "out_dir", metavar="OUT_DIR", nargs="?", help="output: <SeriesInstanceUID>/<SOPInstanceUID>.dcm"
+    )
+    parser.add_argument("--key-file", help="file holding the site key (at least 32 bytes; never printed)")
+    parser.add_argument(
+        "--reid-map",
+        metavar="DIR",
+        help="also write a re-identification map (what was replaced) into DIR, sealed to --reid-public-key",
+    )
+    parser.add_argument(
+        "--reid-public-key", metavar="FILE", help="X25519 public key (base64 or PEM) of who may re-identify"
+    )
+    parser.add_argument(
+        "--reidentify",
+        metavar="DIR",
+        help="instead of de-identifying: open the maps in DIR with --private-key-file and print what each "
+        "--pseudonym stands for (authorised users only; the output holds PHI)",
+    )
+    parser.add_argument("--private-key-file", metavar="FILE", help="the private key that opens the maps")
+    parser.add_argument(
+        "--pseudonym",
+        action="append",
+        default=[],
+        help="a patient pseudonym or pseudonymous UID to look up (repeatable; none: every patient)",
     )
     parser.add_argument(
         "--option",
@@ -43,16 +66,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _reidentify(args: argparse.Namespace) -> int:
+    from airflow_provider_kaapana.core.deid.reidentify import read_maps, reidentify
+    from airflow_provider_kaapana.exceptions import DeidentificationError
+
+    if not args.private_key_file:
+        print("kaapana deid: --reidentify needs --private-key-file", file=sys.stderr)
+        return 2
+    try:
+        entries = read_maps(args.reidentify, Path(args.private_key_file).read_text())
+    except (OSError, DeidentificationError) as exc:
+        print(f"kaapana deid: {exc}", file=sys.stderr)
+        return 1
+    found = reidentify(entries, args.pseudonym) if args.pseudonym else entries.patients
+    print(json.dumps(found, indent=2, sort_keys=True))
+    return 1 if args.pseudonym and any(v is None for v in found.values()) else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from airflow_provider_kaapana.core.deid.files import deidentify_folder
     from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 
+    if args.reidentify:
+        return _reidentify(args)
+    if not (args.in_dir and args.out_dir and args.key_file):
+        print("kaapana deid: IN_DIR, OUT_DIR and --key-file are required", file=sys.stderr)
+        return 2
     try:
         key = Path(args.key_file).read_bytes().strip()
+        public = Path(args.reid_public_key).read_text() if args.reid_public_key else None
         profile = DeidentificationProfile.from_names(
             args.option, allow_burned_in_annotation=args.allow_burned_in_annotation
         )
-        result = deidentify_folder(args.in_dir, args.out_dir, profile, key, quarantine_dir=args.quarantine)
+        result = deidentify_folder(
+            args.in_dir,
+            args.out_dir,
+            profile,
+            key,
+            quarantine_dir=args.quarantine,
+            reid_map_dir=args.reid_map,
+            reid_public_key=public,
+        )
     except (OSError, ValueError) as exc:
         print(f"kaapana deid: {exc}", file=sys.stderr)
         return 1
@@ -62,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(result.written)} written to {args.out_dir}, {len(result.quarantined)} quarantined, "
             f"{len(result.failed)} unreadable"
+            + (f"; re-identification map {result.reid_map}" if result.reid_map else "")
         )
         for source, reason in {**result.quarantined, **result.failed}.items():
             print(f"  {source}: {reason}", file=sys.stderr)

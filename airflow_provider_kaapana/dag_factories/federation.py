@@ -64,9 +64,18 @@ class FederationSettings:
     default_args: dict[str, Any] = field(default_factory=lambda: {"retries": 0})
 
 
-# Form fields for the cohort parameters an analysis version may declare (AnalysisSpec.parameters).
+# Form fields for the parameters an analysis version may declare (AnalysisSpec.parameters).
 # cohort_statistics v1 declares none: the site, not the coordinator, chooses its population.
 COHORT_PARAMS: dict[str, Any] = {
+    "label": lambda: Param(
+        "liver",
+        type="string",
+        minLength=1,
+        maxLength=64,
+        title="Segment label",
+        description="The label (or code meaning) of the segments to summarise, e.g. liver, spleen.",
+        section="Analysis",
+    ),
     "modality": lambda: Param(
         None, type=["null", "string"], title="Modality filter", section="Cohort", description="CT, MR, ..."
     ),

@@ -30,6 +30,8 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
     :param output_dir: default: the run workspace's ``deid`` step of the input series.
     :param quarantine_dir: where refused originals go (they hold PHI; default: not copied).
     :param allow_burned_in_annotation: write images that may show burned-in text (pixels unchanged).
+    :param reid_map_dir: also write a sealed re-identification map there (keep it on the site); the
+        public key it is sealed to is ``reid_public_key`` in the extras of ``key_conn_id``.
 
     Returns ``{"output_dir", "written", "quarantined", "failed"}``. Fails when nothing was written.
     """
@@ -39,6 +41,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         "options",
         "output_dir",
         "quarantine_dir",
+        "reid_map_dir",
         "workspace_base",
     )
     ui_color = "#f3d6d6"
@@ -52,6 +55,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         output_dir: str | None = None,
         quarantine_dir: str | None = None,
         allow_burned_in_annotation: bool | str = False,
+        reid_map_dir: str | None = None,
         workspace_base: str = DEFAULT_WORKSPACE_BASE,
         **kwargs: Any,
     ) -> None:
@@ -62,6 +66,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         self.output_dir = output_dir
         self.quarantine_dir = quarantine_dir
         self.allow_burned_in_annotation = allow_burned_in_annotation
+        self.reid_map_dir = reid_map_dir
         self.workspace_base = workspace_base
 
     def site_key(self) -> bytes:
@@ -90,7 +95,22 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
             out = self.run_workspace(context).step_dir(series_uid, "deid")
         else:
             raise KaapanaError("give output_dir, or an input dict that names its series_instance_uid")
-        result = deidentify_folder(source, out, profile, self.site_key(), quarantine_dir=self.quarantine_dir)
+        public = None
+        if self.reid_map_dir:
+            public = BaseHook.get_connection(self.key_conn_id).extra_dejson.get("reid_public_key")
+            if not public:
+                raise KaapanaError(
+                    f"reid_map_dir needs reid_public_key in the extras of connection {self.key_conn_id!r}"
+                )
+        result = deidentify_folder(
+            source,
+            out,
+            profile,
+            self.site_key(),
+            quarantine_dir=self.quarantine_dir,
+            reid_map_dir=self.reid_map_dir or None,
+            reid_public_key=public,
+        )
         self.log.info(
             "%d written to %s, %d quarantined, %d unreadable",
             len(result.written),

@@ -201,11 +201,7 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.federation.analyses import get_analysis
-        from airflow_provider_kaapana.core.federation.site import (
-            analyse,
-            cohort_selection,
-            fetch_series_documents,
-        )
+        from airflow_provider_kaapana.core.federation.site import analyse, site_documents
         from airflow_provider_kaapana.hooks.search import SearchHook
 
         job, _ = _job_and_request(context)
@@ -214,8 +210,8 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
         if not decision.accepted:
             return {"status": "refused", "reason": decision.reason}
         spec = get_analysis(job.analysis, job.analysis_version)
-        query = cohort_selection({k: v for k, v in job.parameters.items() if k in spec.parameters})
-        documents = fetch_series_documents(SearchHook(self.search_conn_id).get_conn(), self.index, query)
+        client = SearchHook(self.search_conn_id).get_conn()
+        documents = site_documents(job, spec.parameters, client, self.index)
         outcome = analyse(job, policy, documents)
         self.log.info(
             "%s on %d series: %s (k=%s, %d cells suppressed, withheld: %s) %s",

@@ -63,3 +63,62 @@ def test_cli_refuses_unknown_option_and_short_key(tmp_path):
     assert "short" not in proc.stderr
     proc = kaapana("deid", "in", "out", "--key-file", str(key_file), "--option", "retain-everything")
     assert proc.returncode == 2 and "retain-everything" in proc.stderr
+
+
+def test_reidentification_map_round_trip_only_with_the_private_key(tmp_path):
+    from airflow_provider_kaapana.core.federation.crypto import generate_keypair
+
+    series = generate_series(tmp_path / "in", slices=2, patient_id="ZQXPID42", patient_name="ZQXFAMILY^Ann")
+    key_file = tmp_path / "site.key"
+    key_file.write_text(KEY)
+    private, public = generate_keypair()
+    (tmp_path / "reid.pub").write_text(public)
+    (tmp_path / "reid.key").write_text(private)
+    deid = (
+        "deid",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "--key-file",
+        str(key_file),
+        "--reid-map",
+        str(tmp_path / "map"),
+        "--reid-public-key",
+        str(tmp_path / "reid.pub"),
+        "--json",
+    )
+    first = kaapana(*deid)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert kaapana(*deid).returncode == 0  # a re-run replaces its map instead of adding one
+    maps = list((tmp_path / "map").iterdir())
+    assert [p.name for p in maps] == [result["reid_map"].rsplit("/", 1)[-1]]
+    sealed = maps[0].read_bytes()
+    for phi in (b"ZQXPID42", b"ZQXFAMILY", series.series_instance_uid.encode()):
+        assert phi not in sealed  # the map is sealed: nothing readable without the private key
+
+    out = pydicom.dcmread(result["written"][0])
+    lookup = kaapana(
+        "deid",
+        "--reidentify",
+        str(tmp_path / "map"),
+        "--private-key-file",
+        str(tmp_path / "reid.key"),
+        "--pseudonym",
+        str(out.PatientID),
+        "--pseudonym",
+        str(out.SeriesInstanceUID),
+    )
+    assert lookup.returncode == 0, lookup.stderr
+    found = json.loads(lookup.stdout)
+    assert found[str(out.PatientID)]["patient_id"] == "ZQXPID42"
+    assert found[str(out.PatientID)]["patient_name"] == "ZQXFAMILY^Ann"
+    assert found[str(out.SeriesInstanceUID)] == {"uid": series.series_instance_uid}
+
+    other_private, _ = generate_keypair()
+    (tmp_path / "other.key").write_text(other_private)
+    denied = kaapana(
+        "deid", "--reidentify", str(tmp_path / "map"), "--private-key-file", str(tmp_path / "other.key")
+    )
+    assert denied.returncode == 1
+    assert "cannot be opened with this key" in denied.stderr and maps[0].name in denied.stderr
+    assert "ZQXPID42" not in denied.stdout + denied.stderr

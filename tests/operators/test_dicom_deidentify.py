@@ -62,3 +62,30 @@ def test_operator_refuses_a_connection_without_password(monkeypatch, tmp_path):
     )
     with pytest.raises(KaapanaError, match="empty_key"):
         op.execute({})
+
+
+def test_operator_writes_a_sealed_map_with_the_connections_public_key(monkeypatch, tmp_path):
+    from airflow_provider_kaapana.core.deid.reidentify import read_maps
+    from airflow_provider_kaapana.core.federation.crypto import generate_keypair
+
+    private, public = generate_keypair()
+    conn = {"conn_type": "generic", "password": KEY, "extra": {"reid_public_key": public}}
+    monkeypatch.setenv("AIRFLOW_CONN_REID_KEY", json.dumps(conn))
+    series = generate_series(tmp_path / "in", slices=1, patient_id="ZQXPID9")
+    op = DicomDeidentifyOperator(
+        task_id="deid",
+        input_dir=str(series.series_dir),
+        key_conn_id="reid_key",
+        output_dir=str(tmp_path / "o"),
+        reid_map_dir=str(tmp_path / "map"),
+    )
+    result = op.execute({})
+    assert result["reid_map"] and Path(result["reid_map"]).parent == tmp_path / "map"
+    entries = read_maps(tmp_path / "map", private)
+    assert [p["patient_id"] for p in entries.patients.values()] == ["ZQXPID9"]
+    assert series.sop_instance_uids[0] in entries.uids.values()
+
+    monkeypatch.setenv("AIRFLOW_CONN_NO_PUB", json.dumps({"conn_type": "generic", "password": KEY}))
+    op.key_conn_id = "no_pub"
+    with pytest.raises(KaapanaError, match="reid_public_key"):
+        op.execute({})

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import pydicom.uid
+from pydicom.charset import default_encoding
 from pydicom.datadict import get_entry
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.valuerep import PersonName
 
 from airflow_provider_kaapana.core.deid import table
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option
@@ -23,7 +31,22 @@ from airflow_provider_kaapana.core.deid.pseudonyms import (
     shift_date,
     shift_datetime,
 )
-from airflow_provider_kaapana.exceptions import DeidentificationError
+from airflow_provider_kaapana.core.dicom.elements import (
+    DEFLATED_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    TAG_TRANSFER_SYNTAX_UID,
+    UNDEFINED_LENGTH,
+    ElementWalker,
+    TruncatedDatasetError,
+    read_file_meta,
+)
+from airflow_provider_kaapana.core.dicom.raw import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    file_header,
+)
+from airflow_provider_kaapana.exceptions import DeidentificationError, InvalidDicomError
 
 # SOP classes whose images commonly carry burned-in text (names from pydicom's UID registry)
 BURNED_IN_SOP_CLASSES = frozenset(
@@ -61,7 +84,9 @@ SCRUB = "*"
 
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
+SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
+SERIES_INSTANCE_UID = 0x0020000E
 # set by this function after the walk: never copied from the input
 STAMPED = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
@@ -110,6 +135,8 @@ class _Walk:
         )
         self.retain_private = profile.has(Option.RETAIN_SAFE_PRIVATE) and bool(profile.safe_private)
         self._uids: dict[str, str] = {}
+        self.encoded: dict[int, bytes] = {}  # by the encoded path: tag -> the encoded output element
+        self.encoded_uids: dict[int, str] = {}  # and the UIDs it wrote: tag -> value
         self._scrub: re.Pattern[str] | None = None
 
     # -- actions -----------------------------------------------------------------------------------
@@ -134,13 +161,17 @@ class _Walk:
         return mapped
 
     # -- the walk ----------------------------------------------------------------------------------
-    def dataset(self, source: Dataset) -> Dataset:
+    def dataset(self, source: Dataset, encoder: Encoder | None = None) -> Dataset:
+        """The de-identified copy of ``source``. With an ``encoder`` (the encoded path) the attributes it
+        can act on in their encoded form are left out of the copy and kept encoded in ``self.encoded``."""
         out = Dataset()
         # the source's encoding: pydicom then writes kept elements as read instead of decoding them all
         out.set_original_encoding(
             source.original_encoding[0], source.original_encoding[1], source.original_character_set
         )
-        for raw in source.elements():
+        # the encoded path fills the source in file order, which the walker checked to be tag order
+        # (Dataset.elements() sorts BaseTags in Python: a tenth of that path's time)
+        for raw in source._dict.values() if encoder is not None else source.elements():
             tag = int(raw.tag)
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or tag in STAMPED:
@@ -158,10 +189,17 @@ class _Walk:
                     continue  # a public tag no dictionary knows: its content cannot be judged
                 action = "K"
                 if vr != "SQ":
-                    out[tag] = raw  # kept as read: no decoding (pixel data is copied as bytes)
+                    # kept as read, no decoding (pixel data is copied as bytes); set as pydicom's reader
+                    # sets raw elements (Dataset.__setitem__ costs more than the rest of the walk)
+                    out._dict[raw.tag] = raw
                     continue
             if action == "X":
                 continue
+            if encoder is not None and isinstance(raw, RawDataElement):
+                encoded = encoder(self, raw, action)
+                if encoded is not None:
+                    self.encoded[tag] = encoded
+                    continue
             try:
                 elem = self.apply(action, source[tag])
             except DeidentificationError:
@@ -328,23 +366,260 @@ def deidentify(dataset: Dataset, profile: DeidentificationProfile, key: bytes) -
     never its value) for images that may show burned-in text unless the profile allows them;
     ``ValueError`` for a key shorter than 32 bytes.
     """
+    return deidentify_recorded(dataset, profile, key)[0]
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """What one call replaced (for the optional re-identification map): the patient's originals, its
+    pseudonym and date shift, and every UID it mapped, original -> pseudonym (references included)."""
+
+    patient_id: str
+    patient_name: str
+    pseudonym: str
+    shift_days: int
+    uids: dict[str, str]
+
+
+def _replaced(walk: _Walk) -> Replaced:
+    source = walk.source
+    return Replaced(
+        patient_id=str(source.get("PatientID", "") or ""),
+        patient_name=str(source.get("PatientName", "") or ""),
+        pseudonym=walk.patient_pseudonym,
+        shift_days=walk.shift,
+        uids=dict(walk._uids),
+    )
+
+
+def deidentify_recorded(
+    dataset: Dataset, profile: DeidentificationProfile, key: bytes
+) -> tuple[Dataset, Replaced]:
+    """:func:`deidentify`, and what it replaced."""
+    out, walk = _walk(dataset, profile, key)
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        out.file_meta = _file_meta(meta, out)
+    return out, _replaced(walk)
+
+
+def _walk(
+    dataset: Dataset, profile: DeidentificationProfile, key: bytes, encoder: Encoder | None = None
+) -> tuple[Dataset, _Walk]:
     key = check_key(key)
     _check_pixels(dataset, profile)
     walk = _Walk(dataset, profile, key)
     try:
-        out = walk.dataset(dataset)
+        out = walk.dataset(dataset, encoder)
     except DeidentificationError:
         raise
     except Exception as exc:  # a value pydicom cannot read: name the step, never the value
         raise DeidentificationError(f"cannot apply the profile: {type(exc).__name__}") from None
-    _stamp(out, profile)
-    meta = getattr(dataset, "file_meta", None)
-    if meta is not None:
-        new_meta = FileMetaDataset()
-        for keyword in ("MediaStorageSOPClassUID", "TransferSyntaxUID"):
-            if keyword in meta:
-                setattr(new_meta, keyword, getattr(meta, keyword))
-        if "SOPInstanceUID" in out:
-            new_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-        out.file_meta = new_meta
-    return out
+    if encoder is None:
+        _stamp(out, profile)
+    return out, walk
+
+
+def _file_meta(meta: Dataset, out: Dataset) -> FileMetaDataset:
+    new_meta = FileMetaDataset()
+    for keyword in ("MediaStorageSOPClassUID", "TransferSyntaxUID"):
+        if keyword in meta:
+            setattr(new_meta, keyword, getattr(meta, keyword))
+    if "SOPInstanceUID" in out:
+        new_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    new_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    new_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return new_meta
+
+
+def _text(value: bytes) -> str:
+    return value.rstrip(b"\0 ").decode("ascii", "replace")
+
+
+# String VRs whose values the fast encoder writes itself (ASCII only; anything else goes to pydicom)
+_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+_LONG_STRING_VRS = frozenset({"UC", "UR", "UT"})
+_HEADER_IMPLICIT = struct.Struct("<HHI").pack
+_HEADER_SHORT = struct.Struct("<HH2sH").pack
+_HEADER_LONG = struct.Struct("<HH2sHI").pack
+
+
+def _encode(elem: DataElement | RawDataElement, implicit: bool, encoding: str | list[str]) -> bytes:
+    """One element, little endian. Measured: pydicom's ``write_data_element`` costs ~40 us per element
+    and a CT instance has ~25 that the profile changes, so plain ASCII strings are encoded here
+    (padding and headers as PS3.5 7.1 and 6.2 say; a test holds the bytes equal to pydicom's)."""
+    vr, value = elem.VR, elem.value
+    if isinstance(elem, DataElement) and vr in _STRING_VRS:
+        if value is None or value == "":
+            text = ""
+        elif isinstance(value, str | PersonName):
+            text = str(value)
+        elif isinstance(value, MultiValue | list) and all(isinstance(v, str | PersonName) for v in value):
+            text = "\\".join(str(v) for v in value)
+        else:
+            text = None
+        if text is not None and text.isascii():
+            return _encode_text(int(elem.tag), vr, text, implicit)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    write_data_element(fp, elem, encoding)
+    return fp.getvalue()
+
+
+Encoder = Callable[["_Walk", RawDataElement, str], "bytes | None"]
+
+
+def _encode_raw(walk: _Walk, raw: RawDataElement, action: str) -> bytes | None:
+    """``_Walk.apply`` on an encoded element for the common cases, without making a pydicom element.
+
+    Handles plain ASCII values of UIDs (U/D/C: mapped; Z: emptied), dates (C: shifted), times (C:
+    kept), dummies of text VRs (D) and emptied values (Z); returns None for everything else (sequences,
+    K, cleaned text, multi-valued dates, UN, undefined length), which then goes through ``apply``.
+    Measured: the pydicom element round trip of the ~25 attributes a CT instance changes was 2/3 of
+    the time per instance; a test holds this path's bytes equal to ``apply`` and pydicom's writer.
+    """
+    vr = raw.VR or _dictionary_vr(int(raw.tag))
+    value = raw.value
+    if vr is None or vr in ("SQ", "UN") or " " in vr or raw.length == UNDEFINED_LENGTH or value is None:
+        return None
+    if action == "K":
+        return None
+    tag, implicit = int(raw.tag), raw.is_implicit_VR
+    if not value.isascii():
+        return None
+    if vr == "UI":
+        if "U" in action or "D" in action or action == "C":
+            text = value.decode("ascii").rstrip("\0 ")
+            mapped = "\\".join(walk.uid(v) for v in text.split("\\")) if text else ""
+            walk.encoded_uids[tag] = mapped
+            return _encode_text(tag, vr, mapped, implicit)
+        return _encode_text(tag, vr, "", implicit)
+    if action == "C":
+        if vr == "TM":
+            return None  # kept as it is by apply; rare enough not to special-case its bytes
+        if vr != "DA" or b"\\" in value:
+            return None
+        text = value.decode("ascii").strip("\0 ")
+        moved = shift_date(text, walk.shift) if walk.shift and text else None
+        return _encode_text(tag, vr, moved or "", implicit)
+    if "D" in action:
+        return _encode_text(tag, vr, DUMMY_TEXT, implicit) if vr in TEXT_VRS else None
+    return _encode_text(tag, vr, "", implicit)
+
+
+def _encode_text(tag: int, vr: str, text: str, implicit: bool) -> bytes:
+    """An ASCII string element, little endian, padded to even length (UI with NUL, others with space)."""
+    encoded = text.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b"\0" if vr == "UI" else b" "
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return _HEADER_IMPLICIT(group, element, len(encoded)) + encoded
+    if vr in _LONG_STRING_VRS:
+        return _HEADER_LONG(group, element, vr.encode("ascii"), 0, len(encoded)) + encoded
+    return _HEADER_SHORT(group, element, vr.encode("ascii"), len(encoded)) + encoded
+
+
+@cache
+def _stamp_template(profile: DeidentificationProfile) -> Dataset:
+    """The elements :func:`_stamp` adds, built once per profile (they are the same for every instance)."""
+    stamp = Dataset()
+    _stamp(stamp, profile)
+    return stamp
+
+
+@cache
+def _stamp_encoded(profile: DeidentificationProfile, implicit: bool) -> dict[int, bytes]:
+    """The stamp's elements encoded once per profile and encoding."""
+    stamp = _stamp_template(profile)
+    return {int(tag): _encode(stamp[tag], implicit, default_encoding) for tag in stamp.keys()}
+
+
+class NotEncodable(Exception):
+    """The encoded path cannot take this file (not Part 10, deflated or big endian): decode it instead."""
+
+
+@dataclass
+class EncodedInstance:
+    """A de-identified Part 10 file as bytes, and the UIDs it was given (for its path)."""
+
+    data: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    replaced: Replaced
+
+
+def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes) -> EncodedInstance:
+    """:func:`deidentify` on an encoded Part 10 file: the output file's bytes and its new UIDs.
+
+    The same walk and the same output as ``deidentify`` + ``save_as`` (a test holds the bytes equal), but
+    the elements the profile keeps as they are — pixel data above all — are copied as encoded bytes
+    and never become pydicom elements; only the attributes the profile acts on are decoded and
+    encoded. Measured on 512x512 CT: about 3x the throughput of read, ``deidentify`` and ``save_as``
+    (``benchmarks/bench_deid.py``). Raises :class:`NotEncodable` for files it does not take (deflated,
+    big endian, no preamble) and ``InvalidDicomError`` for broken structure.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise NotEncodable("no Part 10 preamble")
+    meta_values, start = read_file_meta(data)
+    syntax = meta_values.get(TAG_TRANSFER_SYNTAX_UID, b"").rstrip(b"\0 ").decode("ascii", "replace")
+    if syntax in DEFLATED_TRANSFER_SYNTAXES or syntax == EXPLICIT_VR_BIG_ENDIAN or not syntax:
+        raise NotEncodable(f"transfer syntax {syntax or 'missing'}")
+    implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    source = Dataset()
+    spans: dict[int, tuple[RawDataElement, int, int]] = {}
+    elements = source._dict  # filled as pydicom's reader fills it: raw elements, decoded on access
+    try:
+        walked = list(ElementWalker(data, implicit=implicit).spans(start))
+    except TruncatedDatasetError:
+        raise InvalidDicomError("truncated DICOM: the data ends inside an element") from None
+    except InvalidDicomError as exc:  # e.g. implicit VR under an explicit syntax: pydicom copes
+        raise NotEncodable(str(exc)) from None
+    for tag, vr, begin, value, end, undefined in walked:
+        raw = RawDataElement(
+            BaseTag(tag),
+            None if vr is None else vr.decode("ascii"),
+            UNDEFINED_LENGTH if undefined else end - value,
+            data[value : end - 8] if undefined else data[value:end],
+            value,
+            implicit,
+            True,
+        )
+        if vr == b"UN" and end == value and _dictionary_vr(tag) is not None:
+            # as pydicom's reader does: an empty UN of a known tag gets its dictionary VR
+            elements[raw.tag] = convert_raw_data_element(raw)
+            continue
+        elements[raw.tag] = raw
+        spans[tag] = (raw, begin, end)
+    source.set_original_encoding(implicit, True, source._character_set)
+    out, walk = _walk(source, profile, key, _encode_raw)
+    view = memoryview(data)
+    encoding = out.get("SpecificCharacterSet", default_encoding)
+    stamped = _stamp_encoded(profile, implicit)
+    elements: dict[int, bytes | memoryview] = {**walk.encoded, **stamped}
+    for key, elem in out._dict.items():
+        tag = int(key)  # plain ints sort in C; BaseTag compares in Python
+        span = spans.get(tag)
+        if span is not None and elem is span[0] and elem.VR != "UN":
+            # kept as encoded: no decode, no copy (UN goes through pydicom, which writes the known VR)
+            elements[tag] = view[span[1] : span[2]]
+        else:
+            elements[tag] = _encode(elem, implicit, encoding)
+
+    def uid(tag: int) -> str:
+        return walk.encoded_uids.get(tag) or str(out.get(tag, "") and out[tag].value or "")
+
+    result = EncodedInstance(
+        b"",
+        sop_class_uid=uid(SOP_CLASS_UID) or _text(meta_values.get(0x00020002, b"")),
+        sop_instance_uid=uid(SOP_INSTANCE_UID),
+        series_instance_uid=uid(SERIES_INSTANCE_UID),
+        replaced=_replaced(walk),
+    )
+    chunks = [file_header(result.sop_class_uid, result.sop_instance_uid, syntax)]
+    chunks.extend(elements[tag] for tag in sorted(elements))
+    result.data = b"".join(chunks)
+    return result

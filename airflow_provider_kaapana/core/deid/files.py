@@ -12,9 +12,14 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
-from airflow_provider_kaapana.core.deid.deidentify import deidentify
+from airflow_provider_kaapana.core.deid.deidentify import (
+    NotEncodable,
+    deidentify_encoded,
+    deidentify_recorded,
+)
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
+from airflow_provider_kaapana.core.deid.reidentify import ReidentificationMap, check_public_key
 from airflow_provider_kaapana.core.dicom.uids import uid_path, validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
 from airflow_provider_kaapana.core.paths import path_under
@@ -32,41 +37,66 @@ class DeidentifyResult:
     written: list[Path] = field(default_factory=list)
     quarantined: dict[str, str] = field(default_factory=dict)  # input path -> reason
     failed: dict[str, str] = field(default_factory=dict)  # input path -> error
+    reid_map: Path | None = None  # the sealed re-identification map, when one was asked for
 
     def as_dict(self) -> dict[str, object]:
         return {
             "written": [str(p) for p in self.written],
             "quarantined": self.quarantined,
             "failed": self.failed,
+            "reid_map": str(self.reid_map) if self.reid_map else None,
         }
 
 
 def deidentify_file(
-    source: str | Path, out_dir: str | Path, profile: DeidentificationProfile, key: bytes
+    source: str | Path,
+    out_dir: str | Path,
+    profile: DeidentificationProfile,
+    key: bytes,
+    record: ReidentificationMap | None = None,
 ) -> Path:
     """De-identify one DICOM file into ``out_dir/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (new UIDs).
 
     The output path holds only pseudonymous UIDs, never the input's name (which may name the patient).
     Pixel data is copied as bytes, never decoded. Raises ``DeidentificationError`` (the profile refuses
-    the instance) or ``InvalidDicomError`` (not readable DICOM).
+    the instance) or ``InvalidDicomError`` (not readable DICOM). With ``record``, what was replaced is
+    added to it (the optional re-identification map).
     """
     source = Path(source)
     try:
-        dataset = pydicom.dcmread(source)
-    except (PydicomInvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise InvalidDicomError(f"{source}: not readable DICOM ({type(exc).__name__})") from None
-    clean = deidentify(dataset, profile, key)
-    sop = str(clean.get("SOPInstanceUID", "") or "")
-    series = str(clean.get("SeriesInstanceUID", "") or "")
+        data = source.read_bytes()
+    except OSError as exc:
+        raise InvalidDicomError(f"{source}: cannot be read ({type(exc).__name__})") from None
+    try:
+        try:
+            encoded = deidentify_encoded(data, profile, key)
+            body: list[bytes | memoryview] = [encoded.data]
+            sop, series = encoded.sop_instance_uid, encoded.series_instance_uid
+            replaced = encoded.replaced
+        except NotEncodable:  # deflated, big endian, no preamble: pydicom reads and writes it
+            clean, replaced = deidentify_recorded(pydicom.dcmread(io.BytesIO(data)), profile, key)
+            sop = str(clean.get("SOPInstanceUID", "") or "")
+            series = str(clean.get("SeriesInstanceUID", "") or "")
+            if sop:
+                buffer = io.BytesIO()
+                clean.save_as(buffer, enforce_file_format=True)
+                body = [buffer.getbuffer()]
+    except (PydicomInvalidDicomError, InvalidDicomError, ValueError, EOFError) as exc:
+        # our own messages name offsets and tags; a library's may quote a value, which could be PHI
+        reason = str(exc) if isinstance(exc, InvalidDicomError) else type(exc).__name__
+        raise InvalidDicomError(f"{source}: not readable DICOM ({reason})") from None
     try:
         series_dir = uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
         target = path_under(series_dir, f"{validate_uid(sop)}.dcm", source=f"SOPInstanceUID of {source}")
     except ValueError:
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    clean.save_as(buffer, enforce_file_format=True)
-    return write_atomic(target, [buffer.getbuffer()], fsync=False)
+    written = write_atomic(target, body, fsync=False)
+    if record is not None:
+        record.add(
+            replaced.pseudonym, replaced.patient_id, replaced.patient_name, replaced.shift_days, replaced.uids
+        )
+    return written
 
 
 def _inputs(in_dir: Path) -> list[Path]:
@@ -81,20 +111,28 @@ def deidentify_folder(
     profile: DeidentificationProfile,
     key: bytes,
     quarantine_dir: str | Path | None = None,
+    reid_map_dir: str | Path | None = None,
+    reid_public_key: str | bytes | None = None,
 ) -> DeidentifyResult:
     """De-identify every file under ``in_dir`` into ``out_dir``; a bad file is named and the rest goes on.
 
     Instances the profile refuses (burned-in text) are not written; with ``quarantine_dir`` the original
     is copied there for review (it holds PHI: keep it on the site) and ``quarantine.json`` lists
-    ``input -> reason``.
+    ``input -> reason``. With ``reid_map_dir`` and ``reid_public_key`` what was replaced is written
+    there as a sealed re-identification map (see :mod:`~airflow_provider_kaapana.core.deid.reidentify`).
     """
     key = check_key(key)
     in_path, out_path = Path(in_dir), Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
+    if (reid_map_dir is None) != (reid_public_key is None):
+        raise ValueError("a re-identification map needs both a folder and the public key to seal it to")
+    if reid_public_key is not None:
+        check_public_key(reid_public_key)
+    record = ReidentificationMap() if reid_map_dir is not None else None
     result = DeidentifyResult()
     for source in _inputs(in_path):
         try:
-            result.written.append(deidentify_file(source, out_path, profile, key))
+            result.written.append(deidentify_file(source, out_path, profile, key, record))
         except DeidentificationError as exc:
             result.quarantined[str(source)] = str(exc)
             log.warning("quarantined %s: %s", source, exc)
@@ -110,4 +148,6 @@ def deidentify_folder(
             f"{n:06d}.dcm": {"input": s, "reason": r} for n, (s, r) in enumerate(result.quarantined.items())
         }
         write_atomic(q / QUARANTINE_REPORT, [json.dumps(report, indent=2).encode()], fsync=False)
+    if record is not None and reid_public_key is not None and reid_map_dir is not None:
+        result.reid_map = record.write(reid_map_dir, reid_public_key)
     return result

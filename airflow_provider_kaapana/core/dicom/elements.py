@@ -8,7 +8,7 @@ item and sequence fits inside its container. Callers name the top-level tags who
 from __future__ import annotations
 
 import struct
-from collections.abc import Container
+from collections.abc import Container, Iterator
 
 from airflow_provider_kaapana.exceptions import InvalidDicomError
 
@@ -139,6 +139,31 @@ class ElementWalker:
         if pos != limit:
             raise InvalidDicomError(f"truncated dataset: element overruns its container at byte {pos}")
         return pos
+
+    def spans(self, pos: int) -> Iterator[tuple[int, bytes | None, int, int, int, bool]]:
+        """The top-level elements from ``pos`` to the end of the data, checked as :meth:`dataset` checks.
+
+        Yields ``(tag, vr, start, value_offset, end, undefined_length)`` per element: ``data[start:end]``
+        is the whole encoded element (an undefined length one up to and including its delimiter), so a
+        caller can copy kept elements as bytes (the de-identifier does).
+        """
+        header = self.header
+        last_tag = -1
+        while pos < self.end:
+            tag, vr, length, value = header(pos)
+            if tag >> 16 == 0xFFFE:
+                raise InvalidDicomError(f"not DICOM: unexpected item tag {tag:08X} at byte {pos}")
+            if tag <= last_tag:
+                raise InvalidDicomError(f"not DICOM: tag {tag:08X} out of order at byte {pos}")
+            last_tag = tag
+            if length == UNDEFINED_LENGTH:
+                end = self.items(value, 1, vr == b"UN")
+            else:
+                end = value + length
+                if end > self.end:
+                    self.need(value, length, f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            yield tag, vr, pos, value, end, length == UNDEFINED_LENGTH
+            pos = end
 
     def items(self, pos: int, depth: int, implicit_items: bool) -> int:
         """Walk the items of an undefined-length sequence / encapsulated value up to its delimiter."""

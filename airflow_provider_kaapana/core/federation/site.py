@@ -17,16 +17,43 @@ from airflow_provider_kaapana.core.federation.guard import (
     guard_egress,
 )
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob, SitePolicy
+from airflow_provider_kaapana.core.federation.segmentation import (
+    SEGMENTATION_SOURCE_FIELDS,
+    segmentation_query,
+    segmentation_statistics,
+)
 from airflow_provider_kaapana.core.index.client import SearchClient
 from airflow_provider_kaapana.core.index.cohort import CohortFilter
 from airflow_provider_kaapana.exceptions import EgressRefused, SearchIndexError, UnknownAnalysisError
 
-# What each analysis computes from the site's series documents: (documents, job_id, site) -> document.
-SITE_ANALYSES: dict[str, Callable[..., dict[str, Any]]] = {"cohort_statistics": cohort_statistics}
-# The fields fetched from the index: what the analysis reads plus what the guard must know to refuse.
-FETCH_FIELDS: tuple[str, ...] = tuple(
-    dict.fromkeys((*COHORT_SOURCE_FIELDS, *IDENTIFIER_FIELDS, "kaapana.instances.sop"))
-)
+
+@dataclass(frozen=True)
+class SiteAnalysis:
+    """How a site runs one analysis: ``compute(documents, job_id=, site=, parameters=)`` -> document,
+    the index fields it reads, and how its cohort query narrows the job's cohort selection."""
+
+    compute: Callable[..., dict[str, Any]]
+    fields: tuple[str, ...]
+    narrow: Callable[[Mapping[str, Any]], dict[str, Any]] = dict
+
+
+def _cohort(documents: Iterable[Mapping[str, Any]], *, job_id: str, site: str, **_: Any) -> dict[str, Any]:
+    return cohort_statistics(documents, job_id=job_id, site=site)
+
+
+def _fetch_fields(*fields: str) -> tuple[str, ...]:
+    # what the analysis reads plus what the guard must know to refuse
+    return tuple(dict.fromkeys((*fields, *IDENTIFIER_FIELDS, "kaapana.instances.sop")))
+
+
+SITE_ANALYSES: dict[str, SiteAnalysis] = {
+    "cohort_statistics": SiteAnalysis(_cohort, _fetch_fields(*COHORT_SOURCE_FIELDS)),
+    "segmentation_statistics": SiteAnalysis(
+        segmentation_statistics, _fetch_fields(*SEGMENTATION_SOURCE_FIELDS), segmentation_query
+    ),
+}
+# The fields fetched for cohort statistics (kept for callers that fetch without a job).
+FETCH_FIELDS: tuple[str, ...] = SITE_ANALYSES["cohort_statistics"].fields
 # Job parameters that select the cohort, where an analysis version declares them.
 FILTER_PARAMETERS = ("modality", "body_part", "date_from", "date_to", "description_pattern")
 QUERY_PARAMETER = "query"
@@ -77,6 +104,25 @@ def fetch_series_documents(
         search_after = hits[-1]["sort"]
 
 
+def site_analysis(name: str) -> SiteAnalysis:
+    """The site implementation of analysis ``name``; :class:`UnknownAnalysisError` if there is none."""
+    found = SITE_ANALYSES.get(name)
+    if found is None:
+        raise UnknownAnalysisError(f"no site implementation of {name}")
+    return found
+
+
+def site_documents(
+    job: FederatedJob, declared: Iterable[str], client: SearchClient, index: str
+) -> list[dict[str, Any]]:
+    """The series documents ``job`` reads: its cohort (only the ``declared`` parameters select), narrowed
+    by the analysis, with only the fields the analysis and the guard need."""
+    analysis = site_analysis(job.analysis)
+    declared = set(declared)
+    query = analysis.narrow(cohort_selection({k: v for k, v in job.parameters.items() if k in declared}))
+    return fetch_series_documents(client, index, query, fields=analysis.fields)
+
+
 @dataclass(frozen=True)
 class SiteOutcome:
     """The result of the site's analysis: ``ok`` with the guarded document, or ``refused`` with a reason.
@@ -110,10 +156,9 @@ def analyse(job: FederatedJob, policy: SitePolicy, documents: list[Mapping[str, 
     A refusal by the guard is an outcome (``refused`` with the guard's code, never the value), not an
     error; an analysis this site does not implement raises :class:`UnknownAnalysisError`.
     """
-    compute = SITE_ANALYSES.get(job.analysis)
-    if compute is None:
-        raise UnknownAnalysisError(f"no site implementation of {job.analysis}")
-    document = compute(documents, job_id=job.job_id, site=policy.site)
+    document = site_analysis(job.analysis).compute(
+        documents, job_id=job.job_id, site=policy.site, parameters=job.parameters
+    )
     try:
         guarded = guard_egress(
             document, job=job, policy=policy, known_identifiers=collect_known_identifiers(documents)
@@ -132,6 +177,9 @@ def analyse(job: FederatedJob, policy: SitePolicy, documents: list[Mapping[str, 
 
 __all__ = [
     "FETCH_FIELDS",
+    "SiteAnalysis",
+    "site_analysis",
+    "site_documents",
     "FILTER_PARAMETERS",
     "SITE_ANALYSES",
     "SiteOutcome",
