@@ -72,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync before answering (unsafe)")
     parser.add_argument(
+        "--stow-port",
+        type=int,
+        default=None,
+        help="also accept DICOMweb STOW-RS (POST /studies) on this port (0: any free port); TLS with --tls-cert",
+    )
+    parser.add_argument(
+        "--stow-token-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the accepted STOW-RS bearer tokens, comma-separated "
+        "(never on the command line); without it STOW-RS needs no authentication",
+    )
+    parser.add_argument(
         "--deid-key-file",
         default=None,
         help="de-identify on intake with this site key (PS3.15 basic profile): originals are never written",
@@ -174,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
         fsync=not args.no_fsync,
         ssl_context=ssl_context,
         deidentification=deidentification,
+        stow_port=args.stow_port,
+        stow_tokens=[t.strip() for t in os.environ.get(args.stow_token_env or "", "").split(",") if t.strip()]
+        if args.stow_token_env
+        else [],
     )
 
     def _terminate(signum: int, frame: object) -> None:
@@ -182,8 +199,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     listener.start()
     # one line on stdout so scripts and tests know where we listen
+    stow = f", STOW-RS on port {listener.stow_port}" if listener.stow is not None else ""
     print(
-        f"kaapana listen: {listener.ae_title} on {listener.host}:{listener.port} -> {listener.landing_dir}",
+        f"kaapana listen: {listener.ae_title} on {listener.host}:{listener.port}{stow} -> {listener.landing_dir}",
         flush=True,
     )
     try:

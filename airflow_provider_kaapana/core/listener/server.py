@@ -43,6 +43,7 @@ from airflow_provider_kaapana.core.dicom.elements import DEFLATED_TRANSFER_SYNTA
 from airflow_provider_kaapana.core.dicom.raw import file_header, inflated_size, recover_partial_files
 from airflow_provider_kaapana.core.dicom.uids import is_valid_uid, validate_uid
 from airflow_provider_kaapana.core.files import fsync_dir, write_atomic
+from airflow_provider_kaapana.core.listener.stow import StowServer
 from airflow_provider_kaapana.core.listener.transport import ConnectionLimits, GuardedAssociationServer
 from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
 from airflow_provider_kaapana.core.net.dimse import (
@@ -226,7 +227,9 @@ class DicomListener:
     ``network_timeout`` here are the same fields). A deflated dataset that inflates past
     ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory. With
     ``deidentification`` (:class:`IntakeDeidentification`) instances addressed to its called AE titles
-    are de-identified before they are written.
+    are de-identified before they are written. With ``stow_port`` the listener also takes DICOMweb
+    STOW-RS (:mod:`~.stow`; ``stow_tokens``: the bearer tokens it accepts, none: no authentication)
+    through the same store path.
     ``on_series_complete`` may return a dict that is stored in the manifest (e.g. the DAG run id); if it
     raises, the batch stays pending and is retried with backoff (``retry_seconds``, doubling, capped at
     ``max_retry_seconds``). Use :meth:`start` / :meth:`stop` or as a context manager, or
@@ -257,6 +260,8 @@ class DicomListener:
         max_connections_per_peer: int = 20,
         max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
         deidentification: IntakeDeidentification | None = None,
+        stow_port: int | None = None,
+        stow_tokens: Iterable[str] = (),
     ) -> None:
         self.landing_dir = Path(landing_dir)
         self.port = port
@@ -284,6 +289,9 @@ class DicomListener:
         )
         self.max_inflated_bytes = max_inflated_bytes
         self.deidentification = deidentification
+        self.stow_port = stow_port
+        self.stow_tokens = list(stow_tokens)
+        self.stow: StowServer | None = None
         self.state_dir = self.landing_dir / STATE_DIR / "batches"
         self.received = 0
         self.refused = 0
@@ -348,10 +356,32 @@ class DicomListener:
         log.info(
             "listening as %s on %s:%d, landing zone %s", self.ae_title, self.host, self.port, self.landing_dir
         )
+        if self.stow_port is not None:
+            self.stow = StowServer(
+                self,
+                self.host,
+                self.stow_port,
+                tokens=self.stow_tokens,
+                ssl_context=self.ssl_context,
+                handshake_timeout=self.limits.tls_handshake_timeout,
+                request_timeout=self.limits.network_timeout,
+            ).start()
+            self.stow_port = self.stow.port
+            log.info(
+                "STOW-RS on %s://%s:%d/studies%s",
+                "https" if self.ssl_context else "http",
+                self.host,
+                self.stow_port,
+                " (bearer tokens required)" if self.stow_tokens else "",
+            )
         return self
 
     def stop(self, flush: bool = False) -> None:
         """Stop listening. With ``flush`` every pending series is cut and announced now."""
+        if self.stow is not None:
+            stow, self.stow = self.stow, None
+            stow.shutdown()
+            stow.server_close()
         if self._server is not None:
             server, self._server = self._server, None
             server.shutdown()
