@@ -28,7 +28,7 @@ Compares test segmentations with reference segmentations, pair by pair (both DIC
 PACS, made on the same image series): Dice, Jaccard, volumes, Hausdorff, HD95, ASSD and surface Dice
 per segment. Writes `evaluation_cases.csv` (one row per case and segment), `evaluation_summary.json`
 (per label over all cases) and `evaluation_report.html` (table and box plots) into the run workspace,
-and the summary into the `<index>-evaluations` search index. Example conf:
+and the summary into the `kaapana-evaluations` search index. Example conf:
 
 ```json
 {"pairs": [{"reference": "1.2.826.0.1.3680043.8.498.1", "test": "1.2.826.0.1.3680043.8.498.2"}],
@@ -37,9 +37,15 @@ and the summary into the `<index>-evaluations` search index. Example conf:
 """
 
 
+# Its own name, not the series index's with a suffix: the dashboards' index pattern ("<index>*") must
+# not match evaluation documents.
+EVALUATIONS_INDEX = "kaapana-evaluations"
+
+
 def create_segmentation_evaluation_dag(
     dag_id: str = "kaapana_segmentation_evaluation",
     settings: PipelineSettings | None = None,
+    evaluations_index: str = EVALUATIONS_INDEX,
 ) -> DAG:
     s = settings or PipelineSettings()
     with pipeline_dag(
@@ -153,12 +159,12 @@ def create_segmentation_evaluation_dag(
                 run_id=dag_run.run_id,
                 created=str(dag_run.run_after),
             )
-            indexed = bulk_index(SearchHook(s.search_conn_id).get_conn(), f"{s.index}-evaluations", [doc])
+            indexed = bulk_index(SearchHook(s.search_conn_id).get_conn(), evaluations_index, [doc])
             if indexed.failed:
                 raise KaapanaError(f"the evaluations index refused the summary: {indexed.failed}")
             return {k: written[k] for k in ("cases_path", "summary_path", "report_path")} | {
                 "cases": written["summary"]["cases"],
-                "evaluations_index": f"{s.index}-evaluations",
+                "evaluations_index": evaluations_index,
             }
 
         summary(evaluations[0].output)

@@ -147,3 +147,34 @@ def test_segment_volume_panel_runs_on_real_index(osmem):
         value = by_label["liver"]["volume"]["values"][key]
         assert min(livers) <= value <= max(livers)
     assert by_label["liver"]["volume"]["values"]["50.0"] == pytest.approx(2000.0)
+
+
+def test_evaluation_panel_runs_on_real_index(osmem):
+    """The evaluations panel's own request against summaries as the evaluation DAG indexes them; the
+    fields its transforms read are in every hit."""
+    from airflow_provider_kaapana.core.quant.summary import evaluation_index_document
+
+    client = make_search_client(osmem.url, "opensearch")
+    index = f"kaapana-evaluations-{uuid.uuid4().hex[:8]}"
+    liver = {"segment_number": 1, "label": "liver", "cases": 3}
+    for metric in ("dice", "hd95_mm"):
+        liver[metric] = {"n": 3, "mean": 0.9 if metric == "dice" else 2.5, "median": 0.91}
+    docs = [
+        evaluation_index_document(
+            {"cases": 3, "segments": [liver]}, dag_id="eval", run_id=f"r{n}", created="x"
+        )
+        for n in range(3)
+    ]
+    assert not bulk_index(client, index, docs, refresh=True).failed
+    spec = dashboards.evaluation_table_spec(index)
+    hits = client.search(index, spec["data"]["url"]["body"])["hits"]["hits"]
+    assert len(hits) == 3
+    for hit in hits:
+        source = hit["_source"]
+        assert source["run_id"].startswith("r") and source["cases"] == 3
+        [segment] = source["segments"]
+        assert segment["label"] == "liver" and segment["dice_mean"] == 0.9 and segment["hd95_mm_mean"] == 2.5
+    for target in sorted(dashboards.FILES):
+        [panel] = [o for o in _load(target) if o["id"] == "kaapana-segmentation-evaluations"]
+        shipped = json.loads(json.loads(panel["attributes"]["visState"])["params"]["spec"])
+        assert shipped["data"]["url"]["index"] == "kaapana-evaluations"  # not matched by "kaapana-dicom*"

@@ -170,6 +170,53 @@ def segment_volume_spec(index: str = DEFAULT_INDEX) -> dict[str, Any]:
     }
 
 
+EVALUATIONS_INDEX = "kaapana-evaluations"  # kaapana_segmentation_evaluation writes its summaries there
+EVALUATION_RUNS = 50
+
+
+def evaluation_table_spec(evaluations_index: str = EVALUATIONS_INDEX) -> dict[str, Any]:
+    """Vega-Lite table of the latest evaluation runs: one row per run, one column per label, each cell
+    the mean Dice (colour) with mean HD95 in mm and the number of cases (text).
+
+    The request reads ``evaluations_index`` directly (its own index, not the series pattern), one
+    summary document per run (``core.quant.summary.evaluation_index_document``).
+    """
+    body = {"size": EVALUATION_RUNS, "_source": ["run_id", "dag_id", "cases", "segments"]}
+    cell = (
+        "format(datum.segment.dice_mean, '.3f') + ' / ' + format(datum.segment.hd95_mm_mean, '.1f') + ' mm'"
+    )
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Segmentation evaluations: mean Dice / mean HD95 per label (latest runs)",
+        "data": {"url": {"index": evaluations_index, "body": body}, "format": {"property": "hits.hits"}},
+        "transform": [
+            {"flatten": ["_source.segments"], "as": ["segment"]},
+            {"calculate": "datum._source.run_id + ' (' + datum._source.cases + ' cases)'", "as": "run"},
+            {"calculate": "datum.segment.label", "as": "label"},
+            {"calculate": "datum.segment.dice_mean", "as": "dice"},
+            {"calculate": f"datum.segment.dice_mean == null ? 'no value' : {cell}", "as": "text"},
+        ],
+        "encoding": {
+            "x": {"field": "label", "type": "nominal", "title": "Label", "axis": {"orient": "top"}},
+            "y": {"field": "run", "type": "nominal", "title": "Run", "sort": "descending"},
+        },
+        "layer": [
+            {
+                "mark": "rect",
+                "encoding": {
+                    "color": {
+                        "field": "dice",
+                        "type": "quantitative",
+                        "title": "Dice",
+                        "scale": {"domain": [0, 1], "scheme": "redyellowgreen"},
+                    }
+                },
+            },
+            {"mark": {"type": "text", "fontSize": 11}, "encoding": {"text": {"field": "text"}}},
+        ],
+    }
+
+
 def _visualizations(index: str = DEFAULT_INDEX) -> list[tuple[str, str, dict[str, Any]]]:
     """``(id, title, visState)`` of every panel."""
     pie = {"type": "pie", "addTooltip": True, "addLegend": True, "legendPosition": "right", "isDonut": True}
@@ -216,6 +263,8 @@ def _visualizations(index: str = DEFAULT_INDEX) -> list[tuple[str, str, dict[str
          "aggs": [instances, series]}),
         ("kaapana-segment-volumes", "Segment volumes by label", {"type": "vega",
          "params": {"spec": json.dumps(segment_volume_spec(index), indent=2)}, "aggs": []}),
+        ("kaapana-segmentation-evaluations", "Segmentation evaluations", {"type": "vega",
+         "params": {"spec": json.dumps(evaluation_table_spec(), indent=2)}, "aggs": []}),
     ]  # fmt: skip
 
 
@@ -270,7 +319,7 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
             "attributes": {
                 "title": "Kaapana DICOM series",
                 "description": "Series in the DICOM metadata index by modality, date, body part, station, "
-                "completeness; segment volumes by label",
+                "completeness; segment volumes by label; segmentation evaluations",
                 "hits": 0,
                 "version": 1,
                 "panelsJSON": json.dumps(panels, sort_keys=True),
