@@ -58,7 +58,7 @@ def create_segmentation_evaluation_dag(
             "pairs": Param(
                 [],
                 type="array",
-                minItems=1,
+                minItems=0,
                 maxItems=1000,
                 items={
                     "type": "object",
@@ -71,6 +71,24 @@ def create_segmentation_evaluation_dag(
                     'Series Instance UIDs of a reference and a test SEG each, e.g. {"reference": "1.2.3", '
                     '"test": "1.2.4"}; both made on the same image series.'
                 ),
+                section="Input data",
+            ),
+            "test_pattern": Param(
+                None,
+                type=["null", "string"],
+                title="Test SEGs by rule",
+                description=(
+                    "Instead of pairs: every SEG whose series description, content label or model name "
+                    "matches this wildcard (e.g. *nnunet*) is evaluated against the reference SEGs of "
+                    "the same study and image series (search index)."
+                ),
+                section="Input data",
+            ),
+            "reference_pattern": Param(
+                "*reference*",
+                type="string",
+                title="Reference SEGs by rule",
+                description="With a test rule: the wildcard that marks reference SEGs.",
                 section="Input data",
             ),
             "tolerance_mm": Param(
@@ -87,8 +105,39 @@ def create_segmentation_evaluation_dag(
 
         @task
         def lookup_pairs(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-            """Each pair's two SEG series with their Study Instance UIDs (C-FIND at the PACS)."""
-            pairs = list((params or {})["pairs"])
+            """Each pair's two SEG series with their Study Instance UIDs (C-FIND at the PACS); pairs given
+            in the form, or found by the test/reference rule in the search index."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            params = params or {}
+            pairs = list(params.get("pairs") or [])
+            if bool(pairs) == bool(params.get("test_pattern")):
+                raise AirflowFailException(
+                    "give either pairs or a test rule (test_pattern), not both and not neither: "
+                    f"pairs={len(pairs)}, test_pattern={params.get('test_pattern')!r}"
+                )
+            if not pairs:
+                from airflow_provider_kaapana.core.index.cohort import evaluation_pairs
+                from airflow_provider_kaapana.hooks.search import SearchHook
+
+                found = evaluation_pairs(
+                    SearchHook(s.search_conn_id).get_conn(),
+                    s.index,
+                    str(params["test_pattern"]),
+                    str(params.get("reference_pattern") or "*reference*"),
+                )
+                if not found:
+                    raise AirflowFailException(
+                        f"no SEG matching {params['test_pattern']!r} has a reference SEG matching "
+                        f"{params.get('reference_pattern')!r} on the same image series in {s.index!r}"
+                    )
+                pairs = [
+                    {
+                        "reference": p["reference"]["series_instance_uid"],
+                        "test": p["test"]["series_instance_uid"],
+                    }
+                    for p in found
+                ]
             uids = list(dict.fromkeys(u for p in pairs for u in (p["reference"], p["test"])))
             found = {d["series_instance_uid"]: d for d in find_series_in_pacs(uids, s.pacs_conn_id)}
             return [{"reference": found[p["reference"]], "test": found[p["test"]]} for p in pairs]

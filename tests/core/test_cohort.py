@@ -51,3 +51,48 @@ def test_one_selection_only_and_an_empty_one_only_when_allowed():
     assert clean_filters({"modality": "CT", "body_part": None, "date_from": "", "x": [], "y": {}}) == {
         "modality": "CT"
     }
+
+
+def test_evaluation_pairs_by_rule_match_study_and_image_series(osmem):
+    """Every SEG of the test rule against every reference SEG of the same study and image series."""
+    import uuid
+
+    from airflow_provider_kaapana.core.index.client import (
+        bulk_index,
+        ensure_index_template,
+        make_search_client,
+    )
+    from airflow_provider_kaapana.core.index.cohort import evaluation_pairs
+
+    client = make_search_client(osmem.url, "opensearch")
+    index = f"kaapana-pairs-{uuid.uuid4().hex[:8]}"
+    ensure_index_template(client, index)
+
+    def seg(series: str, study: str, image: str, description: str, model: str = "") -> tuple[str, dict]:
+        return series, {
+            "Modality": "SEG",
+            "kaapana": {"modality": "SEG"},  # what the index document builder sets
+            "SeriesInstanceUID": series,
+            "StudyInstanceUID": study,
+            "SeriesDescription": description,
+            "ManufacturerModelName": model,
+            "ReferencedSeriesSequence": [{"SeriesInstanceUID": image}],
+        }
+
+    docs = [
+        seg("1.9.1", "1.8.1", "1.7.1", "Liver REFERENCE (expert)"),
+        seg("1.9.2", "1.8.1", "1.7.1", "SEG nnunet", "nnunet 501"),
+        seg("1.9.3", "1.8.1", "1.7.2", "reference of another image"),  # same study, other series
+        seg("1.9.4", "1.8.2", "1.7.3", "SEG nnunet", "nnunet 501"),  # no reference in its study
+        seg("1.9.5", "1.8.2", "1.7.3", "SEG other model", "unet 7"),
+        ("1.7.1", {"Modality": "CT", "kaapana": {"modality": "CT"}, "SeriesInstanceUID": "1.7.1"}),
+    ]
+    assert not bulk_index(client, index, docs, refresh=True).failed
+    pairs = evaluation_pairs(client, index, "*NNUNET 501*", "*reference*")
+    assert pairs == [
+        {
+            "reference": {"series_instance_uid": "1.9.1", "study_instance_uid": "1.8.1"},
+            "test": {"series_instance_uid": "1.9.2", "study_instance_uid": "1.8.1"},
+        }
+    ]
+    assert evaluation_pairs(client, index, "*unet 7*", "*reference*") == []

@@ -23,8 +23,8 @@ from airflow_provider_kaapana.core.federation.segmentation import (
     segmentation_statistics,
 )
 from airflow_provider_kaapana.core.index.client import SearchClient
-from airflow_provider_kaapana.core.index.cohort import CohortFilter
-from airflow_provider_kaapana.exceptions import EgressRefused, SearchIndexError, UnknownAnalysisError
+from airflow_provider_kaapana.core.index.cohort import CohortFilter, search_documents
+from airflow_provider_kaapana.exceptions import EgressRefused, UnknownAnalysisError
 
 
 @dataclass(frozen=True)
@@ -79,29 +79,9 @@ def fetch_series_documents(
     page_size: int = 1000,
 ) -> list[dict[str, Any]]:
     """Every series document matching ``query`` (``_source`` limited to ``fields``), paged by UID."""
-    out: list[dict[str, Any]] = []
-    search_after: list[Any] | None = None
-    includes = list(fields)
-    while True:
-        body: dict[str, Any] = {
-            "query": dict(query or {"match_all": {}}),
-            "size": page_size,
-            "sort": [{"SeriesInstanceUID": "asc"}],
-            "_source": includes,
-        }
-        if search_after is not None:
-            body["search_after"] = search_after
-        try:
-            response = client.search(index, body)
-        except Exception as exc:
-            raise SearchIndexError(
-                f"{client.url}: cohort query on {index!r} failed: {type(exc).__name__}"
-            ) from exc
-        hits = response.get("hits", {}).get("hits", [])
-        out.extend(dict(hit.get("_source") or {}) for hit in hits)
-        if len(hits) < page_size or not hits or not hits[-1].get("sort"):
-            return out
-        search_after = hits[-1]["sort"]
+    return search_documents(
+        client, index, dict(query or {"match_all": {}}), fields=list(fields), page_size=page_size
+    )
 
 
 def site_analysis(name: str) -> SiteAnalysis:

@@ -7,8 +7,9 @@ given by Series Instance UIDs, a raw query, or a :class:`CohortFilter`.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
@@ -163,15 +164,43 @@ def _search(
     if query is not None and "query" in query and len(query) == 1:
         query = query["query"]  # accept {"query": {...}} as well as the bare query
     effective = query if query is not None else (filters or CohortFilter()).to_query()
-    out: list[dict[str, str]] = []
+    sources = search_documents(
+        client,
+        index,
+        effective,
+        fields=("SeriesInstanceUID", "StudyInstanceUID"),
+        limit=limit,
+        page_size=page_size,
+    )
+    return [
+        {
+            "series_instance_uid": str(source.get("SeriesInstanceUID", "")),
+            "study_instance_uid": str(source.get("StudyInstanceUID", "")),
+        }
+        for source in sources
+    ]
+
+
+def search_documents(
+    client: SearchClient,
+    index: str,
+    query: dict[str, Any] | None = None,
+    *,
+    fields: Sequence[str],
+    limit: int | None = None,
+    page_size: int = 1000,
+) -> list[dict[str, Any]]:
+    """The ``_source`` (only ``fields``) of every series document matching ``query`` (None: all),
+    sorted by SeriesInstanceUID and paged with ``search_after``; at most ``limit`` (None: all)."""
+    out: list[dict[str, Any]] = []
     search_after: list[Any] | None = None
     while limit is None or len(out) < limit:
         size = page_size if limit is None else min(page_size, limit - len(out))
         body: dict[str, Any] = {
-            "query": effective,
+            "query": dict(query or {"match_all": {}}),
             "size": size,
             "sort": [{"SeriesInstanceUID": "asc"}],
-            "_source": ["SeriesInstanceUID", "StudyInstanceUID"],
+            "_source": list(fields),
         }
         if search_after is not None:
             body["search_after"] = search_after
@@ -180,17 +209,73 @@ def _search(
         except Exception as exc:
             raise SearchIndexError(f"{client.url}: cohort query on {index!r} failed: {exc}") from exc
         hits = response.get("hits", {}).get("hits", [])
-        for hit in hits:
-            source = hit.get("_source", {})
-            out.append(
-                {
-                    "series_instance_uid": str(source.get("SeriesInstanceUID", hit.get("_id"))),
-                    "study_instance_uid": str(source.get("StudyInstanceUID", "")),
-                }
-            )
+        out.extend(dict(hit.get("_source") or {}) for hit in hits)
         if len(hits) < size or not hits:
             break
         search_after = hits[-1].get("sort")
         if not search_after:
             break
     return out
+
+
+PAIR_FIELDS = (
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "SeriesDescription",
+    "ContentLabel",
+    "ManufacturerModelName",
+    "ReferencedSeriesSequence.SeriesInstanceUID",
+)
+
+
+def _referenced(source: dict[str, Any]) -> set[str]:
+    items = source.get("ReferencedSeriesSequence") or []
+    items = [items] if isinstance(items, dict) else items
+    return {
+        str(i.get("SeriesInstanceUID")) for i in items if isinstance(i, dict) and i.get("SeriesInstanceUID")
+    }
+
+
+def evaluation_pairs(
+    client: SearchClient,
+    index: str,
+    test_pattern: str,
+    reference_pattern: str,
+    *,
+    filters: CohortFilter | dict[str, Any] | None = None,
+) -> list[dict[str, dict[str, str]]]:
+    """Pairs for segmentation evaluation by a rule: every SEG whose SeriesDescription, ContentLabel or
+    ManufacturerModelName matches ``test_pattern`` (case-insensitive wildcard, e.g. ``*nnunet 501*``)
+    against every SEG matching ``reference_pattern`` (e.g. ``*reference*``) in the same study and on the
+    same image series (Referenced Series Sequence). ``filters`` narrow the SEGs (date, body part...).
+
+    Returns ``[{"reference": {"series_instance_uid", "study_instance_uid"}, "test": {...}}]`` sorted;
+    a SEG that matches both patterns is never paired with itself.
+    """
+    if isinstance(filters, dict):
+        filters = CohortFilter.from_dict(filters)
+    narrowed = replace(filters or CohortFilter(), modality="SEG")
+    sources = search_documents(client, index, narrowed.to_query(), fields=PAIR_FIELDS)
+
+    def matches(source: dict[str, Any], pattern: str) -> bool:
+        texts = (source.get(k) for k in ("SeriesDescription", "ContentLabel", "ManufacturerModelName"))
+        return any(fnmatch.fnmatch(str(t).lower(), pattern.lower()) for t in texts if t)
+
+    def uids(source: dict[str, Any]) -> dict[str, str]:
+        return {
+            "series_instance_uid": str(source["SeriesInstanceUID"]),
+            "study_instance_uid": str(source.get("StudyInstanceUID", "")),
+        }
+
+    tests = [s for s in sources if matches(s, test_pattern)]
+    references = [s for s in sources if matches(s, reference_pattern)]
+    pairs = []
+    for test in tests:
+        for reference in references:
+            same_study = reference.get("StudyInstanceUID") == test.get("StudyInstanceUID")
+            same_image = bool(_referenced(reference) & _referenced(test))
+            if reference is not test and same_study and same_image:
+                pairs.append({"reference": uids(reference), "test": uids(test)})
+    return sorted(
+        pairs, key=lambda p: (p["test"]["series_instance_uid"], p["reference"]["series_instance_uid"])
+    )
