@@ -20,15 +20,13 @@ import requests
 
 from airflow_provider_kaapana.core.index.document import merge_series_documents
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
-from airflow_provider_kaapana.core.net.retry import RetryPolicy
+from airflow_provider_kaapana.core.net.retry import BULK_RETRY, RetryPolicy
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
 log = logging.getLogger(__name__)
 
 Flavor = Literal["opensearch", "elasticsearch"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
-BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
 
 def detect_flavor(
