@@ -28,6 +28,7 @@ PACS = "DICOM PACS (DIMSE and DICOMweb)"
 SEARCH = "Elasticsearch / OpenSearch (DICOM metadata index)"
 IMAGING = "Medical image processing (NIfTI, nnU-Net, DICOM SEG)"
 FEDERATION = "Kaapana federation"
+PIPELINES = "Kaapana pipelines (DAG library)"
 
 INTEGRATIONS: list[dict[str, Any]] = [
     {
@@ -51,6 +52,11 @@ INTEGRATIONS: list[dict[str, Any]] = [
     {
         "integration-name": FEDERATION,
         "external-doc-url": f"{DOCS_URL}/guides/federation.rst",
+        "tags": ["software"],
+    },
+    {
+        "integration-name": PIPELINES,
+        "external-doc-url": f"{DOCS_URL}/installation.rst",
         "tags": ["software"],
     },
 ]
@@ -128,4 +134,5 @@ def get_provider_info() -> dict[str, Any]:
         "operators": OPERATORS,
         "hooks": HOOKS,
         "connection-types": CONNECTION_TYPES,
+        "bundles": [{"integration-name": PIPELINES, "python-modules": [f"{_PKG}.dag_factories.bundle"]}],
     }
