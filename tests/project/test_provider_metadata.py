@@ -108,3 +108,15 @@ def test_package_metadata_names_changelog_and_bug_tracker():
 
     urls = dict(u.split(", ", 1) for u in metadata("airflow-provider-kaapana").get_all("Project-URL") or [])
     assert {"Documentation", "Changelog", "Bug Tracker"} <= set(urls)
+
+
+def test_installation_page_names_every_connection_field_and_the_test_button():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "installation.rst").read_text()
+    for entry in get_provider_info()["connection-types"]:
+        missing = [name for name in entry.get("conn-fields", {}) if f"``{name}``" not in text]
+        assert not missing, f"docs/installation.rst does not describe {entry['connection-type']} fields {missing}"
+        default_id = entry["connection-type"] + ("" if "coordinator" in entry["connection-type"] else "_default")
+        assert f"``{default_id}``" in text
+    assert "test_connection = Enabled" in text and "kaapana dags install" in text
