@@ -62,14 +62,14 @@ def model_param(models_dir: str, section: str = "Model") -> Param:
     """The form's model field: an enum of the installed models, the first preselected; with none
     installed, a required text field whose help says so and how to install one."""
     names = installed_model_names(models_dir)
-    install = "install one with the kaapana_install_model DAG or `kaapana models install`"
+    install = "use the kaapana_install_model DAG or `kaapana models install`"
     common: dict[str, Any] = {"title": "nnU-Net model", "section": section}
     if names:
         return Param(
             names[0],
             type="string",
             enum=names,
-            description=f"An installed model (in {models_dir}); to add one, {install}.",
+            description=f"An installed model (in {models_dir}); to add another, {install}.",
             **common,
         )
     return Param(
@@ -77,8 +77,8 @@ def model_param(models_dir: str, section: str = "Model") -> Param:
         type="string",
         minLength=1,
         description=(
-            f"No model is installed in {models_dir} (when this DAG file was last parsed): {install}, "
-            "or type the name of one the workers have."
+            f"No model is installed in {models_dir} (when this DAG file was last parsed): to install "
+            f"one, {install}; or type the name of one the workers have."
         ),
         **common,
     )

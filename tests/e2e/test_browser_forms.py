@@ -57,10 +57,10 @@ def _text(driver) -> str:
 
 
 def _required_labels(driver) -> list[str]:
-    """Labels carrying Chakra's required indicator (the ``*``)."""
+    """Visible labels carrying Chakra's required indicator (the ``*``)."""
     return driver.execute_script(
         """
-        return Array.from(document.querySelectorAll('[data-part="required-indicator"]'))
+        return Array.from(document.querySelectorAll('.chakra-field__requiredIndicator'))
           .map(el => (el.closest('label') || el.parentElement).innerText.replace('*', '').trim());
         """
     )
@@ -188,12 +188,13 @@ def _open_section(driver, title: str) -> None:
 
 
 def _open_model_list(driver) -> bool:
-    """Open the model field's list: it offers every installed model."""
-    for element in driver.find_elements("css selector", "button, [role=combobox], [data-part=trigger]"):
-        if element.is_displayed() and MODELS[0] in element.text:
-            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-            element.click()
-            break
+    """Open the model field's list (a react-select beside the hidden ``element_model`` input)."""
+    from selenium.webdriver.common.keys import Keys
+
+    combobox = driver.find_element("xpath", "//input[@name='element_model']/..//input[@role='combobox']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", combobox)
+    combobox.click()
+    combobox.send_keys(Keys.ARROW_DOWN)
     _wait_for(driver, lambda: MODELS[1] in _text(driver), "the model list")
     driver.save_screenshot(str(driver.screenshots / "segmentation_model_list.png"))
     return True

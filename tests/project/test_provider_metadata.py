@@ -116,7 +116,11 @@ def test_installation_page_names_every_connection_field_and_the_test_button():
     text = (Path(__file__).resolve().parents[2] / "docs" / "installation.rst").read_text()
     for entry in get_provider_info()["connection-types"]:
         missing = [name for name in entry.get("conn-fields", {}) if f"``{name}``" not in text]
-        assert not missing, f"docs/installation.rst does not describe {entry['connection-type']} fields {missing}"
-        default_id = entry["connection-type"] + ("" if "coordinator" in entry["connection-type"] else "_default")
+        assert not missing, (
+            f"docs/installation.rst does not describe {entry['connection-type']} fields {missing}"
+        )
+        default_id = entry["connection-type"] + (
+            "" if "coordinator" in entry["connection-type"] else "_default"
+        )
         assert f"``{default_id}``" in text
     assert "test_connection = Enabled" in text and "kaapana dags install" in text
