@@ -1,26 +1,122 @@
-"""Provider metadata returned through the ``apache_airflow_provider`` entry point."""
+"""Provider metadata returned through the ``apache_airflow_provider`` entry point.
+
+Plain data, as the official providers' generated ``get_provider_info.py``: Airflow reads it in every
+process, draws the connection forms from ``conn-fields`` / ``ui-field-behaviour`` without importing a
+hook, and ``airflow providers get airflow-provider-kaapana --full`` prints it. The documentation URL is
+the ``Documentation`` project URL of the package metadata (setup.cfg), which Airflow adds itself.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from airflow_provider_kaapana import __version__
+from airflow_provider_kaapana.hooks.connection_forms import (
+    PACS_CONN_FIELDS,
+    PACS_CONN_TYPE,
+    PACS_UI_FIELD_BEHAVIOUR,
+    SEARCH_CONN_FIELDS,
+    SEARCH_CONN_TYPE,
+    SEARCH_UI_FIELD_BEHAVIOUR,
+    connection_type,
+)
 
-# Each hook module that defines a connection type is listed here; Airflow uses it for the
-# connection form and ``airflow providers hooks``.
-CONNECTION_TYPES: list[dict[str, str]] = [
-    {"connection-type": "kaapana_pacs", "hook-class-name": "airflow_provider_kaapana.hooks.pacs.PacsHook"},
+_PKG = "airflow_provider_kaapana"
+DOCS_URL = "https://github.com/kaapana-provider/airflow-provider-kaapana/blob/main/docs"
+
+PACS = "DICOM PACS (DIMSE and DICOMweb)"
+SEARCH = "Elasticsearch / OpenSearch (DICOM metadata index)"
+IMAGING = "Medical image processing (NIfTI, nnU-Net, DICOM SEG)"
+FEDERATION = "Kaapana federation"
+PIPELINES = "Kaapana pipelines (DAG library)"
+
+INTEGRATIONS: list[dict[str, Any]] = [
     {
-        "connection-type": "kaapana_search",
-        "hook-class-name": "airflow_provider_kaapana.hooks.search.SearchHook",
+        "integration-name": PACS,
+        "external-doc-url": "https://www.dicomstandard.org/current",
+        "how-to-guide": [f"{DOCS_URL}/connections/pacs.rst"],
+        "tags": ["software"],
     },
     {
+        "integration-name": SEARCH,
+        "external-doc-url": "https://opensearch.org/docs/latest/",
+        "how-to-guide": [f"{DOCS_URL}/connections/search.rst"],
+        "tags": ["software"],
+    },
+    {
+        "integration-name": IMAGING,
+        "external-doc-url": "https://github.com/MIC-DKFZ/nnUNet",
+        "how-to-guide": [f"{DOCS_URL}/dags/segmentation.rst"],
+        "tags": ["software"],
+    },
+    {
+        "integration-name": FEDERATION,
+        "external-doc-url": f"{DOCS_URL}/guides/federation.rst",
+        "tags": ["software"],
+    },
+    {
+        "integration-name": PIPELINES,
+        "external-doc-url": f"{DOCS_URL}/installation.rst",
+        "tags": ["software"],
+    },
+]
+
+OPERATORS: list[dict[str, Any]] = [
+    {
+        "integration-name": PACS,
+        "python-modules": [
+            f"{_PKG}.operators.dicom_receive",
+            f"{_PKG}.operators.dicom_send",
+            f"{_PKG}.operators.dicom_deidentify",
+        ],
+    },
+    {
+        "integration-name": SEARCH,
+        "python-modules": [f"{_PKG}.operators.elastic_index", f"{_PKG}.operators.cohort"],
+    },
+    {
+        "integration-name": IMAGING,
+        "python-modules": [
+            f"{_PKG}.operators.nifti_convert",
+            f"{_PKG}.operators.nnunet_predict",
+            f"{_PKG}.operators.dicom_seg_export",
+            f"{_PKG}.operators.segment_statistics",
+            f"{_PKG}.operators.segmentation_evaluation",
+        ],
+    },
+    {"integration-name": FEDERATION, "python-modules": [f"{_PKG}.operators.federation"]},
+]
+
+HOOKS: list[dict[str, Any]] = [
+    {"integration-name": PACS, "python-modules": [f"{_PKG}.hooks.pacs"]},
+    {"integration-name": SEARCH, "python-modules": [f"{_PKG}.hooks.search"]},
+    {"integration-name": FEDERATION, "python-modules": [f"{_PKG}.hooks.federation"]},
+]
+
+CONNECTION_TYPES: list[dict[str, Any]] = [
+    connection_type(
+        PACS_CONN_TYPE,
+        f"{_PKG}.hooks.pacs.PacsHook",
+        "Kaapana PACS (DIMSE + DICOMweb)",
+        PACS_CONN_FIELDS,
+        PACS_UI_FIELD_BEHAVIOUR,
+    ),
+    connection_type(
+        SEARCH_CONN_TYPE,
+        f"{_PKG}.hooks.search.SearchHook",
+        "Kaapana search (Elasticsearch / OpenSearch)",
+        SEARCH_CONN_FIELDS,
+        SEARCH_UI_FIELD_BEHAVIOUR,
+    ),
+    {
         "connection-type": "kaapana_federation",
-        "hook-class-name": "airflow_provider_kaapana.hooks.federation.FederationHook",
+        "hook-class-name": f"{_PKG}.hooks.federation.FederationHook",
+        "hook-name": "Kaapana federation (a site's coordinator)",
     },
     {
         "connection-type": "kaapana_federation_coordinator",
-        "hook-class-name": "airflow_provider_kaapana.hooks.federation.FederationCoordinatorHook",
+        "hook-class-name": f"{_PKG}.hooks.federation.FederationCoordinatorHook",
+        "hook-name": "Kaapana federation (the coordinator's key)",
     },
 ]
 
@@ -34,5 +130,9 @@ def get_provider_info() -> dict[str, Any]:
             "Elasticsearch/OpenSearch, NIfTI conversion, nnU-Net inference and DICOM SEG export."
         ),
         "versions": [__version__],
-        "connection-types": list(CONNECTION_TYPES),
+        "integrations": INTEGRATIONS,
+        "operators": OPERATORS,
+        "hooks": HOOKS,
+        "connection-types": CONNECTION_TYPES,
+        "bundles": [{"integration-name": PIPELINES, "python-modules": [f"{_PKG}.dag_factories.bundle"]}],
     }

@@ -8,6 +8,7 @@ from datetime import datetime
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.dag_factories.common import check_run_conf
 
 log = logging.getLogger(__name__)
 ACTIVE_STATES = {"queued", "running"}
@@ -25,6 +26,7 @@ def create_cleanup_dag(
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["kaapana", "maintenance"],
+        description="Remove run workspaces older than a number of days",
         doc_md=__doc__,
         params={
             "workspace_base": Param(workspace_base, type="string", title="Workspace base path"),
@@ -38,7 +40,7 @@ def create_cleanup_dag(
         },
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)
         def remove_stale_workspaces(params: dict | None = None, ti=None) -> list[str]:
             from airflow_provider_kaapana.core.workspace import find_stale_workspaces, remove_workspace
 

@@ -1,7 +1,9 @@
 """Pieces shared by the DAG factories: defaults, form params, and small run-time helpers.
 
-Everything here is cheap at parse time: the only I/O is listing installed models, which reads a few
-JSON files from a local folder (never the network).
+Everything here is cheap at parse time: the only I/O is listing the names of the installed models (directory
+entries of the local model store: no file is opened, never the network). Run-time checks of a run's
+inputs (:func:`check_run_conf`) fail the first task with :class:`AirflowFailException`, so a wrong input
+is never retried.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaapana.core.dicom.uids import UID_PATTERN
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.core.net.send import SEND_METHODS
-from airflow_provider_kaapana.core.nnunet.models import POD_MODELS_DIR
+from airflow_provider_kaapana.core.nnunet.models import POD_MODELS_DIR, installed_datasets
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
@@ -43,26 +46,59 @@ class PipelineSettings:
 
 
 def installed_model_names(models_dir: str) -> list[str]:
-    """Installed nnU-Net models by dataset name (``Dataset901_TinySphere``): cheap local JSON reads."""
-    try:
-        from airflow_provider_kaapana.core.nnunet.models import list_models
+    """Installed nnU-Net models by dataset name (``Dataset901_TinySphere``), from directory entries only.
 
-        return sorted({m.dataset for m in list_models(models_dir)})
-    except Exception as exc:  # a broken store must not break DAG parsing: the form falls back to text
+    The trigger form's model list is fixed when the DAG file is parsed (every 30 s by the dag-processor),
+    so this opens no file: whether a listed model is complete is checked by the predict task.
+    """
+    try:
+        return installed_datasets(models_dir)
+    except OSError as exc:  # an unreadable store must not break DAG parsing: the form falls back to text
         log.warning("cannot list installed models in %s: %s", models_dir, exc)
         return []
 
 
 def model_param(models_dir: str, section: str = "Model") -> Param:
+    """The form's model field: an enum of the installed models, the first preselected; with none
+    installed, a required text field whose help says so and how to install one."""
     names = installed_model_names(models_dir)
-    common: dict[str, Any] = {
-        "title": "nnU-Net model",
-        "description": "An installed model (install one with the kaapana_install_model DAG or `kaapana models install`).",
-        "section": section,
-    }
+    install = "use the kaapana_install_model DAG or `kaapana models install`"
+    common: dict[str, Any] = {"title": "nnU-Net model", "section": section}
     if names:
-        return Param(names[0], type="string", enum=names, **common)
-    return Param("", type="string", minLength=1, **common)
+        return Param(
+            names[0],
+            type="string",
+            enum=names,
+            description=f"An installed model (in {models_dir}); to add another, {install}.",
+            **common,
+        )
+    return Param(
+        "",
+        type="string",
+        minLength=1,
+        description=(
+            f"No model is installed in {models_dir} (when this DAG file was last parsed): to install "
+            f"one, {install}; or type the name of one the workers have."
+        ),
+        **common,
+    )
+
+
+def check_run_conf(context: Any, also_accepted: tuple[str, ...] = ()) -> None:
+    """Refuse a run whose ``conf`` holds keys that are no parameter of its DAG (a typo would otherwise
+    be ignored silently): :class:`AirflowFailException`, so the task fails at once, without retries.
+
+    Given as ``pre_execute`` of a DAG's first task(s) by the factories.
+    """
+    dag_run, dag = context.get("dag_run"), context.get("dag")
+    conf = dict(getattr(dag_run, "conf", None) or {})
+    accepted = set(getattr(dag, "params", None) or {}) | set(also_accepted)
+    unknown = sorted(set(conf) - accepted)
+    if unknown:
+        raise AirflowFailException(
+            f"unknown conf key(s) {', '.join(map(repr, unknown))}: DAG "
+            f"{getattr(dag, 'dag_id', '?')} accepts {', '.join(sorted(accepted)) or 'none'}"
+        )
 
 
 def pipeline_dag(
@@ -70,18 +106,21 @@ def pipeline_dag(
     settings: PipelineSettings,
     *,
     tags: list[str],
+    description: str,
     doc_md: str,
     params: dict[str, Param],
     schedule: Any = None,
     **kwargs: Any,
 ) -> DAG:
-    """The DAG every factory builds: not back-filled, tagged ``kaapana``, XCom args rendered natively."""
+    """The DAG every factory builds: not back-filled, tagged ``kaapana``, XCom args rendered natively,
+    with a one-line ``description`` (the DAG list) beside the ``doc_md`` (the DAG's page)."""
     return DAG(
         dag_id,
         schedule=schedule,
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["kaapana", *tags],
+        description=description,
         doc_md=doc_md,
         default_args=settings.default_args,
         render_template_as_native_obj=True,

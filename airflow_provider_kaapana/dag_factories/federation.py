@@ -171,6 +171,7 @@ def federated_analysis_dag(
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["kaapana", "federation"],
+        description=f"Federated {spec.name}: ask the sites, aggregate their answers (coordinator)",
         doc_md=DOC.format(name=spec.name, version=spec.version, description=spec.description),
         default_args=s.default_args,
         params=params,
@@ -233,6 +234,7 @@ def federation_poll_dag(settings: FederationSettings | None = None, dag_id: str 
         catchup=False,
         max_active_runs=1,
         tags=["kaapana", "federation"],
+        description="Answer this site's pending federation requests on the coordinator",
         doc_md=(
             "### Federation poll (site)\n\nLists this site's pending requests on the coordinator, answers "
             "those its policy refuses and starts a local analysis run for each accepted one."
@@ -274,6 +276,7 @@ def federated_site_dag(
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["kaapana", "federation"],
+        description=f"Federated {analysis_name} on this site: approval, analysis, egress guard, sealed answer",
         doc_md=(
             f"### Federated {analysis_name} (site)\n\nOne run per coordinator request, started by "
             f"`{POLL_DAG_ID}`: optional approval by a person, the analysis on this site's index and the "

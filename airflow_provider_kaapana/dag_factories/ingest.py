@@ -51,6 +51,7 @@ def create_ingest_dag(
         dag_id,
         s,
         tags=["ingest"],
+        description="Store a received series in the PACS and index it (triggered by the DICOM listener)",
         doc_md=DOC,
         max_active_runs=16,
         params={

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_kaapana.dag_factories.common import PipelineSettings, pipeline_dag
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings, check_run_conf, pipeline_dag
 
 DOC = """
 ### Install an nnU-Net model
@@ -29,6 +29,7 @@ def create_install_model_dag(
         dag_id,
         s,
         tags=["nnunet", "maintenance"],
+        description="Install an exported nnU-Net model (zip) into the model store",
         doc_md=DOC,
         params={
             "zip_path": Param(
@@ -42,7 +43,7 @@ def create_install_model_dag(
         },
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)
         def install(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
             from airflow_provider_kaapana.core.nnunet.models import install_model
 

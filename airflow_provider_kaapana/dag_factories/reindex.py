@@ -8,6 +8,7 @@ from airflow.sdk import DAG, Param, task, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
     PipelineSettings,
+    check_run_conf,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
@@ -33,16 +34,29 @@ def create_reindex_dag(dag_id: str = "kaapana_reindex", settings: PipelineSettin
         dag_id,
         s,
         tags=["index", "maintenance"],
+        description="Re-index the PACS's series (by study date) into the search index",
         doc_md=DOC,
         params={
-            "date_from": Param(None, type=["null", "string"], format="date", title="Study date from"),
-            "date_to": Param(None, type=["null", "string"], format="date", title="Study date to"),
+            "date_from": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                title="Study date from",
+                description="Empty: no lower bound (both empty: every study).",
+            ),
+            "date_to": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                title="Study date to",
+                description="Empty: no upper bound.",
+            ),
             "limit": Param(1000, type="integer", minimum=1, title="At most this many series"),
             "retrieve_method": retrieve_method_param(),
         },
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)
         def find_series(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
             from airflow_provider_kaapana.hooks.pacs import PacsHook
 

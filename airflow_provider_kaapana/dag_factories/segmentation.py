@@ -17,6 +17,7 @@ from airflow.sdk import DAG, Param, task_group
 from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
+    check_run_conf,
     model_param,
     pipeline_dag,
     receive_from_pacs,
@@ -57,18 +58,19 @@ def create_segmentation_dag(
         dag_id,
         s,
         tags=["nnunet", "segmentation"],
+        description="Segment series with an installed nnU-Net model; DICOM SEG to the PACS and the index",
         doc_md=DOC,
         schedule=schedule,
         max_active_runs=4,
         params={
             "identifiers": Param(
-                [],
-                type="array",
+                None,
+                type=["null", "array"],
                 items=UID_ITEMS,
                 title="Series Instance UIDs",
                 description=(
-                    "Process these series (one per line; at most `limit` of them). "
-                    "Leave empty to select by search."
+                    "Process these series (one per line; at most `limit` of them). Leave empty to select "
+                    "by the filters or the raw query below; UIDs, when given, win over both."
                 ),
                 section="Input data",
             ),
@@ -97,7 +99,7 @@ def create_segmentation_dag(
                 None,
                 type=["null", "object"],
                 title="Raw search query",
-                description='Query DSL (the value of "query"); overrides the filters above.',
+                description='Query DSL (the value of "query"); when given (and no UIDs), the filters above are not used.',
                 section="Input data",
             ),
             "limit": Param(
@@ -113,12 +115,12 @@ def create_segmentation_dag(
                 None,
                 type=["null", "string"],
                 title="nnU-Net configuration",
-                description="Default: 3d_fullres when installed.",
+                description="Empty: 3d_fullres when the model has it, else its only configuration.",
                 section="Model",
             ),
             "folds": Param(
-                [],
-                type="array",
+                None,
+                type=["null", "array"],
                 items={"type": ["integer", "string"]},
                 title="Folds",
                 description="Empty: every fold of the model.",
@@ -148,6 +150,7 @@ def create_segmentation_dag(
             pacs_conn_id=s.pacs_conn_id,
             require_selection=True,
             skip_if_empty=True,
+            pre_execute=check_run_conf,
         )
 
         @task_group(group_id="per_series")

@@ -10,6 +10,7 @@ from airflow_provider_kaapana.core.params import as_list
 from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
+    check_run_conf,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
@@ -36,6 +37,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
         dag_id,
         s,
         tags=["pacs"],
+        description="Send series from the platform's PACS to another PACS and verify they arrived",
         doc_md=DOC,
         params={
             "identifiers": Param(
@@ -58,7 +60,7 @@ def create_send_dag(dag_id: str = "kaapana_send_series", settings: PipelineSetti
         },
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)
         def lookup_studies(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
             return find_series_in_pacs(as_list(params["identifiers"]), s.pacs_conn_id)
 

@@ -19,7 +19,6 @@ from airflow.sdk import BaseHook
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
 from airflow_provider_kaapana.core.net.dimse import (
-    DEFAULT_TIMEOUT,
     TIMEOUT_EXTRAS,
     DimsePeer,
     RetrieveResult,
@@ -28,124 +27,16 @@ from airflow_provider_kaapana.core.net.dimse import (
 from airflow_provider_kaapana.core.net.retry import DEFAULT_RETRY, RetryPolicy
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.exceptions import PacsError
+from airflow_provider_kaapana.hooks.connection_forms import (
+    PACS_CONN_FIELDS,
+    PACS_CONN_TYPE,
+    PACS_UI_FIELD_BEHAVIOUR,
+    legacy_field_behaviour,
+    legacy_form_widgets,
+)
 
-CONN_TYPE = "kaapana_pacs"
+CONN_TYPE = PACS_CONN_TYPE
 RETRIEVE_METHODS = ("c-get", "c-move", "wado-rs")
-
-# Declarative connection form (Airflow >= 3.2 reads these from provider info; older versions call
-# get_connection_form_widgets / get_ui_field_behaviour, which are built from the same table).
-CONN_FIELDS: dict[str, dict[str, Any]] = {
-    "called_ae": {
-        "label": "Called AE title",
-        "description": "The PACS's AE title (dcm4chee: DCM4CHEE, Orthanc: ORTHANC)",
-        "schema": {"type": ["string", "null"], "default": "DCM4CHEE"},
-    },
-    "calling_ae": {
-        "label": "Calling AE title",
-        "description": "Our AE title as the PACS knows it",
-        "schema": {"type": ["string", "null"], "default": "KAAPANA"},
-    },
-    "dicomweb_url": {
-        "label": "DICOMweb base URL",
-        "description": "e.g. http://HOST:8080/dcm4chee-arc/aets/DCM4CHEE/rs or http://HOST:8042/dicom-web",
-        "schema": {"type": ["string", "null"]},
-    },
-    "auth_type": {
-        "label": "HTTP auth",
-        "description": "basic (login/password), bearer (password holds the token) or none",
-        "schema": {"type": ["string", "null"], "default": "basic", "enum": ["basic", "bearer", "none"]},
-    },
-    "move_destination": {
-        "label": "C-MOVE destination AE",
-        "description": "AE title the PACS sends C-MOVE results to (must be configured in the PACS)",
-        "schema": {"type": ["string", "null"]},
-    },
-    "move_port": {
-        "label": "C-MOVE receive port",
-        "description": "local port on which a retrieve by C-MOVE listens for the PACS",
-        "schema": {"type": ["integer", "null"]},
-    },
-    "dimse_tls": {
-        "label": "DIMSE over TLS",
-        "description": "wrap associations in TLS (the PACS's TLS port)",
-        "schema": {"type": ["boolean", "null"], "default": False},
-    },
-    "tls_ca_file": {
-        "label": "TLS CA bundle",
-        "description": "CA certificates to verify the PACS (DIMSE and HTTP)",
-        "schema": {"type": ["string", "null"]},
-    },
-    "tls_cert_file": {
-        "label": "TLS client certificate",
-        "description": "PEM client certificate (DIMSE and HTTP)",
-        "schema": {"type": ["string", "null"]},
-    },
-    "tls_key_file": {
-        "label": "TLS client key",
-        "description": "PEM key of the client certificate",
-        "schema": {"type": ["string", "null"]},
-    },
-    "http_verify": {
-        "label": "Verify HTTPS certificates",
-        "schema": {"type": ["boolean", "null"], "default": True},
-    },
-    "retries": {
-        "label": "Retries",
-        "description": "retries of each operation after the first attempt (transient failures only)",
-        "schema": {"type": ["integer", "null"], "default": DEFAULT_RETRY.retries},
-    },
-    "backoff": {
-        "label": "Retry backoff (s)",
-        "description": "seconds before the first retry, doubled for each further one",
-        "schema": {"type": ["number", "null"], "default": DEFAULT_RETRY.backoff},
-    },
-    "max_backoff": {
-        "label": "Longest retry wait (s)",
-        "schema": {"type": ["number", "null"], "default": DEFAULT_RETRY.max_backoff},
-    },
-    "acse_timeout": {
-        "label": "ACSE timeout (s)",
-        "description": "how long to wait for the PACS to answer an association request or release",
-        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
-    },
-    "dimse_timeout": {
-        "label": "DIMSE timeout (s)",
-        "description": "how long to wait for the answer to one C-STORE/C-FIND/C-GET/C-MOVE/C-ECHO",
-        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
-    },
-    "network_timeout": {
-        "label": "Network timeout (s)",
-        "description": "an association without any byte from the PACS for this long is aborted",
-        "schema": {"type": ["number", "null"], "default": DEFAULT_TIMEOUT},
-    },
-}
-UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden_fields": ["schema"],
-    "relabeling": {"port": "DIMSE port", "login": "HTTP user", "password": "HTTP password or token"},
-    "placeholders": {
-        "host": "pacs.example.org",
-        "port": "11112",
-        "called_ae": "DCM4CHEE",
-        "calling_ae": "KAAPANA",
-        "dicomweb_url": "http://pacs.example.org:8080/dcm4chee-arc/aets/DCM4CHEE/rs",
-        "auth_type": "basic",
-    },
-}
-
-
-def declarative_connection_type_info() -> dict[str, Any]:
-    """A ``connection-types`` entry with the declarative form fields (Airflow >= 3.2 style)."""
-    return {
-        "connection-type": CONN_TYPE,
-        "hook-class-name": "airflow_provider_kaapana.hooks.pacs.PacsHook",
-        "hook-name": PacsHook.hook_name,
-        "conn-fields": CONN_FIELDS,
-        "ui-field-behaviour": {
-            "hidden-fields": UI_FIELD_BEHAVIOUR["hidden_fields"],
-            "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
-            "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
-        },
-    }
 
 
 class PacsHook(BaseHook):
@@ -201,26 +92,12 @@ class PacsHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form (for Airflow versions without declarative conn-fields)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import BooleanField, IntegerField, StringField
-
-        widgets: dict[str, Any] = {}
-        for name, spec in CONN_FIELDS.items():
-            kind = spec["schema"]["type"][0]
-            label = lazy_gettext(spec["label"])
-            if kind == "boolean":
-                widgets[name] = BooleanField(label, default=spec["schema"].get("default", False))
-            elif kind == "integer":
-                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget())
-            else:
-                widgets[name] = StringField(label, widget=BS3TextFieldWidget())
-        return widgets
+        """The form's extra fields for Airflow < 3.2 (3.2+ reads ``conn-fields`` from the provider info)."""
+        return legacy_form_widgets(PACS_CONN_FIELDS)
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return dict(UI_FIELD_BEHAVIOUR)
+        return legacy_field_behaviour(PACS_UI_FIELD_BEHAVIOUR)
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -401,19 +278,39 @@ class PacsHook(BaseHook):
         raise ValueError(f"retrieve method {method!r} is not one of {', '.join(RETRIEVE_METHODS)}")
 
     def test_connection(self) -> tuple[bool, str]:
-        """C-ECHO, plus a QIDO-RS probe when a DICOMweb URL is configured (no retries: answers fast)."""
+        """Check every interface the connection configures, once each, without retries.
+
+        DIMSE (when a host is set): a C-ECHO. DICOMweb (when ``dicomweb_url`` is set): a QIDO-RS probe
+        (``/studies?limit=1``). The message names each check's result and each interface skipped; the
+        answer is ``ok`` only when at least one was checked and every check passed.
+        """
+        results: list[str] = []
+        failed = checked = 0
+        for interface, configured, why_not, probe in (
+            ("DIMSE", bool(self.connection.host), "no host", self._probe_dimse),
+            ("DICOMweb", self.has_dicomweb, "no dicomweb_url", self._probe_dicomweb),
+        ):
+            if not configured:
+                results.append(f"{interface} skipped ({why_not})")
+                continue
+            checked += 1
+            try:
+                results.append(probe())
+            except Exception as exc:  # noqa: BLE001 - the UI shows the message
+                failed += 1
+                results.append(f"{interface} failed: {exc}")
+        return checked > 0 and failed == 0, "; ".join(results)
+
+    def _probe_dimse(self) -> str:
+        peer = dataclasses.replace(self.dimse_peer, retries=0)
+        dimse.echo(peer)
+        return f"C-ECHO to {peer} succeeded"
+
+    def _probe_dicomweb(self) -> str:
+        web = self.dicomweb
+        saved, web.retries = web.retries, 0
         try:
-            peer = dataclasses.replace(self.dimse_peer, retries=0)
-            dimse.echo(peer)
-            message = f"C-ECHO to {peer} succeeded"
-            if self.has_dicomweb:
-                web = self.dicomweb
-                saved, web.retries = web.retries, 0
-                try:
-                    web.qido("studies", limit=1)
-                finally:
-                    web.retries = saved
-                message += f"; QIDO-RS at {web.base_url} answered"
-            return True, message
-        except Exception as exc:  # noqa: BLE001 - the UI shows the message
-            return False, str(exc)
+            web.qido("studies", limit=1)
+        finally:
+            web.retries = saved
+        return f"QIDO-RS at {web.base_url} answered"

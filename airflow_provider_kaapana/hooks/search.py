@@ -17,6 +17,13 @@ from airflow.sdk import BaseHook
 from airflow_provider_kaapana.core.index.client import BULK_RETRY, SearchClient, make_search_client
 from airflow_provider_kaapana.core.net.retry import RetryPolicy
 from airflow_provider_kaapana.core.params import parse_bool
+from airflow_provider_kaapana.hooks.connection_forms import (
+    SEARCH_CONN_FIELDS,
+    SEARCH_CONN_TYPE,
+    SEARCH_UI_FIELD_BEHAVIOUR,
+    legacy_field_behaviour,
+    legacy_form_widgets,
+)
 
 _FLAVOR_BY_CONN_TYPE = {"elasticsearch": "elasticsearch", "opensearch": "opensearch"}
 
@@ -50,7 +57,7 @@ class SearchHook(BaseHook):
 
     conn_name_attr = "search_conn_id"
     default_conn_name = "kaapana_search_default"
-    conn_type = "kaapana_search"
+    conn_type = SEARCH_CONN_TYPE
     hook_name = "Kaapana search (Elasticsearch / OpenSearch)"
 
     def __init__(self, search_conn_id: str = default_conn_name, **kwargs: Any) -> None:
@@ -59,28 +66,12 @@ class SearchHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import StringField
-
-        return {
-            "flavor": StringField(
-                lazy_gettext("Flavor (opensearch, elasticsearch, auto)"), widget=BS3TextFieldWidget()
-            ),
-            "ca_certs": StringField(lazy_gettext("CA bundle path"), widget=BS3TextFieldWidget()),
-        }
+        """The form's extra fields for Airflow < 3.2 (3.2+ reads ``conn-fields`` from the provider info)."""
+        return legacy_form_widgets(SEARCH_CONN_FIELDS)
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": [],
-            "relabeling": {"host": "Host or URL", "schema": "Scheme (http/https)"},
-            "placeholders": {
-                "host": "https://opensearch.example.org",
-                "port": "9200",
-                "extra": '{"flavor": "auto", "verify_certs": true}',
-            },
-        }
+        return legacy_field_behaviour(SEARCH_UI_FIELD_BEHAVIOUR)
 
     @staticmethod
     def _retry_policy_of(conn: Any) -> RetryPolicy:
@@ -125,10 +116,11 @@ class SearchHook(BaseHook):
         return self.client
 
     def test_connection(self) -> tuple[bool, str]:
+        """One ``GET /`` (the server's name and version): the search server speaks HTTP only, nothing is skipped."""
         try:
             client = self.get_conn()
             info = client.info()
-        except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the UI shows the message
+            return False, f"search server: {type(exc).__name__}: {exc}"
         version = info.get("version", {})
-        return True, f"{client.flavor} {version.get('number', '?')} at {client.url}"
+        return True, f"{client.flavor} {version.get('number', '?')} at {client.url} answered"

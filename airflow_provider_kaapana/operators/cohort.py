@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airflow_provider_kaapana.core.index.cohort import clean_filters, select_cohort
+from airflow_provider_kaapana.core.index.cohort import NOTHING_SELECTED, clean_filters, select_cohort
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.core.params import as_list, as_native, optional_int, parse_bool
 from airflow_provider_kaapana.hooks.pacs import PacsHook
@@ -43,7 +43,8 @@ class CohortSelectOperator(KaapanaBaseOperator):
     :param limit: at most this many series (None: all) (templated).
     :param pacs_conn_id: a ``kaapana_pacs`` connection for identifiers the index lacks (None: none).
     :param require_selection: fail when no identifiers, query or (non-empty) filter is given, instead
-        of selecting whatever the index holds.
+        of selecting whatever the index holds: at once, before connecting, without retries
+        (:class:`AirflowFailException`), naming what the run gave.
     :param skip_if_empty: end as *skipped* when nothing matches (downstream tasks are skipped too).
     :param fail_if_empty: fail when nothing matches (default: return an empty list).
 
@@ -93,6 +94,13 @@ class CohortSelectOperator(KaapanaBaseOperator):
         identifiers = [str(uid) for uid in as_list(as_native(self.identifiers))]
         query = as_native(self.query) or None
         filters = clean_filters(as_native(self.filters)) or None
+        if parse_bool(self.require_selection, "require_selection") and not (identifiers or query or filters):
+            given = {"identifiers": as_native(self.identifiers), "query": as_native(self.query)}
+            raw_filters = as_native(self.filters)
+            given.update(raw_filters if isinstance(raw_filters, dict) else {"filters": raw_filters})
+            raise AirflowFailException(
+                f"{NOTHING_SELECTED}; this run gave {', '.join(f'{k}={v!r}' for k, v in given.items())}"
+            )
         cohort = select_cohort(
             self.hook.get_conn(),
             self.index,

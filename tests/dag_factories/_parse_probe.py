@@ -102,6 +102,7 @@ print(
             "config_changes": changes,
             "import_errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
             "dags": {dag_id: sorted(dag.tags or []) for dag_id, dag in bag.dags.items()},
+            "descriptions": {dag_id: dag.description for dag_id, dag in bag.dags.items()},
         }
     )
 )

@@ -49,6 +49,7 @@ def test_dags_folder_loads_without_side_effects(airflow_db):
     assert len(report["dags"]) >= len(files)
     for dag_id, tags in report["dags"].items():
         assert "kaapana" in tags, f"{dag_id} lacks the 'kaapana' tag"
+        assert report["descriptions"][dag_id], f"{dag_id} has no description (the DAG list shows it)"
 
 
 def test_probe_catches_a_misbehaving_dag_file(airflow_db, tmp_path):

@@ -41,13 +41,13 @@ def instances_in(pacs, study_uid: str, series_uid: str) -> set[str]:
 
 def test_provider_registers_the_connection_type():
     from airflow_provider_kaapana.get_provider_info import get_provider_info
-    from airflow_provider_kaapana.hooks.pacs import PacsHook, declarative_connection_type_info
+    from airflow_provider_kaapana.hooks.pacs import PacsHook
 
-    types = {c["connection-type"]: c["hook-class-name"] for c in get_provider_info()["connection-types"]}
-    assert types["kaapana_pacs"] == "airflow_provider_kaapana.hooks.pacs.PacsHook"
+    types = {c["connection-type"]: c for c in get_provider_info()["connection-types"]}
+    assert types["kaapana_pacs"]["hook-class-name"] == "airflow_provider_kaapana.hooks.pacs.PacsHook"
     assert PacsHook.default_conn_name == "kaapana_pacs_default"
-    info = declarative_connection_type_info()
-    assert {"called_ae", "calling_ae", "dicomweb_url", "auth_type", "dimse_tls"} <= set(info["conn-fields"])
+    fields = types["kaapana_pacs"]["conn-fields"]
+    assert {"called_ae", "calling_ae", "dicomweb_url", "auth_type", "dimse_tls"} <= set(fields)
     assert PacsHook.get_ui_field_behaviour()["relabeling"]["port"] == "DIMSE port"
 
 
@@ -57,7 +57,22 @@ def test_hook_test_connection_and_auth(orthanc_auth, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PACS_OK", conn_json(orthanc_auth))
     ok, message = PacsHook("pacs_ok").test_connection()
     assert ok, message
-    assert "C-ECHO to ORTHANC@127.0.0.1" in message and "QIDO-RS" in message
+    assert "C-ECHO to ORTHANC@127.0.0.1" in message and "QIDO-RS" in message and "skipped" not in message
+
+    # each configured interface is checked, the others named as skipped
+    dimse_only = json.loads(conn_json(orthanc_auth))
+    del dimse_only["extra"]["dicomweb_url"]
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_DIMSE_ONLY", json.dumps(dimse_only))
+    ok, message = PacsHook("pacs_dimse_only").test_connection()
+    assert ok and "DICOMweb skipped (no dicomweb_url)" in message
+    web_only = json.loads(conn_json(orthanc_auth))
+    web_only["host"] = ""
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_WEB_ONLY", json.dumps(web_only))
+    ok, message = PacsHook("pacs_web_only").test_connection()
+    assert ok and message.startswith("DIMSE skipped (no host); QIDO-RS at"), message
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_NOTHING", json.dumps({"conn_type": "kaapana_pacs"}))
+    ok, message = PacsHook("pacs_nothing").test_connection()
+    assert not ok and "DIMSE skipped" in message and "DICOMweb skipped" in message
 
     monkeypatch.setenv("AIRFLOW_CONN_PACS_NOAUTH", conn_json(orthanc_auth, auth=False))
     ok, message = PacsHook("pacs_noauth").test_connection()

@@ -47,6 +47,15 @@ def test_hook_follows_official_opensearch_connection(monkeypatch, osmem):
     assert hook.get_conn().flavor == "opensearch" and "3.8" in message
 
 
+def test_hook_test_connection_names_a_server_that_does_not_answer(monkeypatch):
+    from airflow_provider_kaapana.testing.local_services import free_port
+
+    _conn_env(monkeypatch, "search_down", conn_type="opensearch", host="127.0.0.1", port=free_port(),
+              extra={"retries": 0, "timeout": 2})  # fmt: skip
+    ok, message = SearchHook(search_conn_id="search_down").test_connection()
+    assert not ok and message.startswith("search server: ") and "127.0.0.1" in message
+
+
 def test_hook_official_elasticsearch_connection_uses_elasticsearch_client(monkeypatch, osmem):
     proxy = SearchProxy(osmem.url).start()
     try:

@@ -20,7 +20,7 @@ import requests
 
 from airflow_provider_kaapana.core.index.document import merge_series_documents
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
-from airflow_provider_kaapana.core.net.retry import RetryPolicy, redact, split_url_credentials
+from airflow_provider_kaapana.core.net.retry import BULK_RETRY, RetryPolicy, redact, split_url_credentials
 from airflow_provider_kaapana.exceptions import SearchIndexError
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 SPLIT_STATUSES = frozenset({400, 413})
 # merge_instances: how often a series document is merged again after a parallel write changed it
 MERGE_ATTEMPTS = 20
-#: The retry policy of bulk requests unless the client (its connection) or the caller says otherwise.
-BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)
 
 
 def detect_flavor(

@@ -215,3 +215,6 @@ class RetryPolicy:
 
 #: The package's default: 3 retries after 1, 2 and 4 s.
 DEFAULT_RETRY = RetryPolicy()
+#: Bulk requests to the search server (unless its connection or the caller says otherwise): more
+#: patient, and jittered so that many workers do not retry in step.
+BULK_RETRY = RetryPolicy(retries=5, backoff=0.5, max_backoff=30.0, jitter=True)

@@ -5,8 +5,8 @@ Layout (what ``nnUNetv2_export_model_to_zip`` writes, below one models directory
     <models_dir>/<DatasetXXX_Name>/<Trainer>__<Plans>__<configuration>/
         dataset.json  plans.json  fold_<N>/checkpoint_final.pth ...
 
-Listing reads JSON files and directory entries only (no torch import), because the DAG library lists the
-installed models when DAG files are parsed.
+Listing reads JSON files and directory entries only (no torch import); :func:`installed_datasets`, what
+the DAG library lists when DAG files are parsed, reads directory entries alone.
 """
 
 from __future__ import annotations
@@ -171,6 +171,19 @@ def list_models(models_dir: str | Path | None = None) -> list[ModelInfo]:
             except ModelError:
                 continue
     return found
+
+
+def installed_datasets(models_dir: str | Path | None = None) -> list[str]:
+    """Names of the dataset folders holding at least one trainer folder (sorted), from directory
+    entries alone: no file is opened (cheap enough for DAG parse time; :func:`list_models` validates)."""
+    root = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        dataset_dir.name
+        for dataset_dir in root.iterdir()
+        if dataset_dir.is_dir() and any(_is_trainer_dir(p) for p in dataset_dir.iterdir())
+    )
 
 
 def resolve_model(
