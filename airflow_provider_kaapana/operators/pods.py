@@ -137,6 +137,9 @@ class PodStepOperator(WorkspaceMixin, KubernetesPodOperator):
         """Extra mounts of the pod's container (computed per run, e.g. the input read-only)."""
         return []
 
+    def prepare(self, context: Any) -> None:
+        """Run on the worker before the pod starts (or the local command): e.g. write the job's files."""
+
     def execute_local(self, context: Any) -> None:
         raise NotImplementedError
 
@@ -164,6 +167,7 @@ class PodStepOperator(WorkspaceMixin, KubernetesPodOperator):
             return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self.prepare(context)
         if self.mode == "local":
             self.execute_local(context)
             return self.result(context)
