@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     install.add_argument("path", help="manifest file, or a folder holding manifest.yaml|yml|json")
     install.add_argument("--algorithms-dir", default=None, help=DIR_HELP)
+    install.add_argument(
+        "--dags-folder",
+        default=None,
+        help="also write the algorithm's one-line DAG file here (kaapana_algorithm_<name>.py)",
+    )
     listing = actions.add_parser("list", help="installed algorithms (and the ones whose manifest is refused)")
     listing.add_argument("--algorithms-dir", default=None, help=DIR_HELP)
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
@@ -33,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         install_algorithm,
         list_algorithms,
         load_manifest,
+        write_dag_file,
     )
 
     try:
@@ -45,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"installed {manifest.name} {manifest.version} -> {manifest.folder} (DAG {manifest.dag_id})"
             )
+            if args.dags_folder:
+                print(f"DAG file {write_dag_file(manifest, args.dags_folder)}")
             return 0
     except ManifestError as exc:
         print(f"kaapana algorithms: {exc.source}: invalid manifest", file=sys.stderr)

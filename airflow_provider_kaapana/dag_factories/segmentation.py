@@ -41,6 +41,90 @@ in the PACS and index it. Example conf:
 FILTER_PARAMS = ("modality", "body_part", "description_pattern", "date_from", "date_to")
 
 
+def input_params() -> dict[str, Param]:
+    """The form's "Input data" section: UIDs, or filters / a raw query, and a limit (see :func:`select_series`)."""
+    return {
+        "identifiers": Param(
+            [],
+            type="array",
+            items=UID_ITEMS,
+            title="Series Instance UIDs",
+            description=(
+                "Process these series (one per line; at most `limit` of them). "
+                "Leave empty to select by search."
+            ),
+            section="Input data",
+        ),
+        "modality": Param(
+            None,
+            type=["null", "string"],
+            title="Modality filter",
+            description="With no UIDs given: only series of this modality (CT, MR, ...).",
+            section="Input data",
+        ),
+        "body_part": Param(None, type=["null", "string"], title="Body part filter", section="Input data"),
+        "description_pattern": Param(
+            None,
+            type=["null", "string"],
+            title="Series description pattern",
+            description="Case-insensitive wildcard on SeriesDescription, e.g. *abdomen*.",
+            section="Input data",
+        ),
+        "date_from": Param(
+            None, type=["null", "string"], format="date", title="Study date from", section="Input data"
+        ),
+        "date_to": Param(
+            None, type=["null", "string"], format="date", title="Study date to", section="Input data"
+        ),
+        "query": Param(
+            None,
+            type=["null", "object"],
+            title="Raw search query",
+            description='Query DSL (the value of "query"); overrides the filters above.',
+            section="Input data",
+        ),
+        "limit": Param(
+            10,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="At most this many series",
+            section="Input data",
+        ),
+    }
+
+
+def select_series(s: PipelineSettings) -> CohortSelectOperator:
+    """UIDs first, else the raw query, else the filters; an empty form fails, no match skips the run."""
+    return CohortSelectOperator(
+        task_id="select_series",
+        identifiers="{{ params.identifiers }}",
+        query="{{ params.query }}",
+        filters={key: "{{ params." + key + " }}" for key in FILTER_PARAMS},
+        index=s.index,
+        limit="{{ params.limit }}",
+        search_conn_id=s.search_conn_id,
+        pacs_conn_id=s.pacs_conn_id,
+        require_selection=True,
+        skip_if_empty=True,
+    )
+
+
+def seg_send_index(
+    prediction: Any, received: Any, s: PipelineSettings, **seg_kwargs: Any
+) -> DicomSegExportOperator:
+    """A label map (``prediction``: label_map_path, labels_path) -> DICOM SEG -> the PACS and the index."""
+    seg = DicomSegExportOperator(
+        task_id="seg", prediction=prediction, source=received, workspace_base=s.workspace_base, **seg_kwargs
+    )
+    send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
+    index = ElasticIndexOperator(
+        task_id="index", series_dirs=seg.output, index=s.index, search_conn_id=s.search_conn_id
+    )
+    seg >> [send, index]
+    return seg
+
+
 def create_segmentation_dag(
     dag_id: str = "kaapana_nnunet_segmentation",
     settings: PipelineSettings | None = None,
@@ -55,53 +139,7 @@ def create_segmentation_dag(
         schedule=schedule,
         max_active_runs=4,
         params={
-            "identifiers": Param(
-                [],
-                type="array",
-                items=UID_ITEMS,
-                title="Series Instance UIDs",
-                description=(
-                    "Process these series (one per line; at most `limit` of them). "
-                    "Leave empty to select by search."
-                ),
-                section="Input data",
-            ),
-            "modality": Param(
-                None,
-                type=["null", "string"],
-                title="Modality filter",
-                description="With no UIDs given: only series of this modality (CT, MR, ...).",
-                section="Input data",
-            ),
-            "body_part": Param(None, type=["null", "string"], title="Body part filter", section="Input data"),
-            "description_pattern": Param(
-                None,
-                type=["null", "string"],
-                title="Series description pattern",
-                description="Case-insensitive wildcard on SeriesDescription, e.g. *abdomen*.",
-                section="Input data",
-            ),
-            "date_from": Param(
-                None, type=["null", "string"], format="date", title="Study date from", section="Input data"
-            ),
-            "date_to": Param(
-                None, type=["null", "string"], format="date", title="Study date to", section="Input data"
-            ),
-            "query": Param(
-                None,
-                type=["null", "object"],
-                title="Raw search query",
-                description='Query DSL (the value of "query"); overrides the filters above.',
-                section="Input data",
-            ),
-            "limit": Param(
-                10,
-                type="integer",
-                minimum=1,
-                maximum=1000,
-                title="At most this many series",
-                section="Input data",
-            ),
+            **input_params(),
             "model": model_param(s.models_dir),
             "configuration": Param(
                 None,
@@ -130,19 +168,7 @@ def create_segmentation_dag(
             "retrieve_method": retrieve_method_param(section="PACS"),
         },
     ) as dag:
-        # UIDs first, else the raw query, else the filters; an empty form fails, no match skips the run
-        select_series = CohortSelectOperator(
-            task_id="select_series",
-            identifiers="{{ params.identifiers }}",
-            query="{{ params.query }}",
-            filters={key: "{{ params." + key + " }}" for key in FILTER_PARAMS},
-            index=s.index,
-            limit="{{ params.limit }}",
-            search_conn_id=s.search_conn_id,
-            pacs_conn_id=s.pacs_conn_id,
-            require_selection=True,
-            skip_if_empty=True,
-        )
+        select = select_series(s)
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
@@ -163,19 +189,13 @@ def create_segmentation_dag(
                 workspace_base=s.workspace_base,
                 **s.predict_kwargs,
             )
-            seg = DicomSegExportOperator(
-                task_id="seg",
-                prediction=predict.output,
-                source=received.output,
+            seg_send_index(
+                predict.output,
+                received.output,
+                s,
                 model_id="{{ params.model }}",
                 configuration="{{ params.configuration or 'default' }}",
-                workspace_base=s.workspace_base,
             )
-            send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
-            index = ElasticIndexOperator(
-                task_id="index", series_dirs=seg.output, index=s.index, search_conn_id=s.search_conn_id
-            )
-            seg >> [send, index]
 
-        per_series.expand(series=select_series.output)
+        per_series.expand(series=select.output)
     return dag
