@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also write the algorithm's one-line DAG file here (kaapana_algorithm_<name>.py)",
     )
+    install.add_argument(
+        "--settings",
+        default=None,
+        help="with --dags-folder: JSON object of DAG settings (pacs_conn_id, workspace_base, predict_mode...)",
+    )
     listing = actions.add_parser("list", help="installed algorithms (and the ones whose manifest is refused)")
     listing.add_argument("--algorithms-dir", default=None, help=DIR_HELP)
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
@@ -52,14 +57,18 @@ def run(args: argparse.Namespace) -> int:
                 f"installed {manifest.name} {manifest.version} -> {manifest.folder} (DAG {manifest.dag_id})"
             )
             if args.dags_folder:
-                print(f"DAG file {write_dag_file(manifest, args.dags_folder)}")
+                settings = json.loads(args.settings) if args.settings else {}
+                if not isinstance(settings, dict):
+                    raise KaapanaError("--settings must be a JSON object")
+                path = write_dag_file(manifest, args.dags_folder, settings, args.algorithms_dir)
+                print(f"DAG file {path}")
             return 0
     except ManifestError as exc:
         print(f"kaapana algorithms: {exc.source}: invalid manifest", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    except (KaapanaError, OSError) as exc:
+    except (KaapanaError, OSError, ValueError) as exc:
         print(f"kaapana algorithms: error: {exc}", file=sys.stderr)
         return 1
     found = list_algorithms(args.algorithms_dir)

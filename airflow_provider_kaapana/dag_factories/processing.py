@@ -17,7 +17,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task_group
 
-from airflow_provider_kaapana.core.algorithms.manifest import Manifest, algorithms_dir, load_manifest
+from airflow_provider_kaapana.core.algorithms.manifest import Manifest, load_manifest
+from airflow_provider_kaapana.core.algorithms.manifest import algorithms_dir as resolve_algorithms_dir
 from airflow_provider_kaapana.dag_factories.common import (
     PipelineSettings,
     pipeline_dag,
@@ -145,7 +146,13 @@ def configured_algorithms_dir() -> str | None:
     return conf.get("kaapana", "algorithms_dir", fallback=None) or None
 
 
-def algorithm_dag(name: str, settings: PipelineSettings | None = None) -> DAG:
-    """The DAG of the installed algorithm ``name`` (what a generated DAG file calls)."""
-    manifest = load_manifest(algorithms_dir(configured_algorithms_dir()) / name)
+def algorithm_dag(
+    name: str, settings: PipelineSettings | None = None, algorithms_dir: str | None = None
+) -> DAG:
+    """The DAG of the installed algorithm ``name`` (what a generated DAG file calls).
+
+    The folder: ``algorithms_dir`` when the file names one, else ``[kaapana] algorithms_dir``, else
+    ``$KAAPANA_ALGORITHMS_DIR``, else ``/algorithms``.
+    """
+    manifest = load_manifest(resolve_algorithms_dir(algorithms_dir or configured_algorithms_dir()) / name)
     return create_processing_dag(manifest, settings)
