@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,22 @@ def test_missing_input_folder_is_named(tmp_path):
     manifest = load_manifest(THRESHOLD)
     with pytest.raises(KaapanaError, match="does not exist"):
         prepare_job(manifest, Job(tmp_path / "nope", tmp_path / "job"), {}, {})
+
+
+def test_measurements_go_into_the_series_document_indexed_first_if_needed(osmem, ct_series):
+    from airflow_provider_kaapana.core.algorithms.measurements import index_measurements
+    from airflow_provider_kaapana.core.index.client import make_search_client
+
+    client = make_search_client(f"http://127.0.0.1:{osmem.port}", "opensearch")
+    index = f"kaapana-test-measure-{uuid.uuid4().hex[:8]}"
+    uid = ct_series.series_instance_uid
+    with pytest.raises(KaapanaError, match="not in index"):
+        index_measurements(client, index, uid, "probe", "1", {"a": 1})
+    index_measurements(client, index, uid, "probe", "1", {"a": 1.5}, series_dir=ct_series.series_dir)
+    index_measurements(client, index, uid, "other", "2", {"b": "x"})  # merges, keeps the first
+    document = client.get(index, uid)
+    assert document["SeriesInstanceUID"] == uid and document["Modality"] == "CT"
+    assert document["kaapana"]["algorithms"] == {
+        "probe": {"version": "1", "a": 1.5},
+        "other": {"version": "2", "b": "x"},
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_kaapana.core.index.client import SearchClient, bulk_index
+from airflow_provider_kaapana.core.index.client import SearchClient, bulk_index, ensure_index_template
 from airflow_provider_kaapana.core.index.document import build_series_document
 from airflow_provider_kaapana.exceptions import KaapanaError, SearchIndexError
 
@@ -30,6 +30,7 @@ def index_measurements(
             raise KaapanaError(
                 f"series {series_instance_uid} is not in index {index} and no series folder was given to index it"
             )
+        ensure_index_template(client, index)  # the same mapping as a series the ingest DAG indexed
         doc_id, document, _problems = build_series_document(series_dir)
         if doc_id != series_instance_uid:
             raise KaapanaError(f"{series_dir} holds series {doc_id}, not {series_instance_uid}")
