@@ -122,7 +122,7 @@ class PodStepOperator(WorkspaceMixin, KubernetesPodOperator):
         self.mode = mode
         self.workspace_base = workspace_base
         self.gpus = gpus
-        self._step_volume_mounts = list(self.volume_mounts)
+        self._step_volume_mounts: list[Any] | None = None
 
     # -- what subclasses say -------------------------------------------------------------------------
     def pod_command(self, context: Any) -> tuple[list[str], list[str]]:
@@ -161,7 +161,10 @@ class PodStepOperator(WorkspaceMixin, KubernetesPodOperator):
         if env:
             given = [e for e in (self.env_vars or []) if getattr(e, "name", None) not in env]
             self.env_vars = [*given, *(k8s.V1EnvVar(name=k, value=v) for k, v in env.items())]
-        # rebuilt from the constructor's list each time: a second build (retry, dry run) adds nothing twice
+        # the step's own mounts (rendered) are kept at the first build and the per-run ones added to a
+        # copy, so a second build (retry, dry run) adds nothing twice
+        if self._step_volume_mounts is None:
+            self._step_volume_mounts = list(self.volume_mounts)
         self.volume_mounts = [*self._step_volume_mounts, *self.pod_mounts(context)]
         with self._no_sidecar():
             return super().build_pod_request_obj(context, dry_run=dry_run)
