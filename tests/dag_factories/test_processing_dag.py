@@ -142,3 +142,15 @@ def test_measurement_algorithm_puts_its_fields_into_the_index(variants, orthanc,
         settings.index, {"query": {"range": {"kaapana.algorithms.measure-intensity.voxels_above": {"gt": 0}}}}
     )
     assert hits["hits"]["total"]["value"] == 1
+
+
+def test_one_modality_becomes_the_search_default_and_outputs_pick_the_steps(tmp_path):
+    data = load_manifest(EXAMPLES / "measure-intensity").data
+    data["inputs"]["modality"] = ["MR"]
+    data["outputs"] = [{"kind": "measurements"}, {"kind": "dicom", "path": "out"}]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    dag = create_processing_dag(load_manifest(tmp_path))
+    assert dag.params.get_param("modality").value == "MR"
+    tasks = {t.task_id for t in dag.tasks}
+    assert {"per_series.measurements_index", "per_series.send_dicom", "per_series.index_dicom"} <= tasks
+    assert "per_series.nifti" not in tasks and "per_series.seg" not in tasks
