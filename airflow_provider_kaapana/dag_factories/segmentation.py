@@ -48,6 +48,100 @@ in the PACS, measure every segment (volume, shape, intensities) and store the nu
 FILTER_PARAMS = ("modality", "body_part", "description_pattern", "date_from", "date_to")
 
 
+def input_params() -> dict[str, Param]:
+    """The form's "Input data" section: UIDs, or filters / a raw query, and a limit (see :func:`select_series`)."""
+    return {
+        "identifiers": Param(
+            None,
+            type=["null", "array"],
+            items=UID_ITEMS,
+            title="Series Instance UIDs",
+            description=(
+                "Process these series (one per line; at most `limit` of them). Leave empty to select "
+                "by the filters or the raw query below; UIDs, when given, win over both."
+            ),
+            section="Input data",
+        ),
+        "modality": Param(
+            None,
+            type=["null", "string"],
+            title="Modality filter",
+            description="With no UIDs given: only series of this modality (CT, MR, ...).",
+            section="Input data",
+        ),
+        "body_part": Param(None, type=["null", "string"], title="Body part filter", section="Input data"),
+        "description_pattern": Param(
+            None,
+            type=["null", "string"],
+            title="Series description pattern",
+            description="Case-insensitive wildcard on SeriesDescription, e.g. *abdomen*.",
+            section="Input data",
+        ),
+        "date_from": Param(
+            None, type=["null", "string"], format="date", title="Study date from", section="Input data"
+        ),
+        "date_to": Param(
+            None, type=["null", "string"], format="date", title="Study date to", section="Input data"
+        ),
+        "query": Param(
+            None,
+            type=["null", "object"],
+            title="Raw search query",
+            description='Query DSL (the value of "query"); when given (and no UIDs), the filters above are not used.',
+            section="Input data",
+        ),
+        "limit": Param(
+            10,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="At most this many series",
+            section="Input data",
+        ),
+    }
+
+
+def select_series(s: PipelineSettings) -> CohortSelectOperator:
+    """UIDs first, else the raw query, else the filters; an empty form fails, no match skips the run."""
+    return CohortSelectOperator(
+        task_id="select_series",
+        identifiers="{{ params.identifiers }}",
+        query="{{ params.query }}",
+        filters={key: "{{ params." + key + " }}" for key in FILTER_PARAMS},
+        index=s.index,
+        limit="{{ params.limit }}",
+        search_conn_id=s.search_conn_id,
+        pacs_conn_id=s.pacs_conn_id,
+        require_selection=True,
+        skip_if_empty=True,
+        pre_execute=check_run_conf,  # unknown conf keys fail the run at once
+    )
+
+
+def seg_send_index(
+    prediction: Any, received: Any, s: PipelineSettings, **seg_kwargs: Any
+) -> DicomSegExportOperator:
+    """A label map (``prediction``: label_map_path, labels_path) -> DICOM SEG -> the PACS; its per-segment
+    statistics -> a DICOM SR (TID 1500) -> the PACS, after the SEG; the SEG's series document with the
+    statistics (``kaapana.segments``) -> the index."""
+    seg = DicomSegExportOperator(
+        task_id="seg", prediction=prediction, source=received, workspace_base=s.workspace_base, **seg_kwargs
+    )
+    send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
+    stats = SegmentStatisticsOperator(
+        task_id="stats", segmentation=seg.output, source=received, sr=True, workspace_base=s.workspace_base
+    )
+    # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
+    send_sr = DicomSendOperator(task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id)
+    send >> send_sr
+    index = ElasticIndexOperator(
+        task_id="index", series_dirs=stats.output, index=s.index, search_conn_id=s.search_conn_id
+    )
+    seg >> [send, stats]
+    stats >> [send_sr, index]
+    return seg
+
+
 def create_segmentation_dag(
     dag_id: str = "kaapana_nnunet_segmentation",
     settings: PipelineSettings | None = None,
@@ -63,53 +157,7 @@ def create_segmentation_dag(
         schedule=schedule,
         max_active_runs=4,
         params={
-            "identifiers": Param(
-                None,
-                type=["null", "array"],
-                items=UID_ITEMS,
-                title="Series Instance UIDs",
-                description=(
-                    "Process these series (one per line; at most `limit` of them). Leave empty to select "
-                    "by the filters or the raw query below; UIDs, when given, win over both."
-                ),
-                section="Input data",
-            ),
-            "modality": Param(
-                None,
-                type=["null", "string"],
-                title="Modality filter",
-                description="With no UIDs given: only series of this modality (CT, MR, ...).",
-                section="Input data",
-            ),
-            "body_part": Param(None, type=["null", "string"], title="Body part filter", section="Input data"),
-            "description_pattern": Param(
-                None,
-                type=["null", "string"],
-                title="Series description pattern",
-                description="Case-insensitive wildcard on SeriesDescription, e.g. *abdomen*.",
-                section="Input data",
-            ),
-            "date_from": Param(
-                None, type=["null", "string"], format="date", title="Study date from", section="Input data"
-            ),
-            "date_to": Param(
-                None, type=["null", "string"], format="date", title="Study date to", section="Input data"
-            ),
-            "query": Param(
-                None,
-                type=["null", "object"],
-                title="Raw search query",
-                description='Query DSL (the value of "query"); when given (and no UIDs), the filters above are not used.',
-                section="Input data",
-            ),
-            "limit": Param(
-                10,
-                type="integer",
-                minimum=1,
-                maximum=1000,
-                title="At most this many series",
-                section="Input data",
-            ),
+            **input_params(),
             "model": model_param(s.models_dir),
             "configuration": Param(
                 None,
@@ -138,20 +186,7 @@ def create_segmentation_dag(
             "retrieve_method": retrieve_method_param(section="PACS"),
         },
     ) as dag:
-        # UIDs first, else the raw query, else the filters; an empty form fails, no match skips the run
-        select_series = CohortSelectOperator(
-            task_id="select_series",
-            identifiers="{{ params.identifiers }}",
-            query="{{ params.query }}",
-            filters={key: "{{ params." + key + " }}" for key in FILTER_PARAMS},
-            index=s.index,
-            limit="{{ params.limit }}",
-            search_conn_id=s.search_conn_id,
-            pacs_conn_id=s.pacs_conn_id,
-            require_selection=True,
-            skip_if_empty=True,
-            pre_execute=check_run_conf,
-        )
+        select = select_series(s)
 
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
@@ -172,31 +207,13 @@ def create_segmentation_dag(
                 workspace_base=s.workspace_base,
                 **s.predict_kwargs,
             )
-            seg = DicomSegExportOperator(
-                task_id="seg",
-                prediction=predict.output,
-                source=received.output,
+            seg_send_index(
+                predict.output,
+                received.output,
+                s,
                 model_id="{{ params.model }}",
                 configuration="{{ params.configuration or 'default' }}",
-                workspace_base=s.workspace_base,
             )
-            send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
-            stats = SegmentStatisticsOperator(
-                task_id="stats",
-                segmentation=seg.output,
-                source=received.output,
-                sr=True,
-                workspace_base=s.workspace_base,
-            )
-            # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
-            send_sr = DicomSendOperator(task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id)
-            send >> send_sr
-            # the SEG's series document, with the statistics as kaapana.segments
-            index = ElasticIndexOperator(
-                task_id="index", series_dirs=stats.output, index=s.index, search_conn_id=s.search_conn_id
-            )
-            seg >> [send, stats]
-            stats >> [send_sr, index]
 
-        per_series.expand(series=select_series.output)
+        per_series.expand(series=select.output)
     return dag

@@ -1,4 +1,4 @@
-"""``NnUNetPredictOperator``: ``kaapana predict`` as a GPU pod (stock KubernetesPodOperator) or locally.
+"""``NnUNetPredictOperator``: ``kaapana predict`` as a GPU pod (a :class:`~.pods.PodStepOperator`) or locally.
 
 In ``mode="kubernetes"`` the operator is a KubernetesPodOperator whose build step fills in the image, the
 ``kaapana predict`` command, GPU resources and the workspace/model-store volumes; running, logs,
@@ -13,15 +13,13 @@ path in XCom means the same file on both sides.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
 from airflow_provider_kaapana import __version__
@@ -30,28 +28,13 @@ from airflow_provider_kaapana.core.nnunet.predict import LABELS_FILE, PROVENANCE
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import KaapanaError
-from airflow_provider_kaapana.operators.base import WorkspaceMixin
+from airflow_provider_kaapana.operators.pods import PodStepOperator
 
 DEFAULT_IMAGE = f"ghcr.io/kaapana-provider/kaapana-nnunet-predict:{__version__}"
-MODES = ("kubernetes", "local")
 STEP = "nnunet"
 
 
-def _volume(name: str, claim: str | None, host_path: str | None) -> k8s.V1Volume | None:
-    if claim and host_path:
-        raise ValueError(f"{name}: give a PVC claim or a hostPath, not both")
-    if claim:
-        return k8s.V1Volume(
-            name=name, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim)
-        )
-    if host_path:
-        return k8s.V1Volume(
-            name=name, host_path=k8s.V1HostPathVolumeSource(path=host_path, type="DirectoryOrCreate")
-        )
-    return None
-
-
-class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
+class NnUNetPredictOperator(PodStepOperator):
     """Run an nnU-Net model on one series' NIfTI files (see ``docs/operators/nnunet_predict.rst``).
 
     :param model: trainer folder, or dataset name/id installed in ``models_dir`` (templated).
@@ -74,7 +57,7 @@ class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
     """
 
     template_fields: Sequence[str] = (
-        *KubernetesPodOperator.template_fields,
+        *PodStepOperator.template_fields,
         "model",
         "series",
         "input_dir",
@@ -124,47 +107,24 @@ class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
         volume_mounts: list[k8s.V1VolumeMount] | None = None,
         **kwargs: Any,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if gpus < 0:
-            raise ValueError("gpus must be >= 0")
-        if container_resources is None:
-            limits: dict[str, str] = {"memory": memory_limit}
-            if gpus:
-                limits["nvidia.com/gpu"] = str(gpus)
-            container_resources = k8s.V1ResourceRequirements(
-                requests={"memory": memory_request, "cpu": cpu_request}, limits=limits
-            )
-        volumes = list(volumes or [])
-        volume_mounts = list(volume_mounts or [])
-        for name, claim, host_path, mount_path, read_only in (
-            ("kaapana-workspace", workspace_claim, workspace_host_path, workspace_base, False),
-            ("kaapana-models", models_claim, models_host_path, models_dir, True),
-        ):
-            volume = _volume(name, claim, host_path)
-            if volume is not None:
-                volumes.append(volume)
-                volume_mounts.append(k8s.V1VolumeMount(name=name, mount_path=mount_path, read_only=read_only))
-        if shm_size:
-            volumes.append(
-                k8s.V1Volume(
-                    name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=shm_size)
-                )
-            )
-            volume_mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
         kwargs.setdefault("name", "nnunet-predict")
-        # The parent's do_xcom_push also means "add an XCom sidecar to the pod"; our XCom is the small
-        # result dict returned by execute(), so the sidecar stays off and the flag is restored below.
-        push_result = kwargs.pop("do_xcom_push", True)
         super().__init__(
             image=image or DEFAULT_IMAGE,
+            mode=mode,
+            workspace_base=workspace_base,
+            workspace_claim=workspace_claim,
+            workspace_host_path=workspace_host_path,
+            extra_volumes=[("kaapana-models", models_claim, models_host_path, models_dir, True)],
+            gpus=gpus,
+            memory_request=memory_request,
+            memory_limit=memory_limit,
+            cpu_request=cpu_request,
+            shm_size=shm_size,
             container_resources=container_resources,
             volumes=volumes,
             volume_mounts=volume_mounts,
-            do_xcom_push=False,
             **kwargs,
         )
-        self.do_xcom_push = push_result
         self.model = model
         self.series = series
         self.input_dir = input_dir
@@ -178,10 +138,7 @@ class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
         self.device = device
         self.tta = tta
         self.step_size = step_size
-        self.mode = mode
         self.models_dir = models_dir
-        self.workspace_base = workspace_base
-        self.gpus = gpus
 
     # -- what to predict, where to -------------------------------------------------------------------
     def _series_field(self, key: str) -> Any:
@@ -232,36 +189,13 @@ class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
             args.append("--no-tta")
         return args
 
-    # -- kubernetes mode: only the build step is ours ------------------------------------------------
-    @contextlib.contextmanager
-    def _no_sidecar(self) -> Iterator[None]:
-        push_result, self.do_xcom_push = self.do_xcom_push, False
-        try:
-            yield
-        finally:
-            self.do_xcom_push = push_result
-
-    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+    # -- the pod's command; running it is PodStepOperator's ------------------------------------------
+    def pod_command(self, context: Any) -> tuple[list[str], list[str]]:
         where = self._resolved(context)
-        self.cmds = ["kaapana", "predict"]
-        self.arguments = self.predict_arguments(where["input_dir"], where["output_dir"])
-        with self._no_sidecar():
-            return super().build_pod_request_obj(context, dry_run=dry_run)
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        if self.mode == "local":
-            return self._execute_local(context)
-        with self._no_sidecar():
-            super().execute(context)  # deferrable: defers here and comes back in trigger_reentry
-        return self._result(context)
-
-    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
-        with self._no_sidecar():
-            super().trigger_reentry(context, event)
-        return self._result(context)
+        return ["kaapana", "predict"], self.predict_arguments(where["input_dir"], where["output_dir"])
 
     # -- local mode: the same CLI as a subprocess ----------------------------------------------------
-    def _execute_local(self, context: Any) -> dict[str, Any]:
+    def execute_local(self, context: Any) -> None:
         where = self._resolved(context)
         command = [sys.executable, "-m", "airflow_provider_kaapana", "predict"]
         command += self.predict_arguments(where["input_dir"], where["output_dir"])
@@ -272,9 +206,8 @@ class NnUNetPredictOperator(WorkspaceMixin, KubernetesPodOperator):
         if process.returncode != 0:
             tail = process.stderr.strip().splitlines()[-1:] or ["(no output)"]
             raise KaapanaError(f"kaapana predict failed with exit code {process.returncode}: {tail[0]}")
-        return self._result(context)
 
-    def _result(self, context: Any) -> dict[str, Any]:
+    def result(self, context: Any) -> dict[str, Any]:
         where = self._resolved(context)
         prediction_dir = Path(where["output_dir"])
         case_id = where["case_id"]
