@@ -82,6 +82,8 @@ OPERATORS: list[dict[str, Any]] = [
             f"{_PKG}.operators.dicom_seg_export",
             f"{_PKG}.operators.segment_statistics",
             f"{_PKG}.operators.segmentation_evaluation",
+            f"{_PKG}.operators.container_processing",
+            f"{_PKG}.operators.pods",
         ],
     },
     {"integration-name": FEDERATION, "python-modules": [f"{_PKG}.operators.federation"]},
@@ -126,8 +128,10 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-kaapana",
         "name": "Kaapana",
         "description": (
-            "Medical-imaging processing: DICOM receive/send against a PACS, DICOM metadata search in "
-            "Elasticsearch/OpenSearch, NIfTI conversion, nnU-Net inference and DICOM SEG export."
+            "Medical-imaging processing and federated analysis: DICOM receive (DIMSE, STOW-RS) and send "
+            "against a PACS, DICOM metadata search in Elasticsearch/OpenSearch, NIfTI conversion, nnU-Net "
+            "and bring-your-own-algorithm containers, DICOM SEG and SR, quantification and evaluation, "
+            "de-identification (PS3.15), federated statistics with a site-side egress guard."
         ),
         "versions": [__version__],
         "integrations": INTEGRATIONS,
@@ -135,4 +139,19 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": HOOKS,
         "connection-types": CONNECTION_TYPES,
         "bundles": [{"integration-name": PIPELINES, "python-modules": [f"{_PKG}.dag_factories.bundle"]}],
+        "config": {
+            "kaapana": {
+                "description": "Settings of the Kaapana provider.",
+                "options": {
+                    "algorithms_dir": {
+                        "description": "The folder of installed bring-your-own-algorithm manifests "
+                        "(overrides the KAAPANA_ALGORITHMS_DIR environment variable).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/algorithms",
+                        "default": None,
+                    }
+                },
+            }
+        },
     }
