@@ -52,6 +52,7 @@ def create_segmentation_evaluation_dag(
         dag_id,
         s,
         tags=["evaluation", "segmentation"],
+        description="Compare test with reference segmentations (Dice, distances, volumes): tables, report, index",
         doc_md=DOC,
         max_active_runs=4,
         params={

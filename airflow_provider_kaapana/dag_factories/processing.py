@@ -81,6 +81,9 @@ def create_processing_dag(
         dag_id or manifest.dag_id,
         s,
         tags=["algorithm", manifest.name],
+        description=f"{manifest.title} {manifest.version} (algorithm container): results to the PACS and the index"[
+            :200
+        ],
         doc_md=_doc(manifest),
         schedule=schedule,
         max_active_runs=4,

@@ -313,6 +313,21 @@ def _clipped_progression(start: int, step: int, count: int, size: int) -> tuple[
     return slice(first, last + 1), slice(v_first, stop if stop >= 0 else None, step)
 
 
+def _lattice_map(side_affine: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(signed permutation, whole-voxel shift)`` taking label-map voxels to sidecar-grid voxels when
+    both grids share their voxel centres (within 1e-3 voxel), axes possibly flipped or permuted; else None."""
+    m = np.linalg.inv(side_affine) @ affine
+    rotation, shift = m[:3, :3], m[:3, 3]
+    if not np.allclose(rotation, np.round(rotation), atol=1e-4) or not np.allclose(
+        shift, np.round(shift), atol=1e-3
+    ):
+        return None
+    signed = np.round(rotation)
+    if not (np.abs(signed).sum(axis=0) == 1).all() or not (np.abs(signed).sum(axis=1) == 1).all():
+        return None
+    return signed, np.round(shift)
+
+
 def check_sidecar(
     sidecar_path: Path, label_shape: Sequence[int], affine: np.ndarray, source: SourceSeries
 ) -> None:
@@ -331,22 +346,43 @@ def check_sidecar(
         raise GeometryError(f"{sidecar_path}: sidecar frame of reference {for_uid} differs from the source")
     sop_uids = sidecar.get("sop_instance_uids")
     side_affine = sidecar.get("affine")
-    if side_affine is not None and not np.allclose(np.asarray(side_affine, dtype=float), affine, atol=1e-3):
+    side_shape = sidecar.get("shape")
+    if side_affine is not None:
         # the sidecar describes the image the label map was predicted on: a label map on another grid
-        # is not what it claims to be (a silent resample could shift every mask)
-        worst = float(np.max(np.abs(np.asarray(side_affine, dtype=float) - affine)))
-        raise GeometryError(
-            f"{sidecar_path}: the label map's affine differs from its sidecar's by up to {worst:.4g} mm "
-            f"(label map {np.round(affine, 4).tolist()}, sidecar "
-            f"{np.round(np.asarray(side_affine, dtype=float), 4).tolist()}); refusing to resample it"
-        )
+        # is not what it claims to be (a silent resample could shift every mask); the same grid with
+        # flipped or permuted axes maps voxel for voxel and is taken
+        side = np.asarray(side_affine, dtype=float)
+        lattice = _lattice_map(side, affine)
+        if lattice is not None and side_shape:
+            signed, shift = lattice
+            permuted = [int(n) for n in np.abs(signed) @ np.asarray(label_shape[:3], dtype=float)]
+            if permuted != list(side_shape)[:3]:
+                raise GeometryError(
+                    f"{sidecar_path}: sidecar shape {side_shape} differs from the label map {list(label_shape)}"
+                )
+            corners = np.array(
+                [
+                    [i, j, k]
+                    for i in (0, label_shape[0] - 1)
+                    for j in (0, label_shape[1] - 1)
+                    for k in (0, label_shape[2] - 1)
+                ],
+                dtype=float,
+            )
+            mapped = corners @ signed.T + shift
+            if not ((mapped >= 0) & (mapped <= np.asarray(side_shape[:3], dtype=float) - 1)).all():
+                lattice = None  # the same lattice, shifted off the image
+        elif lattice is not None and not np.allclose(side, affine, atol=1e-3):
+            lattice = None  # without the sidecar's shape: only the very same grid
+        if lattice is None:
+            worst = float(np.max(np.abs(side - affine)))
+            raise GeometryError(
+                f"{sidecar_path}: the label map's affine differs from its sidecar's by up to {worst:.4g} mm "
+                f"(label map {np.round(affine, 4).tolist()}, sidecar {np.round(side, 4).tolist()}); "
+                "refusing to resample it"
+            )
     if not sop_uids or side_affine is None:
         return  # nothing to compare slice by slice
-    side_shape = sidecar.get("shape")
-    if side_shape and list(side_shape)[:3] != list(label_shape):
-        raise GeometryError(
-            f"{sidecar_path}: sidecar shape {side_shape} differs from the label map {list(label_shape)}"
-        )
     frames = sidecar.get("frame_numbers") or [None] * len(sop_uids)
     listed = list(zip(sop_uids, frames))
     unlisted = [key for key in source.slice_keys if key not in set(listed)]
@@ -357,8 +393,8 @@ def check_sidecar(
             len(unlisted),
             unlisted[0],
         )
-    bases, _, _ = _slice_mapping(source, np.linalg.inv(affine))
-    # the slice axis is the third voxel axis by the sidecar's contract
+    bases, _, _ = _slice_mapping(source, np.linalg.inv(np.asarray(side_affine, dtype=float)))
+    # the slice axis is the third voxel axis of the sidecar's grid by its contract
     index_of = {key: k for k, key in enumerate(listed)}
     for key, base in zip(source.slice_keys, bases):
         if key in index_of and abs(base[2] - index_of[key]) > 0.5:
