@@ -2,7 +2,7 @@
 
 A site's segmentations carry their per-segment statistics in the search index (``kaapana.segments`` on
 the SEG's series document, written by the segmentation DAG from ``kaapana.segment-statistics/v1``; see
-:doc:`interfaces`). This analysis reads those numbers — it never opens an image — and publishes, for the
+:doc:`/interfaces`). This analysis reads those numbers — it never opens an image — and publishes, for the
 label the job names: how many segments, their volume (pooled mean and variance, a histogram with
 pre-agreed edges) and, for CT, their mean intensity in HU. Which labels the site holds is published as
 counts by label. Every cell counts distinct patients, so the guard's k applies to people, not segments.
