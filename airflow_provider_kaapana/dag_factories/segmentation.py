@@ -168,6 +168,7 @@ def create_segmentation_dag(
                 models_dir=s.models_dir,
                 workspace_base=s.workspace_base,
                 **s.predict_kwargs,
+                **s.gpu_task_kwargs(),
             )
             seg = DicomSegExportOperator(
                 task_id="seg",
@@ -177,7 +178,9 @@ def create_segmentation_dag(
                 configuration="{{ params.configuration or 'default' }}",
                 workspace_base=s.workspace_base,
             )
-            send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
+            send = DicomSendOperator(
+                task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id, **s.pacs_task_kwargs()
+            )
             stats = SegmentStatisticsOperator(
                 task_id="stats",
                 segmentation=seg.output,
@@ -186,7 +189,9 @@ def create_segmentation_dag(
                 workspace_base=s.workspace_base,
             )
             # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
-            send_sr = DicomSendOperator(task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id)
+            send_sr = DicomSendOperator(
+                task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id, **s.pacs_task_kwargs()
+            )
             send >> send_sr
             # the SEG's series document, with the statistics as kaapana.segments
             index = ElasticIndexOperator(
