@@ -55,6 +55,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # last instance -> document searchable, per series
     dag_runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
+    retried_tasks: int = 0  # task instances that needed more than one try (a killed worker's)
     problems: list[str] = field(default_factory=list)  # per series: what is missing or doubled
 
     def percentile(self, q: float) -> float:
@@ -304,9 +305,13 @@ def run_load(
         runs = airflow.client.request("GET", f"dags/{INGEST_DAG}/dagRuns", params={"limit": 1000}).json()
         result.dag_runs = int(runs.get("total_entries", 0))
         result.failed_runs = [r["dag_run_id"] for r in runs.get("dag_runs", []) if r["state"] == "failed"]
+        tis = airflow.client.request(
+            "GET", f"dags/{INGEST_DAG}/dagRuns/~/taskInstances", params={"limit": 1000}
+        ).json()
+        result.retried_tasks = sum(1 for ti in tis.get("task_instances", []) if ti.get("try_number", 1) > 1)
         say(
             f"[{executor}] {series} series x {instances} instances from {senders} senders: sent in "
-            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs, "
+            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs, {result.retried_tasks} tasks retried, "
             f"p50 {result.percentile(50):.1f} s, p95 {result.percentile(95):.1f} s"
         )
     if os.environ.get("KAAPANA_KEEP_LOAD_WORKDIR") != "1":
