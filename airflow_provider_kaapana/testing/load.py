@@ -55,6 +55,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # last instance -> document searchable, per series
     dag_runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
+    killed_tasks: list[str] = field(default_factory=list)  # what the SIGKILLed worker was running
     retried_tasks: int = 0  # task instances that needed more than one try (a killed worker's)
     problems: list[str] = field(default_factory=list)  # per series: what is missing or doubled
 
@@ -100,6 +101,8 @@ def _index_counts(osmem_url: str) -> dict[str, list[int]]:
 
     client = make_search_client(osmem_url, flavor="opensearch")
     try:
+        if not client.raw.indices.exists(index=INDEX):  # no 404 warnings before the first run indexed
+            return {}
         client.refresh(INDEX)
         hits = client.search(INDEX, {"size": 10000, "query": {"match_all": {}}})["hits"]["hits"]
     except Exception:  # noqa: BLE001 - the index does not exist before the first run indexed
@@ -129,15 +132,14 @@ def run_load(
     senders: int = 3,
     pixels: int = 8,
     timeout: float = 600,
-    kill_worker_after: float | None = None,
+    kill_busy_worker: bool = False,
     out: TextIO | None = None,
     on_started: Callable[[Any], None] | None = None,
 ) -> LoadResult:
     """Run one load test in ``workdir``; ``executor`` is ``local`` or ``celery``.
 
-    ``kill_worker_after`` (celery only): seconds after the first C-STORE at which the ``gpu`` worker is
-    SIGKILLed while ingest tasks run; the scheduler fails its tasks (heartbeat timeout) and their
-    retries run on the ``io`` worker.
+    ``kill_busy_worker`` (celery only): the ``gpu`` worker is SIGKILLed as soon as it runs an ingest task;
+    the scheduler fails its tasks (heartbeat timeout) and their retries run on the ``io`` worker.
     """
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.testing.local_airflow import (
@@ -270,10 +272,11 @@ def run_load(
         deadline = t0 + timeout
         pacs: dict[str, int] = {}
         while time.monotonic() < deadline:
-            if kill_worker_after is not None and not killed and time.monotonic() - t0 >= kill_worker_after:
+            if kill_busy_worker and not killed and (running := airflow.worker_tasks("gpu", INGEST_DAG)):
                 airflow.kill_worker("gpu")
                 killed = True
-                say(f"[{executor}] worker gpu SIGKILLed at {time.monotonic() - t0:.1f} s")
+                result.killed_tasks = running
+                say(f"[{executor}] worker gpu SIGKILLed at {time.monotonic() - t0:.1f} s running {running}")
             now = time.monotonic()
             for uid, counts in _index_counts(osmem.url).items():
                 if uid in wanted and uid not in searchable and counts and max(counts) >= instances:

@@ -275,11 +275,35 @@ class LocalAirflow:
         )
 
     def kill_worker(self, name: str) -> None:
-        """SIGKILL a Celery worker's whole process group (its running tasks die with it)."""
+        """SIGKILL a Celery worker, as if its machine died: its process group and every task process.
+
+        Airflow's supervisor puts each task process in a process group of its own, so the task
+        processes are found as descendants of the worker first.
+        """
         proc = self.procs.pop(f"worker-{name}")
+        tasks = _descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        _kill(tasks)
         proc.wait(timeout=10)
+
+    def worker_tasks(self, name: str, dag_id: str) -> list[str]:
+        """Running task instances of ``dag_id`` whose task process belongs to worker ``name``'s process group."""
+        proc = self.procs.get(f"worker-{name}")
+        if proc is None:
+            return []
+        with _rest_errors():
+            tis = self.client.request(
+                "GET",
+                f"dags/{quote(dag_id, safe='')}/dagRuns/~/taskInstances",
+                params={"state": "running", "limit": 1000},
+            ).json()
+        children = {child.pid for child in _descendants(proc.pid)}
+        return [
+            f"{ti['dag_run_id']}.{ti['task_id']}"
+            for ti in tis.get("task_instances", [])
+            if ti.get("pid") in children
+        ]
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.log"
@@ -321,6 +345,8 @@ class LocalAirflow:
     def stop(self) -> None:
         """End each component's process group (SIGTERM, then SIGKILL after 15 s)."""
         started = time.monotonic()
+        # task processes of the executor run in process groups of their own: collected now, killed last
+        orphans = [child for proc in self.procs.values() for child in _descendants(proc.pid)]
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -340,6 +366,7 @@ class LocalAirflow:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=5)
+        _kill(orphans)
         if self.procs:
             self.timings["stop"] = round(time.monotonic() - started, 1)
         self.procs.clear()
@@ -548,6 +575,25 @@ def drop_postgres_database(
     if not name.replace("_", "").isalnum():
         raise ValueError(f"unsafe database name {name!r}")
     _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _descendants(pid: int) -> list[Any]:
+    """Every process below ``pid`` as ``psutil.Process`` (psutil comes with Airflow)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(processes: Iterable[Any]) -> None:
+    """SIGKILL each ``psutil.Process`` still running (psutil checks it is still the same process)."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def redis_broker_url(host: str = "127.0.0.1", port: int = 6379) -> str:
