@@ -1,4 +1,4 @@
-"""Scale-out: the listener -> ingest chain on the CeleryExecutor with two workers, one SIGKILLed mid-run.
+"""Scale-out on the CeleryExecutor with two workers: ingest under load with one worker SIGKILLed, segmentation.
 
 10 small series from 3 concurrent ``storescu`` senders (see :mod:`airflow_provider_kaapana.testing.load`):
 every instance ends in Orthanc and the index exactly once, every ingest run succeeds, even though the
@@ -45,3 +45,30 @@ def test_celery_two_workers_one_killed_nothing_lost_or_doubled(tmp_path):
     # the kill hit running tasks: they were retried (on the io worker, the only one left)
     assert result.killed_tasks
     assert result.retried_tasks >= len(result.killed_tasks)
+
+
+def test_segmentation_on_celery_with_predict_on_the_gpu_queue(tmp_path):
+    from airflow_provider_kaapana.testing.demo import run_demo
+    from airflow_provider_kaapana.testing.load import CELERY_WORKERS
+    from airflow_provider_kaapana.testing.local_airflow import (
+        create_postgres_database,
+        drop_postgres_database,
+        flush_redis,
+        redis_broker_url,
+    )
+
+    db_url = create_postgres_database()
+    broker = redis_broker_url()
+    try:
+        result = run_demo(
+            tmp_path / "demo",
+            db_url=db_url,
+            scale_out={"broker_url": broker, "celery_workers": CELERY_WORKERS},
+        )
+    finally:
+        drop_postgres_database(db_url)
+        flush_redis(broker)
+    assert result.seg_document["Modality"] == "SEG"
+    assert result.seg_document["kaapana"]["segment_labels"] == ["sphere"]
+    assert result.task_queues["per_series.predict[0]"] == "gpu"
+    assert result.task_queues["per_series.nifti[0]"] == "default"
