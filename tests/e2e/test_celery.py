@@ -3,7 +3,7 @@
 10 small series from 3 concurrent ``storescu`` senders (see :mod:`airflow_provider_kaapana.testing.load`):
 every instance ends in Orthanc and the index exactly once, every ingest run succeeds, even though the
 ``gpu`` worker (queues gpu,default) is killed while it runs an ingest task and its tasks are retried on the
-``io`` worker.
+``io`` worker. And the segmentation DAG end to end on the same set-up, with predict on the ``gpu`` queue.
 """
 
 from __future__ import annotations
