@@ -43,6 +43,19 @@ class PipelineSettings:
     predict_mode: str = "kubernetes"  # or "local": same CLI as a subprocess on the worker
     predict_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. image, PVC names, tolerations
     default_args: dict[str, Any] = field(default_factory=lambda: {"retries": 1})
+    # scale-out (docs/guides/scale_out.rst): the executor queue and pool of the GPU tasks (predict),
+    # and the pool bounding PACS associations (store/send). None: Airflow's defaults.
+    gpu_queue: str | None = None
+    gpu_pool: str | None = None
+    pacs_pool: str | None = None
+
+    def gpu_task_kwargs(self) -> dict[str, Any]:
+        """``queue``/``pool`` for a GPU task (only those set)."""
+        return {k: v for k, v in (("queue", self.gpu_queue), ("pool", self.gpu_pool)) if v}
+
+    def pacs_task_kwargs(self) -> dict[str, Any]:
+        """``pool`` for a task that opens PACS associations (only when set)."""
+        return {"pool": self.pacs_pool} if self.pacs_pool else {}
 
 
 def installed_model_names(models_dir: str) -> list[str]:

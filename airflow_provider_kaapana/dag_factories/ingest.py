@@ -91,7 +91,11 @@ def create_ingest_dag(
 
         valid = validate(received.output)
         store = DicomSendOperator(
-            task_id="store", paths=valid, method=send_method, pacs_conn_id=s.pacs_conn_id
+            task_id="store",
+            paths=valid,
+            method=send_method,
+            pacs_conn_id=s.pacs_conn_id,
+            **s.pacs_task_kwargs(),
         )
         # A series the listener announces in several batches (late arrivals) is one document:
         # each batch's instances are merged into it, not put in its place.

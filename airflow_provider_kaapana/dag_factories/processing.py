@@ -107,6 +107,8 @@ def create_processing_dag(
                 params_values={name: "{{ params." + name + " }}" for name in manifest.parameters},
                 mode=s.predict_mode,
                 workspace_base=s.workspace_base,
+                # an algorithm that asks for a GPU runs on the GPU queue and pool (scale-out settings)
+                **(s.gpu_task_kwargs() if manifest.resources.get("gpus") else {}),
                 **s.predict_kwargs,
             )
             if manifest.output("segmentation"):

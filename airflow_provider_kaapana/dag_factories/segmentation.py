@@ -127,12 +127,16 @@ def seg_send_index(
     seg = DicomSegExportOperator(
         task_id="seg", prediction=prediction, source=received, workspace_base=s.workspace_base, **seg_kwargs
     )
-    send = DicomSendOperator(task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id)
+    send = DicomSendOperator(
+        task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id, **s.pacs_task_kwargs()
+    )
     stats = SegmentStatisticsOperator(
         task_id="stats", segmentation=seg.output, source=received, sr=True, workspace_base=s.workspace_base
     )
     # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
-    send_sr = DicomSendOperator(task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id)
+    send_sr = DicomSendOperator(
+        task_id="send_sr", paths=stats.output, pacs_conn_id=s.pacs_conn_id, **s.pacs_task_kwargs()
+    )
     send >> send_sr
     index = ElasticIndexOperator(
         task_id="index", series_dirs=stats.output, index=s.index, search_conn_id=s.search_conn_id
@@ -206,6 +210,7 @@ def create_segmentation_dag(
                 models_dir=s.models_dir,
                 workspace_base=s.workspace_base,
                 **s.predict_kwargs,
+                **s.gpu_task_kwargs(),
             )
             seg_send_index(
                 predict.output,

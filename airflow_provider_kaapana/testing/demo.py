@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ class DemoResult:
     ingest_triggered_by: str | None = None
     volumes: dict[str, float | None] = field(default_factory=dict)  # see _volumes
     sr_sop_instance_uid: str | None = None
+    task_queues: dict[str, str | None] = field(default_factory=dict)  # segmentation task -> executor queue
 
     @property
     def total_seconds(self) -> float:
@@ -101,11 +102,14 @@ def run_demo(
     out: TextIO | None = None,
     keep: bool = False,
     db_url: str | None = None,
+    scale_out: Mapping[str, Any] | None = None,
 ) -> DemoResult:
     """Run the demo end to end; returns where the SEG is. ``out`` receives one line per step.
 
     ``db_url`` ``None`` runs Airflow on SQLite in the work folder; the end-to-end test passes a
-    PostgreSQL URL instead.
+    PostgreSQL URL instead. ``scale_out`` (``broker_url`` and ``celery_workers`` for
+    :class:`~airflow_provider_kaapana.testing.local_airflow.LocalAirflow`) runs it on the
+    CeleryExecutor with predict on the ``gpu`` queue and the pools of :doc:`/guides/scale_out`.
     """
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
@@ -147,6 +151,14 @@ def run_demo(
             "predict_kwargs": {"device": "cpu"},
             "default_args": {"retries": 0},
         }
+        celery: dict[str, Any] = {}
+        if scale_out:
+            settings.update(gpu_queue="gpu", gpu_pool="kaapana_gpu", pacs_pool="kaapana_pacs")
+            celery = {
+                "executor": "CeleryExecutor",
+                "pools": {"kaapana_gpu": 1, "kaapana_pacs": 4},
+                **scale_out,
+            }
         dags = root / "dags"
         dags.mkdir(exist_ok=True)
         for module, factory, name in (
@@ -181,6 +193,7 @@ def run_demo(
                     }
                 ),
             },
+            **celery,
         )
         database = "PostgreSQL" if db_url else "SQLite"
         steps.run(f"start Airflow (api-server, scheduler, dag-processor; {database})", airflow.start)
@@ -206,6 +219,7 @@ def run_demo(
 
         durations: dict[str, dict[str, float]] = {}
         triggered_by: list[str | None] = []
+        queues: dict[str, str | None] = {}
 
         def ingest() -> str:
             run_id = _wait_for_first_run(airflow, INGEST_DAG, timeout=120)
@@ -231,7 +245,11 @@ def run_demo(
                 raise RuntimeError(
                     f"segmentation run {run_id} ended {state}: {airflow.task_states(SEGMENTATION_DAG, run_id)}"
                 )
-            durations[SEGMENTATION_DAG] = airflow.task_durations(SEGMENTATION_DAG, run_id)
+            instances = airflow.task_instances(SEGMENTATION_DAG, run_id)
+            durations[SEGMENTATION_DAG] = {
+                k: float(ti["duration"]) for k, ti in instances.items() if ti.get("duration") is not None
+            }
+            queues.update({k: ti.get("queue") for k, ti in instances.items()})
             return run_id
 
         steps.run(
@@ -283,6 +301,7 @@ def run_demo(
             triggered_by[0] if triggered_by else None,
             volumes,
             sr_uid,
+            queues,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")

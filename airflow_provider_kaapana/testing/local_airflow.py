@@ -1,5 +1,8 @@
 """A real Airflow 3 on this machine: api-server, scheduler and dag-processor as child processes.
 
+With ``executor="CeleryExecutor"`` also Celery workers (``airflow celery worker``, one per queue set) on
+a Redis broker and a PostgreSQL metadata DB (see :func:`redis_broker_url`, :func:`create_postgres_database`).
+
 Used by the end-to-end tests, the demo and the benchmarks. Nothing here imports Airflow: the class
 writes Airflow's configuration as environment variables, runs the ``airflow`` CLI and talks to the
 api-server over REST API v2 with a JWT through
@@ -79,6 +82,12 @@ class LocalAirflow:
     min_file_process_interval: int = 30
     parallelism: int = 4
     log_server_port: int = 0
+    # CeleryExecutor (executor="CeleryExecutor"): the broker, and one worker per entry:
+    # worker name -> comma-separated queues (e.g. {"io": "default", "gpu": "gpu,default"})
+    broker_url: str | None = None
+    celery_workers: Mapping[str, str] = field(default_factory=dict)
+    worker_concurrency: int = 2
+    pools: Mapping[str, int] = field(default_factory=dict)  # created at start(): name -> slots
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
     # seconds measured: db_migrate, components_healthy (after the migration), total; stop (after stop())
     timings: dict[str, float] = field(default_factory=dict, init=False)
@@ -158,6 +167,19 @@ class LocalAirflow:
                 ),
             }
         )
+        if self.executor == "CeleryExecutor":
+            if not self.db_url or not self.broker_url:
+                raise ValueError("the CeleryExecutor needs db_url (PostgreSQL) and broker_url (Redis)")
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.sql_alchemy_conn}",
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                    # a task of a killed worker is sent again after this long (Redis visibility timeout)
+                    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "60",
+                }
+            )
         env.update(self.extra_env)
         return env
 
@@ -209,6 +231,9 @@ class LocalAirflow:
                 "scheduler": self._airflow("scheduler"),
                 "dag-processor": self._airflow("dag-processor"),
             }
+            if self.executor == "CeleryExecutor":
+                for name, queues in self.celery_workers.items():
+                    commands[f"worker-{name}"] = self._worker_command(name, queues)
             for name, command in commands.items():
                 log = open(self.log_path(name), "ab")  # noqa: SIM115 - lives as long as the process
                 # own session = own process group, so stop() ends the component and the workers it forked
@@ -222,11 +247,63 @@ class LocalAirflow:
             self._client = self._new_client(username=self.username, password=self.password)
             with _rest_errors():
                 self._token = self._client.fetch_token()
+            for pool, slots in self.pools.items():
+                self.set_pool(pool, slots)
             self.timings["total"] = round(time.monotonic() - started, 1)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _worker_command(self, name: str, queues: str) -> list[str]:
+        # each worker would serve its logs on the same port: the api-server reads them from the shared
+        # log folder instead
+        return self._airflow(
+            "celery",
+            "worker",
+            "--queues",
+            queues,
+            "--celery-hostname",
+            f"{name}@%h",
+            "--concurrency",
+            str(self.worker_concurrency),
+            "--skip-serve-logs",
+            "--pid",
+            str(self.home / f"worker-{name}.pid"),
+            "--without-mingle",
+            "--without-gossip",
+        )
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL a Celery worker, as if its machine died: its process group and every task process.
+
+        Airflow's supervisor puts each task process in a process group of its own, so the task
+        processes are found as descendants of the worker first.
+        """
+        proc = self.procs.pop(f"worker-{name}")
+        tasks = _descendants(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _kill(tasks)
+        proc.wait(timeout=10)
+
+    def worker_tasks(self, name: str, dag_id: str) -> list[str]:
+        """Running task instances of ``dag_id`` whose task process belongs to worker ``name``'s process group."""
+        proc = self.procs.get(f"worker-{name}")
+        if proc is None:
+            return []
+        with _rest_errors():
+            tis = self.client.request(
+                "GET",
+                f"dags/{quote(dag_id, safe='')}/dagRuns/~/taskInstances",
+                params={"state": "running", "limit": 1000},
+            ).json()
+        children = {child.pid for child in _descendants(proc.pid)}
+        return [
+            f"{ti['dag_run_id']}.{ti['task_id']}"
+            for ti in tis.get("task_instances", [])
+            if ti.get("pid") in children
+        ]
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.log"
@@ -268,6 +345,8 @@ class LocalAirflow:
     def stop(self) -> None:
         """End each component's process group (SIGTERM, then SIGKILL after 15 s)."""
         started = time.monotonic()
+        # task processes of the executor run in process groups of their own: collected now, killed last
+        orphans = [child for proc in self.procs.values() for child in _descendants(proc.pid)]
         for proc in self.procs.values():
             if proc.poll() is None:
                 try:
@@ -287,6 +366,7 @@ class LocalAirflow:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=5)
+        _kill(orphans)
         if self.procs:
             self.timings["stop"] = round(time.monotonic() - started, 1)
         self.procs.clear()
@@ -447,6 +527,17 @@ class LocalAirflow:
             line if isinstance(line, str) else " ".join(str(v) for v in line.values()) for line in content
         )
 
+    def set_pool(self, name: str, slots: int, description: str = "") -> None:
+        """Create or resize an Airflow pool."""
+        body = {"name": name, "slots": slots, "description": description or f"kaapana pool {name}"}
+        with _rest_errors():
+            try:
+                self.client.request("POST", "pools", json=body, operation=f"creating pool {name}")
+            except AirflowApiError as exc:
+                if exc.status != 409:
+                    raise
+                self.client.request("PATCH", f"pools/{quote(name, safe='')}", json=body)
+
     def add_connection(self, conn_id: str, conn_type: str, **fields: Any) -> None:
         """Create or replace an Airflow connection (``host``, ``port``, ``login``, ``password``, ``extra``...)."""
         if isinstance(fields.get("extra"), dict):
@@ -484,6 +575,42 @@ def drop_postgres_database(
     if not name.replace("_", "").isalnum():
         raise ValueError(f"unsafe database name {name!r}")
     _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _descendants(pid: int) -> list[Any]:
+    """Every process below ``pid`` as ``psutil.Process`` (psutil comes with Airflow)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(processes: Iterable[Any]) -> None:
+    """SIGKILL each ``psutil.Process`` still running (psutil checks it is still the same process)."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def redis_broker_url(host: str = "127.0.0.1", port: int = 6379) -> str:
+    """``redis://host:port/N`` for an empty Redis database N (1..15), so harness instances do not share queues."""
+    import redis  # lazily: only the CeleryExecutor variant needs it
+
+    for db in secrets.SystemRandom().sample(range(1, 16), 15):
+        if redis.Redis(host=host, port=port, db=db).dbsize() == 0:
+            return f"redis://{host}:{port}/{db}"
+    raise AirflowError(f"no empty Redis database on {host}:{port}")
+
+
+def flush_redis(broker_url: str) -> None:
+    """Empty the Redis database of ``broker_url`` (what one harness instance left there)."""
+    import redis
+
+    redis.Redis.from_url(broker_url).flushdb()
 
 
 def _admin_execute(admin_url: str, statement: str) -> None:

@@ -134,3 +134,42 @@ def test_production_guide_includes_the_deploy_files():
     guide = (REPO_ROOT / "docs" / "guides" / "production.rst").read_text()
     for path in (COMPOSE_FILE, HELM_VALUES, *K8S_MANIFESTS):
         assert f".. literalinclude:: ../../{path.relative_to(REPO_ROOT)}" in guide
+
+
+CELERY_VALUES = REPO_ROOT / "deploy" / "helm" / "airflow-values-celery.yaml"
+POD_TEMPLATE = REPO_ROOT / "deploy" / "helm" / "kaapana-pod-template.yaml"
+
+
+def test_celery_overlay_serves_both_queues_on_the_shared_workspace():
+    base = yaml.safe_load(HELM_VALUES.read_text())
+    celery = yaml.safe_load(CELERY_VALUES.read_text())
+    assert celery["executor"] == "CeleryExecutor" and celery["redis"]["enabled"] is True
+    workers = celery["workers"]
+    assert "--queues default,gpu" in " ".join(workers["args"])
+    # the same claim at the same path as the KubernetesExecutor's workers (absolute paths in confs)
+    assert workers["extraVolumes"] == base["workers"]["extraVolumes"]
+    assert workers["extraVolumeMounts"] == base["workers"]["extraVolumeMounts"]
+    # the overlay changes the executor, never where secrets or the metadata DB come from
+    assert not {"secret", "data", "images", "postgresql"} & set(celery)
+
+
+def test_pod_template_mounts_the_shared_workspace():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(POD_TEMPLATE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    pod = yaml.safe_load(POD_TEMPLATE.read_text())
+    base = pod["spec"]["containers"][0]
+    assert base["name"] == "base"  # the KubernetesExecutor runs the task in the container named base
+    assert {m["name"]: m["mountPath"] for m in base["volumeMounts"]} == {"kaapana-data": DATA_MOUNT}
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert pod["spec"]["volumes"] == values["workers"]["extraVolumes"]
+
+
+def test_scale_out_guide_includes_its_deploy_files():
+    guide = (REPO_ROOT / "docs" / "guides" / "scale_out.rst").read_text()
+    for path in (CELERY_VALUES, POD_TEMPLATE):
+        assert f".. literalinclude:: ../../{path.relative_to(REPO_ROOT)}" in guide

@@ -1,0 +1,69 @@
+"""Load: S series x I instances from K concurrent ``storescu`` senders -> listener -> ingest -> PACS + index.
+
+Runs :func:`airflow_provider_kaapana.testing.load.run_load` once per executor (LocalExecutor, and the
+CeleryExecutor with two workers on Redis), each on its own fresh PostgreSQL database, and measures
+until every series is in the PACS and the index: drain time (first C-STORE -> all there), p50/p95 from
+a series' last instance to its document being searchable, instances lost and documents or PACS
+instances duplicated (both must be 0). Goal on the 2-core CI machine: 200 series x 32 instances from 4
+senders drained in <= 5 minutes with 0 lost and 0 duplicated.
+
+    python benchmarks/bench_load.py [--executor local,celery] [--series 20] [--instances 4] [--senders 3]
+
+Ends with one line per executor: ``executor=... series=... lost=N duplicated=M drain_s=... p95_s=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--executor", default="local,celery", help="local, celery or both comma-separated (default both)"
+    )
+    parser.add_argument("--series", type=int, default=20, help="series S (default 20)")
+    parser.add_argument("--instances", type=int, default=4, help="instances per series I (default 4)")
+    parser.add_argument("--senders", type=int, default=3, help="concurrent storescu senders K (default 3)")
+    parser.add_argument("--pixels", type=int, default=8, help="rows = columns of each slice (default 8)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the drain")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the work folders here")
+    args = parser.parse_args()
+    executors = [e.strip() for e in args.executor.split(",") if e.strip()]
+    if not executors or any(e not in ("local", "celery") for e in executors):
+        parser.error("--executor takes local, celery or local,celery")
+
+    from airflow_provider_kaapana.testing.load import run_load
+
+    lines = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="kaapana-bench-load-") as tmp:
+        root = args.workdir or Path(tmp)
+        for executor in executors:
+            result = run_load(
+                root / executor,
+                executor=executor,
+                series=args.series,
+                instances=args.instances,
+                senders=args.senders,
+                pixels=args.pixels,
+                timeout=args.timeout,
+                out=sys.stdout,
+            )
+            for problem in result.problems[:20]:
+                print(f"  problem: {problem}")
+            if result.failed_runs:
+                print(f"  failed ingest runs: {result.failed_runs[:10]}")
+            failed |= bool(result.lost or result.duplicated or result.failed_runs)
+            lines.append(result.line())
+    print()
+    for line in lines:
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
