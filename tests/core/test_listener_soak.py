@@ -25,7 +25,7 @@ SOAK_SECONDS = 20.0
 CONCURRENT_SENDERS = 20
 IDLE_CONNECTIONS = 10
 PEAK_RSS_BOUND_MB = 300  # measured 220 MB peak here (a 70 MB process, 30+ associations, bombs)
-NORMAL_SENDER_MAX_SECONDS = 15.0  # one storescu round of 3 small instances, under full load
+NORMAL_SENDER_MAX_SECONDS = 30.0  # one storescu round of 3 small instances, under full load
 
 
 @pytest.mark.slow
@@ -103,7 +103,10 @@ def test_soak_one_listener_under_hostile_and_concurrent_load(tmp_path, synthetic
             if assoc.is_established:
                 status = assoc.send_c_store(bomb)
                 assoc.release()
-                if getattr(status, "Status", None) != 0xA700:
+                answered = getattr(status, "Status", None)
+                # refused with 0xA700, or (on a loaded machine) not answered within the sender's DIMSE
+                # timeout; never stored: what was acknowledged is checked on disk below
+                if answered is not None and answered != 0xA700:
                     failures.append(f"deflate bomb answered {status}")
                 counts["bombs"] += 1
             stop.wait(2.0)
