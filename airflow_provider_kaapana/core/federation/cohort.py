@@ -135,7 +135,7 @@ def _in_edges(value: float | None, edges: tuple[float, ...]) -> float | None:
     return value if value is not None and bin_index(value, edges) is not None else None
 
 
-def _patient_key(document: Mapping[str, Any]) -> str:
+def patient_key(document: Mapping[str, Any]) -> str:
     # Without a PatientID each study is its own patient. Patient IDs of different issuers may collide;
     # that under-counts patients, which makes the k-threshold stricter, not weaker.
     pid = _text(document, "PatientID")
@@ -167,7 +167,7 @@ def compute_cohort_statistics(documents: Iterable[Mapping[str, Any]]) -> dict[st
     first_age: dict[str, tuple[str, float]] = {}  # patient -> (study date, age) of the earliest study
 
     for doc in docs:
-        patient = _patient_key(doc)
+        patient = patient_key(doc)
         series_patient.append(patient)
         modality.append(_text(doc, "kaapana.modality", "Modality"))
         body_part.append(_text(doc, "BodyPartExamined"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from airflow_provider_kaapana.core.federation.cohort import patient_key
 from airflow_provider_kaapana.core.federation.statistics import (
     SCHEMA_AGGREGATE_V1,
     AnalysisSpec,
@@ -95,13 +96,6 @@ def segmentation_query(cohort: Mapping[str, Any]) -> dict[str, Any]:
     return {"bool": {"filter": [dict(cohort), has_segments]}}
 
 
-def _patient(document: Mapping[str, Any]) -> str:
-    pid = str(document.get("PatientID") or "").strip()
-    if pid:
-        return "patient:" + pid
-    return "study:" + str(document.get("StudyInstanceUID") or document.get("SeriesInstanceUID") or "?")
-
-
 def _segments(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     kaapana = document.get("kaapana")
     segments = kaapana.get("segments") if isinstance(kaapana, Mapping) else None
@@ -138,9 +132,9 @@ def compute_segmentation_statistics(
     volumes: list[float | None] = []
     hu_means: list[float | None] = []
     who: list[str] = []
-    docs = sorted(documents, key=lambda d: (str(d.get("SeriesInstanceUID") or ""), _patient(d)))
+    docs = sorted(documents, key=lambda d: (str(d.get("SeriesInstanceUID") or ""), patient_key(d)))
     for document in docs:
-        patient = _patient(document)
+        patient = patient_key(document)
         for segment in sorted(_segments(document), key=lambda s: (_label_of(s), str(s.get("volume_ml")))):
             if segment.get("empty"):
                 continue
