@@ -546,14 +546,20 @@ class NotEncodable(Exception):
 
 @dataclass
 class EncodedInstance:
-    """A de-identified Part 10 file as bytes, and the UIDs it was given (for its path)."""
+    """A de-identified Part 10 file as chunks of bytes (``data`` joins them), and the UIDs it was given
+    (for its path). Chunks may be views of the input file's bytes: write them with one ``writev``."""
 
-    data: bytes
+    chunks: list[bytes | memoryview]
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
     study_instance_uid: str
     replaced: Replaced
+
+    @property
+    def data(self) -> bytes:
+        """The whole file's bytes (a copy: writers take ``chunks``)."""
+        return b"".join(self.chunks)
 
 
 def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes) -> EncodedInstance:
@@ -582,12 +588,16 @@ def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes
         raise InvalidDicomError("truncated DICOM: the data ends inside an element") from None
     except InvalidDicomError as exc:  # e.g. implicit VR under an explicit syntax: pydicom copes
         raise NotEncodable(str(exc)) from None
+    view = memoryview(data)
     for tag, vr, begin, value, end, undefined in walked:
+        # pixel data (no Table E.1-1 row: kept as encoded, never decoded) gets a view of its value, not
+        # a copy: measured, copying 512 KiB cost ~0.3 ms per 512x512 CT instance on this machine
+        source_bytes = view if tag in PIXEL_TAGS else data
         raw = RawDataElement(
             BaseTag(tag),
             None if vr is None else vr.decode("ascii"),
             UNDEFINED_LENGTH if undefined else end - value,
-            data[value : end - 8] if undefined else data[value:end],
+            source_bytes[value : end - 8] if undefined else source_bytes[value:end],
             value,
             implicit,
             True,
@@ -600,7 +610,6 @@ def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes
         spans[tag] = (raw, begin, end)
     source.set_original_encoding(implicit, True, source._character_set)
     out, walk = _walk(source, profile, key, _encode_raw)
-    view = memoryview(data)
     encoding = out.get("SpecificCharacterSet", default_encoding)
     stamped = _stamp_encoded(profile, implicit)
     elements: dict[int, bytes | memoryview] = {**walk.encoded, **stamped}
@@ -617,16 +626,34 @@ def deidentify_encoded(data: bytes, profile: DeidentificationProfile, key: bytes
         return walk.encoded_uids.get(tag) or str(out.get(tag, "") and out[tag].value or "")
 
     result = EncodedInstance(
-        b"",
+        [],
         sop_class_uid=uid(SOP_CLASS_UID) or _text(meta_values.get(0x00020002, b"")),
         sop_instance_uid=uid(SOP_INSTANCE_UID),
         series_instance_uid=uid(SERIES_INSTANCE_UID),
         study_instance_uid=uid(STUDY_INSTANCE_UID),
         replaced=_replaced(walk),
     )
-    chunks = [file_header(result.sop_class_uid, result.sop_instance_uid, syntax)]
-    chunks.extend(elements[tag] for tag in sorted(elements))
-    result.data = b"".join(chunks)
+    result.chunks.append(file_header(result.sop_class_uid, result.sop_instance_uid, syntax))
+    # runs of kept elements are adjacent in the input: one view each (the pixel data is never copied
+    # here; the caller writes the chunks with one writev)
+    run_start = run_end = -1
+    for tag in sorted(elements):
+        chunk = elements[tag]
+        if isinstance(chunk, memoryview):
+            start, end = spans[tag][1], spans[tag][2]
+            if start == run_end:
+                run_end = end
+                continue
+            if run_end >= 0:
+                result.chunks.append(view[run_start:run_end])
+            run_start, run_end = start, end
+            continue
+        if run_end >= 0:
+            result.chunks.append(view[run_start:run_end])
+            run_start = run_end = -1
+        result.chunks.append(chunk)
+    if run_end >= 0:
+        result.chunks.append(view[run_start:run_end])
     return result
 
 
@@ -652,7 +679,7 @@ def deidentify_part10(data: bytes, profile: DeidentificationProfile, key: bytes)
         clean.save_as(buffer, enforce_file_format=True)
         body = buffer.getvalue()
     return EncodedInstance(
-        body,
+        [body],
         sop_class_uid=text("SOPClassUID"),
         sop_instance_uid=text("SOPInstanceUID"),
         series_instance_uid=text("SeriesInstanceUID"),

@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+from functools import lru_cache
 
 MIN_KEY_BYTES = 32
 # dates move back by 1 to 3650 days, the same for every date of one patient
 MAX_SHIFT_DAYS = 3650
+# pseudonyms are pure functions of (key, value): a series repeats its study, series and frame of
+# reference UIDs and its patient in every instance, so they are computed once (an HMAC is ~10 us)
+_CACHE_SIZE = 4096
 
 
 def check_key(key: bytes) -> bytes:
@@ -22,6 +26,7 @@ def _mac(key: bytes, purpose: bytes, value: str) -> bytes:
     return hmac.new(key, purpose + b"\0" + value.encode("utf-8"), hashlib.sha256).digest()
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def pseudonym_uid(key: bytes, uid: str) -> str:
     """``2.25.<integer of HMAC-SHA256(key, uid)>``: a valid UID of at most 64 characters.
 
@@ -32,11 +37,13 @@ def pseudonym_uid(key: bytes, uid: str) -> str:
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def pseudonym_patient_id(key: bytes, patient_id: str) -> str:
     """A keyed pseudonym for a patient ID (16 characters: fits SH, LO and PN)."""
     return "P" + _mac(key, b"patient", patient_id.strip()).hex()[:15].upper()
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def date_shift_days(key: bytes, patient_id: str) -> int:
     """Days to subtract from every date of this patient (1..3650), from HMAC(key, patient id)."""
     digest = _mac(key, b"date-shift", patient_id.strip())
