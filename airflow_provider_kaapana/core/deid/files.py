@@ -17,6 +17,7 @@ from airflow_provider_kaapana.core.deid.deidentify import Replaced, deidentify_p
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
 from airflow_provider_kaapana.core.deid.pseudonyms import check_key
 from airflow_provider_kaapana.core.deid.reidentify import ReidentificationMap, check_public_key
+from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.uids import uid_path, validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
 from airflow_provider_kaapana.core.paths import path_under
@@ -134,12 +135,6 @@ def _run(
         yield done[i % workers][i // workers]
 
 
-def _inputs(in_dir: Path) -> list[Path]:
-    if in_dir.is_file():
-        return [in_dir]
-    return sorted(p for p in in_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def deidentify_folder(
     in_dir: str | Path,
     out_dir: str | Path,
@@ -169,7 +164,8 @@ def deidentify_folder(
     record = ReidentificationMap() if reid_map_dir is not None else None
     result = DeidentifyResult()
 
-    inputs = _inputs(in_path)
+    # the one DICOM walker: os.walk (no stat per file), hidden files skipped, DICOMDIR records followed
+    inputs = dicom_files(in_path)
     for source, outcome in zip(inputs, _run(inputs, out_path, profile, key, workers)):
         if isinstance(outcome, DeidentificationError):
             result.quarantined[str(source)] = str(outcome)
