@@ -269,6 +269,49 @@ def test_folder_quarantines_and_names_bad_files(tmp_path):
     assert pydicom.dcmread(result.written[0]).PixelData == pydicom.dcmread(series.files[0]).PixelData
 
 
+def test_worker_processes_write_and_report_what_one_process_does(tmp_path):
+    """A folder large enough for worker processes: every outcome (written, quarantined, failed) in input
+    order and byte-identical files, as with one process; the re-identification map records them all."""
+    from airflow_provider_kaapana.core.deid import files as deid_files
+    from airflow_provider_kaapana.core.deid.reidentify import read_maps
+    from airflow_provider_kaapana.core.federation.crypto import generate_keypair
+
+    series = generate_series(
+        tmp_path / "in" / "ct", rows=16, columns=16, slices=deid_files.PROCESS_MIN_FILES + 3
+    )
+    burned = pydicom.dcmread(series.files[5])
+    burned.SOPInstanceUID = "1.2.826.0.1.3680043.10.1337.98.2"
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(tmp_path / "in" / "ct" / "b-burned.dcm", enforce_file_format=True)
+    (tmp_path / "in" / "ct" / "c-notes.txt").write_text("not dicom")
+    private, public = generate_keypair()
+    results = {}
+    for workers in (1, 2):
+        results[workers] = deidentify_folder(
+            tmp_path / "in",
+            tmp_path / f"out{workers}",
+            DeidentificationProfile(frozenset({Option.RETAIN_LONGITUDINAL_MODIFIED_DATES})),
+            KEY,
+            reid_map_dir=tmp_path / f"map{workers}",
+            reid_public_key=public,
+            workers=workers,
+        )
+    one, two = results[1], results[2]
+    assert len(two.written) == len(series.files)
+    assert [p.relative_to(tmp_path / "out2") for p in two.written] == [
+        p.relative_to(tmp_path / "out1") for p in one.written
+    ]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one.written, two.written))
+    assert list(two.quarantined) == [str(tmp_path / "in" / "ct" / "b-burned.dcm")]
+    assert list(two.failed) == [str(tmp_path / "in" / "ct" / "c-notes.txt")]
+    # input order: the first written file is the first slice
+    assert pydicom.dcmread(two.written[0]).InstanceNumber == pydicom.dcmread(series.files[0]).InstanceNumber
+    mapped = read_maps(tmp_path / "map2", private)
+    assert mapped.as_dict() == read_maps(tmp_path / "map1", private).as_dict()
+    assert set(series.sop_instance_uids) <= set(mapped.uids.values())
+    assert not list((tmp_path / "out2").rglob("*.part"))
+
+
 def test_pydicom_test_files_lose_patient_identity(pydicom_test_files, tmp_path):
     profile = DeidentificationProfile()
     checked = 0
