@@ -74,7 +74,11 @@ def deidentify_file(
 
 
 def _deidentify_one(
-    source: Path, out_dir: Path, profile: DeidentificationProfile, key: bytes, made: set[Path] | None = None
+    source: Path,
+    out_dir: Path,
+    profile: DeidentificationProfile,
+    key: bytes,
+    series_dirs: dict[str, Path] | None = None,
 ) -> tuple[Path, Replaced]:
     try:
         data = source.read_bytes()
@@ -88,14 +92,16 @@ def _deidentify_one(
         raise InvalidDicomError(f"{source}: not readable DICOM ({reason})") from None
     sop, series, replaced = encoded.sop_instance_uid, encoded.series_instance_uid, encoded.replaced
     try:
-        series_dir = uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
+        # checked and made once per series (``series_dirs``), not per file
+        known = series_dirs.get(series) if series_dirs is not None else None
+        series_dir = known or uid_path(out_dir, series, what=f"de-identified SeriesInstanceUID of {source}")
         target = path_under(series_dir, f"{validate_uid(sop)}.dcm", source=f"SOPInstanceUID of {source}")
     except ValueError:
         raise InvalidDicomError(f"{source}: no valid SOPInstanceUID/SeriesInstanceUID") from None
-    if made is None or series_dir not in made:  # one mkdir per series, not per file
+    if known is None:
         series_dir.mkdir(parents=True, exist_ok=True)
-        if made is not None:
-            made.add(series_dir)
+        if series_dirs is not None:
+            series_dirs[series] = series_dir
     # the chunks are views of the input (pixel data is not copied): written with one writev
     return write_atomic(target, encoded.chunks, fsync=False), replaced
 
@@ -107,11 +113,11 @@ def _deidentify_chunk(
     sources: list[Path], out_dir: Path, profile: DeidentificationProfile, key: bytes
 ) -> list[Outcome]:
     """One worker's share: each file's output and what it replaced, or why it was refused."""
-    made: set[Path] = set()
+    series_dirs: dict[str, Path] = {}
     outcomes: list[Outcome] = []
     for source in sources:
         try:
-            outcomes.append(_deidentify_one(source, out_dir, profile, key, made))
+            outcomes.append(_deidentify_one(source, out_dir, profile, key, series_dirs))
         except (DeidentificationError, InvalidDicomError) as exc:
             outcomes.append(exc)
     return outcomes
