@@ -269,16 +269,15 @@ def test_folder_quarantines_and_names_bad_files(tmp_path):
     assert pydicom.dcmread(result.written[0]).PixelData == pydicom.dcmread(series.files[0]).PixelData
 
 
-def test_worker_processes_write_and_report_what_one_process_does(tmp_path):
+def test_worker_processes_write_and_report_what_one_process_does(tmp_path, monkeypatch):
     """A folder large enough for worker processes: every outcome (written, quarantined, failed) in input
     order and byte-identical files, as with one process; the re-identification map records them all."""
     from airflow_provider_kaapana.core.deid import files as deid_files
     from airflow_provider_kaapana.core.deid.reidentify import read_maps
     from airflow_provider_kaapana.core.federation.crypto import generate_keypair
 
-    series = generate_series(
-        tmp_path / "in" / "ct", rows=16, columns=16, slices=deid_files.PROCESS_MIN_FILES + 3
-    )
+    monkeypatch.setattr(deid_files, "PROCESS_MIN_FILES", 8)  # worker processes for a small folder
+    series = generate_series(tmp_path / "in" / "ct", rows=16, columns=16, slices=11)
     burned = pydicom.dcmread(series.files[5])
     burned.SOPInstanceUID = "1.2.826.0.1.3680043.10.1337.98.2"
     burned.BurnedInAnnotation = "YES"
