@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 QUARANTINE_REPORT = "quarantine.json"
 WORKERS = 2
 # below this many files one process does all: starting and stopping two forked workers measured
-# 80-170 ms wall (~20 ms CPU) on the loaded 2-core development machine, and copy-on-write in the
-# workers added ~0.5 ms CPU per instance; that is ~1 ms per file of a 100-file series
+# 80-170 ms wall (~20 ms CPU) on the loaded 2-core development machine, and on a 100-file series the
+# workers used ~0.6 ms more CPU per instance than one process (copy-on-write of the forked memory)
 PROCESS_MIN_FILES = 256
 # fork: the workers start in milliseconds with everything imported (spawn re-imports pydicom: ~1 s)
 _CONTEXT = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
