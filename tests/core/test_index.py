@@ -441,3 +441,43 @@ def test_parallel_runs_merging_parts_of_one_series_lose_no_instance(osmem, synth
     assert document["instance_count"] == 12
     assert document["instance_number"]["missing"] == [] and document["instance_number"]["complete"] is True
     assert client.count(index) == 1
+
+
+def _without_times(docs) -> dict:
+    out = {}
+    for d in docs:
+        kaapana = {k: v for k, v in d.document["kaapana"].items() if k not in ("indexed_at", "received_at")}
+        out[d.doc_id] = ({**d.document, "kaapana": kaapana}, d.problems, d.files)
+    return out
+
+
+def test_raw_header_reader_gives_the_documents_pydicom_gives(
+    synthetic_series, pydicom_test_files, monkeypatch
+):
+    # Instances other than the first are read by the element walker (read_raw_header); the documents
+    # must be those of reading every header with pydicom, for plain series and for pydicom's odd files
+    # (big endian, deflated, no preamble, sequences of undefined length...).
+    from airflow_provider_kaapana.core.index import document
+
+    same, differ = synthetic_series(seed=51, slices=3), synthetic_series(seed=52, slices=3)
+    # a sequence of undefined length in one instance and the same items of defined length in the
+    # others: not a varying keyword; items that differ: varying
+    for series in (same, differ):
+        for i, path in enumerate(series.files):
+            ds = pydicom.dcmread(path)
+            item = pydicom.Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = "T-D0050", "SRT"
+            item.CodeMeaning = "Other" if series is differ and i == 2 else "Tissue"
+            ds.AnatomicRegionSequence = [item]
+            ds.AnatomicRegionSequence.is_undefined_length = i == 0
+            ds.save_as(path)
+    assert isinstance(document.read_raw_header(same.files[1]), document.RawHeader)
+    inputs = [same.series_dir, differ.series_dir, *pydicom_test_files]
+    fast_docs, fast_errors = build_series_documents(inputs)
+    monkeypatch.setattr(document, "read_raw_header", lambda path: None)
+    slow_docs, slow_errors = build_series_documents(inputs)
+    assert fast_errors == slow_errors
+    assert _without_times(fast_docs) == _without_times(slow_docs)
+    varying = {d.doc_id: d.document["kaapana"]["varying_keywords"] for d in fast_docs}
+    assert "AnatomicRegionSequence" not in varying[same.series_instance_uid]
+    assert "AnatomicRegionSequence" in varying[differ.series_instance_uid]

@@ -510,3 +510,17 @@ def test_simpleitk_reads_ours_like_dcm2niix(synthetic_series, tmp_path, tool):
     # and ITK's LPS origin is the DICOM position of the first slice's last row
     first = series.affine_lps @ [0, series.spec.rows - 1, 0, 1]
     np.testing.assert_allclose(ours.GetOrigin(), first[:3], atol=1e-3)
+
+
+def test_values_beyond_int16_take_the_general_path(synthetic_series, tmp_path):
+    # the streaming path writes int16 as it reads; a slice that int16 cannot hold sends the whole volume
+    # the general way (uint16 here), and no partial file of the first attempt is left behind
+    series = synthetic_series(modality="CT", extra={"RescaleIntercept": "32767"}, slices=4)
+    expected = (series.volume.astype(np.int64) + 32767).transpose(2, 1, 0)[:, ::-1, :]
+    assert expected.max() > np.iinfo(np.int16).max and expected.min() >= 0
+    (volume,) = convert_series(series.series_dir, tmp_path / "out", compress=False, name="v")
+    img = nib.load(volume.nifti_path)
+    assert img.get_data_dtype() == np.uint16 and volume.dtype == "uint16"
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), expected)
+    assert read_sidecar(volume.sidecar_path)["dtype"] == "uint16"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v.json", "v.nii"]

@@ -440,3 +440,39 @@ def test_source_problems_are_named(synthetic_series, tmp_path, config_path):
     (series.series_dir / "intruder.dcm").write_bytes(other.files[0].read_bytes())
     with pytest.raises(InvalidDicomError, match="SeriesInstanceUID"):
         export_seg(label_map, series.series_dir, config_path, tmp_path / "s.dcm")
+
+
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "FRACTIONAL"])
+def test_pre_encoded_frame_groups_are_the_bytes_pydicom_writes(synthetic_series, tmp_path, segmentation_type):
+    # write_atomically encodes the Per-frame Functional Groups itself (shared items once): the file must
+    # be byte for byte what pydicom's own save_as writes for the same dataset
+    from airflow_provider_kaapana.core.seg.codes import AlgorithmInfo, segment_spec_for_name
+    from airflow_provider_kaapana.core.seg.writer import (
+        _with_encoded_frame_groups,
+        build_segmentation,
+        write_atomically,
+    )
+
+    series = synthetic_series(shapes=THREE_SHAPES)
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    seg = build_segmentation(
+        sources,
+        series.truth,
+        [segment_spec_for_name(v, f"label {v}") for v in (1, 2, 3)],
+        segmentation_type=segmentation_type,
+        algorithm=AlgorithmInfo(),
+        model_id="test",
+        configuration="default",
+        series_instance_uid=hd.UID(),
+        sop_instance_uid=hd.UID(),
+        series_number=901,
+        series_description=None,
+        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        max_fractional_value=255,
+    )
+    assert len(seg.PerFrameFunctionalGroupsSequence) >= 10
+    assert _with_encoded_frame_groups(seg) is not seg  # the pre-encoding path is the one taken
+    write_atomically(seg, tmp_path / "fast.dcm")
+    seg.save_as(tmp_path / "pydicom.dcm", enforce_file_format=True)
+    assert (tmp_path / "fast.dcm").read_bytes() == (tmp_path / "pydicom.dcm").read_bytes()
+    assert "PerFrameFunctionalGroupsSequence" in seg and not seg.get_item(0x52009230).is_raw

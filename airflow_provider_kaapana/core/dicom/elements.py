@@ -145,9 +145,11 @@ class ElementWalker:
 
         Yields ``(tag, vr, start, value_offset, end, undefined_length)`` per element: ``data[start:end]``
         is the whole encoded element (an undefined length one up to and including its delimiter), so a
-        caller can copy kept elements as bytes (the de-identifier does).
+        caller can copy kept elements as bytes (the de-identifier does). A tag in ``stop`` ends the walk
+        before it (``stopped`` as for :meth:`dataset`).
         """
         header = self.header
+        stop = self.stop
         last_tag = -1
         while pos < self.end:
             tag, vr, length, value = header(pos)
@@ -156,6 +158,9 @@ class ElementWalker:
             if tag <= last_tag:
                 raise InvalidDicomError(f"not DICOM: tag {tag:08X} out of order at byte {pos}")
             last_tag = tag
+            if tag in stop:
+                self.stopped = (tag, vr, length, value)
+                return
             if length == UNDEFINED_LENGTH:
                 end = self.items(value, 1, vr == b"UN")
             else:

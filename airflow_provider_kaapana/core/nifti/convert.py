@@ -68,9 +68,16 @@ from pathlib import Path
 import numpy as np
 
 from airflow_provider_kaapana.core.nifti.geometry import order_and_check, slice_normal
-from airflow_provider_kaapana.core.nifti.pixels import apply_rescale, read_stored
+from airflow_provider_kaapana.core.nifti.pixels import (
+    NotStreamable,
+    apply_rescale,
+    iter_rescaled,
+    read_stored,
+    rescale_entry,
+    streaming_dtype,
+)
 from airflow_provider_kaapana.core.nifti.scan import SliceInfo, Volume, scan_series, split_volumes
-from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti, write_text
+from airflow_provider_kaapana.core.nifti.writer import write_json, write_nifti, write_nifti_slices, write_text
 from airflow_provider_kaapana.core.paths import path_component
 from airflow_provider_kaapana.exceptions import GeometryError, InvalidDicomError
 
@@ -206,11 +213,25 @@ def _write_volume(
     """Read, rescale and write one checked volume and its sidecar."""
     nifti_path = out_dir / (stem + (".nii.gz" if compress else ".nii"))
     sidecar_path = out_dir / f"{stem}.json"
-    data, rescale = apply_rescale(read_stored(volume.slices), volume.slices)
     assert volume.affine_ras is not None
-    write_nifti(nifti_path, data, volume.affine_ras, compress, compression_level)
     first = volume.slices[0]
     shape = (first.columns, first.rows, len(volume.slices))
+    dtype = streaming_dtype(volume.slices)
+    if dtype is not None:
+        try:
+            parts = iter_rescaled(volume.slices, dtype)
+            write_nifti_slices(
+                nifti_path, shape, dtype, volume.affine_ras, parts, compress, compression_level
+            )
+        except NotStreamable as exc:
+            log.debug("%s: general path (%s)", nifti_path.name, exc)
+            dtype = None
+    if dtype is None:
+        data, _ = apply_rescale(read_stored(volume.slices), volume.slices)
+        write_nifti(nifti_path, data, volume.affine_ras, compress, compression_level)
+        dtype = data.dtype
+        del data
+    rescale = rescale_entry(volume.slices)
     sop_uids = [s.sop_instance_uid for s in volume.slices]
     write_json(
         sidecar_path,
@@ -228,7 +249,7 @@ def _write_volume(
             "image_positions_patient": [[float(x) for x in s.position] for s in volume.slices],
             "affine": volume.affine_ras.tolist(),
             "shape": list(shape),
-            "dtype": str(data.dtype),
+            "dtype": str(dtype),
             "rows": first.rows,
             "columns": first.columns,
             "image_orientation_patient": [float(x) for x in first.orientation],
@@ -249,7 +270,7 @@ def _write_volume(
         shape=shape,
         affine=volume.affine_ras,
         sop_instance_uids=sop_uids,
-        dtype=str(data.dtype),
+        dtype=str(dtype),
         split=volume.split,
         split_suffix=volume.suffix,
     )

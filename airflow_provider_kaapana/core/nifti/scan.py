@@ -3,6 +3,7 @@ group them into volumes by orientation, size, echo, temporal position and acquis
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ _NON_IMAGE_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.78": "an ophthalmic measurement, not an image",
     "1.2.840.10008.5.1.4.1.1.91": "a content assessment, not an image",
 }
+
+_NON_IMAGE_PREFIXES_LONGEST_FIRST = sorted(_NON_IMAGE_PREFIXES, key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def _opt_int(value: object) -> int | None:
 
 def non_image_reason(sop_class_uid: str) -> str | None:
     """Why a SOP class is not converted (SEG, SR, PR, RTSTRUCT...), or None for an image class."""
-    for prefix in sorted(_NON_IMAGE_PREFIXES, key=len, reverse=True):
+    for prefix in _NON_IMAGE_PREFIXES_LONGEST_FIRST:
         if sop_class_uid == prefix or sop_class_uid.startswith(prefix + "."):
             name = uid_name(sop_class_uid)
             return f"{_NON_IMAGE_PREFIXES[prefix]} (SOP class {name})"
@@ -212,6 +215,7 @@ class _FastHeader(dict):
 
     transfer_syntax_uid: str = "1.2.840.10008.1.2.1"
     pixel_offset: int | None = None
+    file_size: int = 0
 
 
 def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
@@ -222,6 +226,7 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
     anything else (no preamble, big endian, deflated, functional groups), which then goes to pydicom.
     """
     with open(path, "rb") as fh:
+        file_size = os.fstat(fh.fileno()).st_size
         data = fh.read(chunk)
         if len(data) < 144 or data[128:132] != b"DICM":
             return None
@@ -243,6 +248,7 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
             walker.dataset(start)
     out = _FastHeader()
     out.transfer_syntax_uid = transfer_syntax
+    out.file_size = file_size
     if walker.stopped is not None:
         tag, _vr, length, value = walker.stopped
         if tag != TAG_PIXEL_DATA:  # functional groups: enhanced multi-frame, read by pydicom
@@ -291,9 +297,11 @@ def read_slices(path: Path) -> list[SliceInfo]:
             raise _NotAnImage(f"not a readable DICOM file ({exc})") from exc
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
         pixel_offset = None
+        file_size = path.stat().st_size
     else:
         transfer_syntax = ds.transfer_syntax_uid
         pixel_offset = ds.pixel_offset
+        file_size = ds.file_size
     sop_class = str(ds.get("SOPClassUID", ""))
     reason = non_image_reason(sop_class)
     if reason:
@@ -322,7 +330,7 @@ def read_slices(path: Path) -> list[SliceInfo]:
         "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
         "instance_number": _opt_int(ds.get("InstanceNumber")),
         "acquisition_number": _opt_int(ds.get("AcquisitionNumber")),
-        "file_size": path.stat().st_size,
+        "file_size": file_size,
         "slice_thickness": _opt_float(ds.get("SliceThickness")),
         "spacing_between_slices": _opt_float(ds.get("SpacingBetweenSlices")),
         "pixel_offset": pixel_offset,

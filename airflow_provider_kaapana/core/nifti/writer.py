@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def isal_level(level: int) -> int:
 
 
 def write_gzip(
-    path: Path, parts: Sequence[bytes | memoryview], *, level: int = 1, threads: int | None = None
+    path: Path, parts: Iterable[bytes | memoryview], *, level: int = 1, threads: int | None = None
 ) -> None:
     """Write ``parts`` as one gzip member with ISA-L, deflating 1 MiB blocks on ``threads`` threads.
 
@@ -161,16 +161,47 @@ def write_gzip(
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, compress: bool, level: int) -> None:
     """``data`` (slices, rows, columns) as a single-file NIfTI-1 at ``path``, replaced atomically."""
     # data is (slices, rows, columns) C-order == NIfTI (i, j, k) with i fastest: no transpose needed
-    header = _nifti_header((data.shape[2], data.shape[1], data.shape[0]), data.dtype, affine)
-    body = memoryview(np.ascontiguousarray(data)).cast("B")
+    shape = (data.shape[2], data.shape[1], data.shape[0])
+    write_nifti_slices(path, shape, data.dtype, affine, [np.ascontiguousarray(data)], compress, level)
+
+
+def write_nifti_slices(
+    path: Path,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    affine: np.ndarray,
+    parts: Iterable[np.ndarray],
+    compress: bool,
+    level: int,
+) -> None:
+    """A single-file NIfTI-1 of ``shape`` (i, j, k) at ``path`` whose voxels are ``parts`` in order (C-order
+    arrays of ``dtype``: whole slices, or the whole volume), replaced atomically.
+
+    ``parts`` may be a generator that reads the slices as the file is written; if it raises, no file is
+    left behind (the temporary is removed) and the exception propagates.
+    """
+    header = _nifti_header(shape, dtype, affine)
+
+    def body() -> Iterator[bytes | memoryview]:
+        yield header
+        for part in parts:
+            if part.dtype != dtype:
+                raise ValueError(f"voxels of dtype {part.dtype} for a {dtype} NIfTI file")
+            yield memoryview(part).cast("B")
+
     if compress:
-        write_gzip(path, [header, body], level=level)
+        write_gzip(path, body(), level=level)
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(header)
-        out.write(body)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb", buffering=0) as out:
+            for chunk in body():
+                view = memoryview(chunk)
+                while view:  # a raw file may write less than asked
+                    view = view[out.write(view) :]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, payload: dict) -> None:
