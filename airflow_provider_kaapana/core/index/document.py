@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,11 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.net.viewer import ViewerTemplate
+from airflow_provider_kaapana.core.workspace import RunWorkspace
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
+
+log = logging.getLogger(__name__)
 
 # Values of these VRs are bulk binary data (or of unknown encoding): never indexed.
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
@@ -76,6 +81,8 @@ class SeriesDocument:
     document: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    thumbnail_path: str | None = None  # the PNG written into the run workspace
+    thumbnail_refused: str | None = None  # why the series has no thumbnail
 
 
 # --------------------------------------------------------------------------------------------------
@@ -621,6 +628,7 @@ def _series_document(
     location: Mapping[str, Any] | None,
     private_key: str,
     extra_problems: list[str],
+    viewer: ViewerTemplate | None = None,
 ) -> SeriesDocument:
     numbers = [_int_or_none(_raw(ds, "InstanceNumber")) for _, ds in members]
     order = sorted(
@@ -703,6 +711,15 @@ def _series_document(
     loc = {k: str(v) for k, v in (location or {}).items() if v is not None}
     if loc:
         kaapana["location"] = loc
+    if viewer is not None:
+        study_uid, sop_uid = document.get("StudyInstanceUID"), document.get("SOPInstanceUID")
+        url = viewer.url_or_none(
+            study_uid if isinstance(study_uid, str) else None,
+            series_uid,
+            sop_uid if isinstance(sop_uid, str) else None,
+        )
+        if url:
+            kaapana["viewer_url"] = url
     problems = extra_problems + converter.problems
     if converter.invalid:
         kaapana["invalid"] = converter.invalid
@@ -721,6 +738,8 @@ def build_series_documents(
     location: Mapping[str, Any] | None = None,
     private_key: str = DEFAULT_PRIVATE_KEY,
     statistics: Mapping[str, Any] | str | Path | None = None,
+    viewer_url: str | None = None,
+    thumbnails: RunWorkspace | None = None,
 ) -> tuple[list[SeriesDocument], list[str]]:
     """Documents for every series found in ``paths`` (files or folders, grouped by SeriesInstanceUID).
 
@@ -729,7 +748,13 @@ def build_series_documents(
     ``kaapana.segment-statistics/v1`` document or its JSON file) becomes ``kaapana.segments`` of the
     document of its segmentation's series; statistics that are unreadable or match none of the series
     are a file error too (the documents are still indexed, without them).
+
+    ``viewer_url`` (a :mod:`~airflow_provider_kaapana.core.net.viewer` template) fills
+    ``kaapana.viewer_url``. With ``thumbnails`` (the run workspace), each series' thumbnail is written to
+    ``<series>/index/thumbnail.png`` there and carried as ``kaapana.thumbnail`` (a PNG data URL); a
+    series without one (not an image, not decodable) is logged and indexed all the same.
     """
+    viewer = ViewerTemplate(viewer_url) if viewer_url else None
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     file_errors: list[str] = []
     for path in _expand(paths):
@@ -763,11 +788,36 @@ def build_series_documents(
                 location=loc,
                 private_key=private_key,
                 extra_problems=[],
+                viewer=viewer,
             )
         )
+        if thumbnails is not None:
+            _attach_thumbnail(documents[-1], thumbnails)
     if statistics is not None and documents:
         _attach_statistics(documents, statistics, file_errors)
     return documents, file_errors
+
+
+def _attach_thumbnail(doc: SeriesDocument, workspace: RunWorkspace) -> None:
+    """``kaapana.thumbnail`` and the PNG in the workspace's ``index`` step folder; a refusal is logged."""
+    from airflow_provider_kaapana.core.index.thumbnail import (
+        ThumbnailError,
+        series_thumbnail,
+        write_thumbnail,
+    )
+
+    try:
+        thumbnail = series_thumbnail(doc.files, label=f"series {doc.doc_id}")
+    except ThumbnailError as exc:
+        log.info("no thumbnail: %s", exc)
+        doc.thumbnail_refused = str(exc)
+        return
+    path = write_thumbnail(thumbnail, workspace.step_dir(doc.doc_id, "index"))
+    doc.thumbnail_path = str(path)
+    data_url = thumbnail.data_url()
+    if data_url:
+        doc.document["kaapana"]["thumbnail"] = data_url
+        doc.document["kaapana"]["thumbnail_of"] = thumbnail.as_dict()
 
 
 def _attach_statistics(
@@ -865,6 +915,9 @@ def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) 
     )
     if "segments" not in kaapana and old_k.get("segments"):
         kaapana["segments"] = old_k["segments"]  # a later arrival without statistics keeps them
+    for key in ("thumbnail", "thumbnail_of", "viewer_url"):
+        if key not in kaapana and old_k.get(key):
+            kaapana[key] = old_k[key]  # this arrival's own wins; without one, the earlier one stays
     for key in ("varying_keywords", "segment_labels", "transfer_syntax_uids", "source_aes"):
         values = [*(old_k.get(key) or []), *(new_k.get(key) or [])]
         if values:
