@@ -49,13 +49,16 @@ def test_documents_carry_viewer_url_and_thumbnail(osmem, synthetic_series, tmp_p
     assert "structured report" in report.no_thumbnail[ds.SeriesInstanceUID]
     assert report.as_dict()["viewer_urls"][image.series_instance_uid] == expected
 
-    # a later arrival indexed without thumbnails (merged): the first arrival's picture and link stay
+    # later arrivals merged: without a picture, or with one of fewer slices, the first one's stays
     later = tmp_path / "later"
     later.mkdir()
     shutil.copy(image.files[0], later / "again.dcm")
     index_series(client, index, [later], refresh=True, merge_instances=True)
     merged = client.get(index, image.series_instance_uid)["kaapana"]
     assert merged["thumbnail"] == stored["thumbnail"] and merged["viewer_url"] == expected
+    index_series(client, index, [later], refresh=True, merge_instances=True, thumbnails=workspace)
+    merged = client.get(index, image.series_instance_uid)["kaapana"]
+    assert merged["thumbnail"] == stored["thumbnail"] and merged["thumbnail_of"]["slice_count"] == 5
 
 
 def test_template_keeps_link_and_thumbnail_out_of_the_search_index():

@@ -874,6 +874,10 @@ def build_series_document(
     return doc.doc_id, doc.document, problems
 
 
+def _slice_count(kaapana: Mapping[str, Any]) -> int:
+    return int((kaapana.get("thumbnail_of") or {}).get("slice_count") or 0)
+
+
 def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """One document for a series that arrived in parts: ``new`` merged into the indexed ``existing``.
 
@@ -915,9 +919,12 @@ def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) 
     )
     if "segments" not in kaapana and old_k.get("segments"):
         kaapana["segments"] = old_k["segments"]  # a later arrival without statistics keeps them
-    for key in ("thumbnail", "thumbnail_of", "viewer_url"):
-        if key not in kaapana and old_k.get(key):
-            kaapana[key] = old_k[key]  # this arrival's own wins; without one, the earlier one stays
+    if old_k.get("thumbnail") and (
+        not kaapana.get("thumbnail") or _slice_count(old_k) > _slice_count(kaapana)
+    ):  # the picture of the arrival with more slices: a late single instance is no series' middle
+        kaapana["thumbnail"], kaapana["thumbnail_of"] = old_k["thumbnail"], old_k.get("thumbnail_of")
+    if "viewer_url" not in kaapana and old_k.get("viewer_url"):
+        kaapana["viewer_url"] = old_k["viewer_url"]
     for key in ("varying_keywords", "segment_labels", "transfer_syntax_uids", "source_aes"):
         values = [*(old_k.get(key) or []), *(new_k.get(key) or [])]
         if values:
