@@ -136,7 +136,10 @@ def test_the_document_carries_the_thumbnail_and_the_workspace_the_png(synthetic_
     png = workspace.step_dir(series.series_instance_uid, "index", create=False) / "thumbnail.png"
     assert docs[0].thumbnail_path == str(png) and png.is_file()
     assert kaapana["thumbnail"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    # the index step finds the middle from the positions in its own facts: the same slice as the scan
     assert kaapana["thumbnail_of"]["sop_instance_uid"] == series.sop_instance_uids[MIDDLE_FILE]
+    assert (kaapana["thumbnail_of"]["slice_index"], kaapana["thumbnail_of"]["slice_count"]) == (4, 9)
+    assert png.read_bytes() == series_thumbnail(series.files).png
     # written again by a retry: the same file, complete
     again = write_thumbnail(series_thumbnail(series.files), png.parent)
     assert again == png and again.read_bytes() == png.read_bytes()

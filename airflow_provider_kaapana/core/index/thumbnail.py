@@ -125,11 +125,32 @@ def series_thumbnail(
 ) -> Thumbnail:
     """The thumbnail of the series made of ``files``; :class:`ThumbnailError` naming ``label`` and why
     when there is no image slice to show or its pixels cannot be decoded."""
+    chosen, index, count = _middle_slice(files, label)
+    return _render(chosen, index, count, label, max_size)
+
+
+def slice_thumbnail(
+    path: str | Path, index: int, count: int, label: str = "series", max_size: int = MAX_SIZE
+) -> Thumbnail:
+    """The thumbnail of one single-frame instance already known to be the series' middle slice (``index``
+    of ``count`` along the normal): the index step knows the positions from the headers it parsed, so
+    only this file is read again. A multi-frame file goes the long way (:func:`series_thumbnail`)."""
+    from airflow_provider_kaapana.core.nifti.scan import read_slices
+
+    try:
+        slices = read_slices(Path(path))
+    except Exception as exc:  # noqa: BLE001 - the scan's _NotAnImage or InvalidDicomError
+        raise ThumbnailError(f"{label}: no image slice to show ({Path(path).name}: {exc})") from exc
+    if len(slices) != 1:
+        return series_thumbnail([path], label, max_size)
+    return _render(slices[0], index, count, label, max_size)
+
+
+def _render(chosen, index: int, count: int, label: str, max_size: int) -> Thumbnail:  # noqa: ANN001 - SliceInfo
     from PIL import Image
 
     from airflow_provider_kaapana.core.nifti.pixels import read_stored
 
-    chosen, index, count = _middle_slice(files, label)
     try:
         stored = read_stored([chosen])[0][::-1]  # read_stored flips rows for NIfTI: undo it
     except Exception as exc:  # noqa: BLE001 - InvalidDicomError, or a decoder's own error
