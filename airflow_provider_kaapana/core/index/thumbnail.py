@@ -100,9 +100,9 @@ def _middle_slice(files: Iterable[Path], label: str):  # noqa: ANN202 - (SliceIn
 
 
 def _window(path: Path, values: np.ndarray) -> tuple[float, float, str, bool]:
-    """``(low, high, source, invert)``: the instance's first WindowCenter/WindowWidth (top level or its
-    frame's functional groups are not read: the first top-level pair), else the 0.5-99.5 percentiles;
-    ``invert`` for MONOCHROME1."""
+    """``(low, high, source, invert)``: the instance's first top-level WindowCenter/WindowWidth pair (an
+    enhanced multi-frame's per-frame VOI LUT is not read), else the 0.5-99.5th percentiles of the
+    slice; ``invert`` for MONOCHROME1."""
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -156,13 +156,16 @@ def _render(chosen, index: int, count: int, label: str, max_size: int) -> Thumbn
     except Exception as exc:  # noqa: BLE001 - InvalidDicomError, or a decoder's own error
         raise ThumbnailError(f"{label}: cannot decode {chosen.path.name}: {exc}") from exc
     values = stored.astype(np.float32) * np.float32(chosen.slope) + np.float32(chosen.intercept)
-    low, high, source, invert = _window(chosen.path, values)
+    try:
+        low, high, source, invert = _window(chosen.path, values)
+    except Exception as exc:  # noqa: BLE001 - read by the scan a moment ago; never fail the index for it
+        raise ThumbnailError(f"{label}: cannot read the window of {chosen.path.name}: {exc}") from exc
     if high <= low:
         high = low + 1.0
     grey = np.clip((values - low) / (high - low), 0.0, 1.0)
     if invert:
         grey = 1.0 - grey
-    image = Image.fromarray(np.round(grey * 255).astype(np.uint8), mode="L")
+    image = Image.fromarray(np.round(grey * 255).astype(np.uint8))  # 2-D uint8: mode "L"
     # square pixels on screen (rows stretched by the row/column spacing ratio), the longer side at
     # most max_size; never enlarged
     dr, dc = chosen.pixel_spacing
