@@ -79,6 +79,15 @@ def test_viewer_extras_registration_and_refusal(monkeypatch):
         ElasticIndexOperator,
     ):
         assert [type(link) for link in operator.operator_extra_links] == [ViewerLink], operator
+    # what the API server holds: the link by name and XCom key (the URL the worker kept when the task ended)
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from airflow_provider_kaapana.dag_factories.ingest import create_ingest_dag
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(create_ingest_dag()))
+    for task_id in ("store", "index"):
+        links = served.get_task(task_id).operator_extra_links
+        assert [(link.name, link.xcom_key) for link in links] == [("Viewer", "_link_ViewerLink")]
     pacs = next(c for c in info["connection-types"] if c["connection-type"] == "kaapana_pacs")
     assert "{study_uid}" in pacs["conn-fields"]["viewer_url"]["description"]
     assert pacs["conn-fields"]["viewer"]["schema"]["enum"] == [
