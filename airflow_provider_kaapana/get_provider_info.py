@@ -138,6 +138,9 @@ def get_provider_info() -> dict[str, Any]:
         "operators": OPERATORS,
         "hooks": HOOKS,
         "connection-types": CONNECTION_TYPES,
+        # the "Viewer" button of the send, SEG, SR and index tasks (Airflow 3 keeps each link's URL in XCom
+        # when the task ends; listed here as the official providers list theirs)
+        "extra-links": [f"{_PKG}.operators.links.ViewerLink"],
         "bundles": [{"integration-name": PIPELINES, "python-modules": [f"{_PKG}.dag_factories.bundle"]}],
         "config": {
             "kaapana": {

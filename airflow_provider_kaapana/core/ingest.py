@@ -279,3 +279,53 @@ def remove_from_landing(
             path.unlink()
             removed.append(str(path))
     return removed
+
+
+# --- the run's report -----------------------------------------------------------------------------
+
+REPORT_FILE_NAME = "report.html"
+
+
+def write_report_html(
+    summary: Mapping[str, Any],
+    validated: Iterable[Mapping[str, Any]],
+    indexed: Mapping[str, Any] | None,
+    run_root: str | Path,
+) -> Path:
+    """``<run_root>/report.html``: the run's one-line summary, and per series its thumbnail (linked
+    relative to the run folder), instance count and viewer link, from the index step's XCom."""
+    from html import escape
+
+    from airflow_provider_kaapana.core.files import write_atomic
+
+    root = Path(run_root)
+    indexed = dict(indexed or {})
+    thumbnails = dict(indexed.get("thumbnails") or {})
+    no_thumbnail = dict(indexed.get("no_thumbnail") or {})
+    links = dict(indexed.get("viewer_urls") or {})
+    rows = []
+    for item in validated:
+        uid = str(item.get("series_instance_uid") or "")
+        png = thumbnails.get(uid)
+        if png:
+            try:
+                src = Path(png).relative_to(root).as_posix()
+            except ValueError:
+                src = Path(png).as_uri()
+            picture = f'<img src="{escape(src)}" alt="middle slice of {escape(uid)}">'
+        else:
+            picture = escape(no_thumbnail.get(uid, "no thumbnail"))
+        link = links.get(uid)
+        log.info("series %s: thumbnail %s, viewer %s", uid, png or "none", link or "none")
+        viewer = f'<a href="{escape(link)}">open in viewer</a>' if link else "no viewer configured"
+        rows.append(
+            f"<tr><td>{picture}</td><td><code>{escape(uid)}</code><br>{int(item.get('instances', 0))} "
+            f"instances, {len(item.get('quarantined') or [])} set aside<br>{viewer}</td></tr>"
+        )
+    page = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Ingest report</title></head><body>'
+        f"<h1>Ingest</h1><p>{escape(str(summary.get('message', '')))}</p>"
+        f"<table>{''.join(rows)}</table></body></html>\n"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    return write_atomic(root / REPORT_FILE_NAME, [page.encode()])

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow_provider_kaapana.core import ingest
 from airflow_provider_kaapana.core.net.send import SEND_METHODS
 from airflow_provider_kaapana.core.params import parse_bool
+from airflow_provider_kaapana.core.workspace import run_workspace
 from airflow_provider_kaapana.dag_factories.common import PipelineSettings, pipeline_dag
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
@@ -107,6 +108,9 @@ def create_ingest_dag(
             # parallel runs of one series: each write is conditional on the version it merged with,
             # and merged again when another run wrote first (optimistic concurrency, see index_series)
             merge_instances=True,
+            pacs_conn_id=s.pacs_conn_id,  # its viewer_url template: kaapana.viewer_url, the Viewer link
+            thumbnails=True,
+            workspace_base=s.workspace_base,
         )
 
         @task
@@ -124,15 +128,23 @@ def create_ingest_dag(
             return ingest.remove_from_landing(conf, validated, keep=keep)
 
         @task
-        def report(validated: list[dict[str, Any]], dag_run=None, ti=None) -> dict[str, Any]:
+        def report(
+            validated: list[dict[str, Any]], indexed: dict[str, Any] | None = None, dag_run=None, ti=None
+        ) -> dict[str, Any]:
             """``N stored, M quarantined (where, why)``; fails (no retry) when any file was set aside.
 
             Runs last, after the good files were stored, indexed and cleared from the landing zone: a
             failed ``report`` task (and so a failed run) says "look at the quarantine", never that the
-            good files were lost. The summary is the task's XCom ``summary`` either way.
+            good files were lost. The summary is the task's XCom ``summary`` either way; ``report.html``
+            in the run workspace shows it with each series' thumbnail and viewer link.
             """
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
             summary = ingest.ingest_summary(validated, conf)
+            if dag_run is not None:
+                workspace = run_workspace(s.workspace_base, dag_run.dag_id, dag_run.run_id)
+                summary["report_html"] = str(
+                    ingest.write_report_html(summary, validated, indexed, workspace.root)
+                )
             if summary["quarantined"]:
                 if ti is not None:
                     ti.xcom_push(key="summary", value=summary)
@@ -140,5 +152,5 @@ def create_ingest_dag(
             return summary
 
         removed = remove_from_landing(valid)
-        [store, index] >> removed >> report(valid)
+        [store, index] >> removed >> report(valid, index.output)
     return dag

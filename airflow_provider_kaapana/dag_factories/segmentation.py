@@ -125,13 +125,23 @@ def seg_send_index(
     statistics -> a DICOM SR (TID 1500) -> the PACS, after the SEG; the SEG's series document with the
     statistics (``kaapana.segments``) -> the index."""
     seg = DicomSegExportOperator(
-        task_id="seg", prediction=prediction, source=received, workspace_base=s.workspace_base, **seg_kwargs
+        task_id="seg",
+        prediction=prediction,
+        source=received,
+        workspace_base=s.workspace_base,
+        pacs_conn_id=s.pacs_conn_id,  # the Viewer link
+        **seg_kwargs,
     )
     send = DicomSendOperator(
         task_id="send", paths=seg.output, pacs_conn_id=s.pacs_conn_id, **s.pacs_task_kwargs()
     )
     stats = SegmentStatisticsOperator(
-        task_id="stats", segmentation=seg.output, source=received, sr=True, workspace_base=s.workspace_base
+        task_id="stats",
+        segmentation=seg.output,
+        source=received,
+        sr=True,
+        workspace_base=s.workspace_base,
+        pacs_conn_id=s.pacs_conn_id,
     )
     # the SR after the SEG: a PACS (and its viewers) gets the referenced object first
     send_sr = DicomSendOperator(
@@ -139,7 +149,12 @@ def seg_send_index(
     )
     send >> send_sr
     index = ElasticIndexOperator(
-        task_id="index", series_dirs=stats.output, index=s.index, search_conn_id=s.search_conn_id
+        task_id="index",
+        series_dirs=stats.output,
+        index=s.index,
+        search_conn_id=s.search_conn_id,
+        pacs_conn_id=s.pacs_conn_id,
+        workspace_base=s.workspace_base,
     )
     seg >> [send, stats]
     stats >> [send_sr, index]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_kaapana.core.net.retry import BULK_RETRY, DEFAULT_RETRY, RetryPolicy
+from airflow_provider_kaapana.core.net.viewer import PRESETS as VIEWER_PRESETS
 
 PACS_CONN_TYPE = "kaapana_pacs"
 SEARCH_CONN_TYPE = "kaapana_search"
@@ -88,6 +89,19 @@ PACS_CONN_FIELDS: dict[str, dict[str, Any]] = {
         "Off only for test systems with self-signed certificates",
         True,
     ),
+    "viewer_url": _text(
+        "Viewer URL",
+        "A viewer link for the send/SEG/SR/index tasks and the series documents: a template with "
+        "{study_uid}, {series_uid}, {sop_uid} (e.g. https://HOST/viewer?StudyInstanceUIDs={study_uid}), "
+        "or the viewer's base URL when a viewer preset is chosen. Empty: no links.",
+    ),
+    "viewer": _text(
+        "Viewer preset",
+        f"custom (Viewer URL is the whole template), or {', '.join(VIEWER_PRESETS)} (Viewer URL is the "
+        "viewer's base URL; the preset adds the path)",
+        "custom",
+        enum=["custom", *VIEWER_PRESETS],
+    ),
     **_retry_fields(DEFAULT_RETRY),
     # DIMSE timeouts; the default is core.net.dimse.DEFAULT_TIMEOUT (not imported: it pulls pynetdicom)
     "acse_timeout": _typed(
@@ -124,6 +138,7 @@ PACS_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "move_destination": "KAAPANA",
         "move_port": "11113",
         "tls_ca_file": "/etc/ssl/certs/pacs-ca.pem",
+        "viewer_url": "https://ohif.example.org/viewer?StudyInstanceUIDs={study_uid}",
     },
 }
 

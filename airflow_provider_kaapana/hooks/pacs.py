@@ -25,6 +25,7 @@ from airflow_provider_kaapana.core.net.dimse import (
     StoreResult,
 )
 from airflow_provider_kaapana.core.net.retry import DEFAULT_RETRY, RetryPolicy
+from airflow_provider_kaapana.core.net.viewer import ViewerTemplate, ViewerUrlError, viewer_template
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.exceptions import PacsError
 from airflow_provider_kaapana.hooks.connection_forms import (
@@ -182,6 +183,17 @@ class PacsHook(BaseHook):
             backoff=policy.backoff,
             max_backoff=policy.max_backoff,
         )
+
+    @cached_property
+    def viewer(self) -> ViewerTemplate | None:
+        """The viewer URL template of the ``viewer_url`` (and ``viewer`` preset) extras; None when unset.
+
+        A template naming an unknown placeholder (or an unknown preset) is a :class:`PacsError`.
+        """
+        try:
+            return viewer_template(self._extra("viewer_url"), self._extra("viewer"))
+        except ViewerUrlError as exc:
+            raise PacsError(f"connection {self.pacs_conn_id!r}: {exc}") from None
 
     @property
     def has_dicomweb(self) -> bool:

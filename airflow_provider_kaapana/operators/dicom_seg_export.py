@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow_provider_kaapana.core.params import as_mapping
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+from airflow_provider_kaapana.operators.links import ViewerLink, push_file_viewer_url, viewer_of
 
 SEG_FILE_NAME = "seg.dcm"
 
@@ -38,6 +39,8 @@ class DicomSegExportOperator(KaapanaBaseOperator):
     :param model_id: model identity; with ``configuration`` and the source series it fixes the SEG UIDs.
     :param algorithm_name: / ``algorithm_version`` / ``algorithm_family`` — algorithm identification;
         when ``algorithm_name`` is None, the label config's ``algorithm`` entry or nnU-Net 2 is used.
+    :param pacs_conn_id: the PACS the SEG is sent to; with a ``viewer_url`` template in that connection
+        the task's "Viewer" link opens the SEG's series there (once the send step stored it).
 
     A label map with no labelled voxel on the source grid ends the task as *skipped* with a
     "no findings" message (downstream send steps are skipped by their trigger rule), not as a failure.
@@ -56,8 +59,10 @@ class DicomSegExportOperator(KaapanaBaseOperator):
         "configuration",
         "segmentation_type",
         "empty_label_policy",
+        "pacs_conn_id",
     )
     ui_color = "#e8d4f5"
+    operator_extra_links = (ViewerLink(),)
 
     def __init__(
         self,
@@ -77,6 +82,7 @@ class DicomSegExportOperator(KaapanaBaseOperator):
         algorithm_name: str | None = None,
         algorithm_version: str = "2",
         algorithm_family: str = "ArtificialIntelligence",
+        pacs_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,6 +101,7 @@ class DicomSegExportOperator(KaapanaBaseOperator):
         self.algorithm_name = algorithm_name
         self.algorithm_version = algorithm_version
         self.algorithm_family = algorithm_family
+        self.pacs_conn_id = pacs_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.seg.export import (
@@ -104,6 +111,7 @@ class DicomSegExportOperator(KaapanaBaseOperator):
         )
         from airflow_provider_kaapana.exceptions import NoFindingsError
 
+        viewer = viewer_of(self.pacs_conn_id)  # a bad template fails before any work
         prediction = as_mapping(self.prediction, "prediction")
         source = as_mapping(self.source, "source")
         label_map = self.label_map or prediction.get("label_map_path")
@@ -156,6 +164,7 @@ class DicomSegExportOperator(KaapanaBaseOperator):
             result.number_of_frames,
             [s.label for s in result.segments],
         )
+        push_file_viewer_url(context, viewer, result.seg_path)
         return {
             "series_instance_uid": result.series_instance_uid,
             "seg_path": str(result.seg_path),

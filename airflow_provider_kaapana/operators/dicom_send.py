@@ -11,6 +11,7 @@ from airflow_provider_kaapana.core.net.send import send
 from airflow_provider_kaapana.core.params import as_native, parse_bool
 from airflow_provider_kaapana.hooks.pacs import PacsHook
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+from airflow_provider_kaapana.operators.links import ViewerLink, push_viewer_url
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ class DicomSendOperator(KaapanaBaseOperator):
     :param method: ``c-store`` (default) or ``stow-rs``
     :param verify: a boolean or its text (true/false, yes/no, on/off, 1/0); other text fails the task
 
-    The work is :func:`airflow_provider_kaapana.core.net.send.send`, as for ``kaapana send``.
+    The work is :func:`airflow_provider_kaapana.core.net.send.send`, as for ``kaapana send``. With a
+    ``viewer_url`` template in the connection, the task's "Viewer" link opens the (first) series sent.
     """
 
     template_fields: Sequence[str] = ("paths", "method", "pacs_conn_id", "verify")
     ui_color = "#f7e3d7"
+    operator_extra_links = (ViewerLink(),)
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class DicomSendOperator(KaapanaBaseOperator):
         method = str(self.method).lower()
         verify = parse_bool(self.verify, "verify", default=False)
         hook = self.hook
+        viewer = hook.viewer  # a bad template fails here, before anything is sent
         report = send(  # raises PacsError naming failed files
             _paths_of(self.paths),
             peer=hook.dimse_peer if method == "c-store" else None,
@@ -87,6 +91,9 @@ class DicomSendOperator(KaapanaBaseOperator):
         log.info("sent %d instances by %s", len(report.results), self.method)
         if report.verified_at:
             log.info("verified %d instances in %d series", len(report.results), len(report.series))
+        if report.series:
+            study_uid, series_uid = report.series[0]
+            push_viewer_url(context, viewer, study_uid, series_uid)
         return {
             "sent": len(report.results),
             "method": self.method,

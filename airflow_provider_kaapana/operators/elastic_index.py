@@ -8,9 +8,13 @@ from typing import Any
 
 from airflow_provider_kaapana.core.index.client import index_series
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
+from airflow_provider_kaapana.core.net.viewer import ViewerTemplate
+from airflow_provider_kaapana.core.params import parse_bool
+from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import SearchIndexError
 from airflow_provider_kaapana.hooks.search import SearchHook
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+from airflow_provider_kaapana.operators.links import VIEWER_XCOM_KEY, ViewerLink, viewer_of
 
 # keys of an upstream XCom item that become derived fields of the series document
 _SOURCE_KEYS = ("calling_ae_title", "called_ae_title", "source")
@@ -67,13 +71,21 @@ class ElasticIndexOperator(KaapanaBaseOperator):
         answers (``None``: the connection's ``retries``/``backoff`` extras, else 5 and 0.5 s).
     :param merge_instances: merge into the already indexed document of the series (partial
         arrivals: instances united by SOPInstanceUID) instead of replacing it.
+    :param pacs_conn_id: the PACS holding the series; its ``viewer_url`` template gives each document
+        ``kaapana.viewer_url`` and the task's "Viewer" link (the first series indexed).
+    :param viewer_url: a viewer URL template instead of the connection's.
+    :param thumbnails: write each series' thumbnail (middle slice, windowed PNG) into the run workspace
+        (``<workspace_base>/<dag>/<run>/batch/<series>/index/thumbnail.png``) and into its document as
+        ``kaapana.thumbnail``; a series that is no image (SEG, SR...) or cannot be decoded gets none.
 
     Returns ``{"index", "indexed": [series UIDs], "failed": {uid: reason}, "file_errors": [...],
-    "problems": [...], "instances"}``.
+    "problems": [...], "instances", "thumbnails": {uid: png path}, "no_thumbnail": {uid: why},
+    "viewer_urls": {uid: url}}``.
     """
 
-    template_fields: Sequence[str] = ("series_dirs", "index")
+    template_fields: Sequence[str] = ("series_dirs", "index", "pacs_conn_id", "viewer_url", "thumbnails")
     ui_color = "#c7e9c0"
+    operator_extra_links = (ViewerLink(),)
 
     def __init__(
         self,
@@ -88,6 +100,10 @@ class ElasticIndexOperator(KaapanaBaseOperator):
         backoff: float | None = None,
         refresh: bool | str = "wait_for",
         merge_instances: bool = False,
+        pacs_conn_id: str | None = None,
+        viewer_url: str | None = None,
+        thumbnails: bool | str = False,
+        workspace_base: str = DEFAULT_WORKSPACE_BASE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -101,12 +117,18 @@ class ElasticIndexOperator(KaapanaBaseOperator):
         self.backoff = backoff
         self.refresh = refresh
         self.merge_instances = merge_instances
+        self.pacs_conn_id = pacs_conn_id
+        self.viewer_url = viewer_url
+        self.thumbnails = thumbnails
+        self.workspace_base = workspace_base
 
     def get_hook(self) -> SearchHook:
         return SearchHook(search_conn_id=self.search_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
         inputs = series_inputs(self.series_dirs)
+        viewer = ViewerTemplate(self.viewer_url) if self.viewer_url else viewer_of(self.pacs_conn_id)
+        with_thumbnails = parse_bool(self.thumbnails, "thumbnails", default=False)
         report = index_series(
             self.hook.get_conn(),
             self.index,
@@ -117,6 +139,8 @@ class ElasticIndexOperator(KaapanaBaseOperator):
             backoff=self.backoff,
             refresh=self.refresh,
             merge_instances=self.merge_instances,
+            viewer_url=viewer.template if viewer else None,
+            thumbnails=self.run_workspace(context) if with_thumbnails else None,
         )
         for error in report.file_errors:
             self.log.warning("not indexed: %s", error)
@@ -130,6 +154,13 @@ class ElasticIndexOperator(KaapanaBaseOperator):
             len(report.failed),
             len(report.file_errors),
         )
+        for uid, why in report.no_thumbnail.items():
+            self.log.info("no thumbnail of %s: %s", uid, why)
+        first_link = next(
+            (report.viewer_urls[uid] for uid in report.indexed if uid in report.viewer_urls), None
+        )
+        if first_link:
+            context["ti"].xcom_push(key=VIEWER_XCOM_KEY, value=first_link)
         if report.failed and self.fail_on_rejected:
             details = "; ".join(f"{uid}: {reason}" for uid, reason in list(report.failed.items())[:10])
             raise SearchIndexError(f"{len(report.failed)} series rejected by the search server: {details}")

@@ -17,6 +17,7 @@ from typing import Any
 from airflow_provider_kaapana.core.params import as_mapping, parse_bool
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
+from airflow_provider_kaapana.operators.links import ViewerLink, push_file_viewer_url, viewer_of
 
 STATISTICS_FILE_NAME = "statistics.json"
 
@@ -48,8 +49,10 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         "output_dir",
         "sr",
         "workspace_base",
+        "pacs_conn_id",
     )
     ui_color = "#d4f5e1"
+    operator_extra_links = (ViewerLink(),)
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         output_dir: str | None = None,
         sr: bool | str = False,
         workspace_base: str = DEFAULT_WORKSPACE_BASE,
+        pacs_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,12 +77,14 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
         self.output_dir = output_dir
         self.sr = sr
         self.workspace_base = workspace_base
+        self.pacs_conn_id = pacs_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.files import write_atomic
         from airflow_provider_kaapana.core.quant.sr import SR_FILE_NAME, measurement_report
         from airflow_provider_kaapana.core.quant.statistics import segment_statistics
 
+        viewer = viewer_of(self.pacs_conn_id)  # a bad template fails before any work
         segmentation = as_mapping(self.segmentation, "segmentation")
         source = as_mapping(self.source, "source")
         seg = self.seg or segmentation.get("seg_path") or segmentation.get("label_map_path")
@@ -123,4 +129,7 @@ class SegmentStatisticsOperator(KaapanaBaseOperator):
                 sr_series_instance_uid=report.sr_series_instance_uid,
                 sr_sop_instance_uid=report.sr_sop_instance_uid,
             )
+            push_file_viewer_url(context, viewer, report.sr_path)
+        elif viewer is not None and not str(seg).endswith((".nii", ".nii.gz")):
+            push_file_viewer_url(context, viewer, seg)
         return result

@@ -52,6 +52,7 @@ class DemoResult:
     volumes: dict[str, float | None] = field(default_factory=dict)  # see _volumes
     sr_sop_instance_uid: str | None = None
     task_queues: dict[str, str | None] = field(default_factory=dict)  # segmentation task -> executor queue
+    viewer_links: dict[str, str | None] = field(default_factory=dict)  # "dag/task" -> its Viewer link (REST)
 
     @property
     def total_seconds(self) -> float:
@@ -114,7 +115,7 @@ def run_demo(
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.core.net import dimse
-    from airflow_provider_kaapana.testing.local_airflow import LocalAirflow
+    from airflow_provider_kaapana.testing.local_airflow import AirflowError, LocalAirflow
     from airflow_provider_kaapana.testing.local_services import Orthanc, Osmem
     from airflow_provider_kaapana.testing.tiny_model import TINY_DATASET_NAME, train_tiny_model
 
@@ -169,7 +170,14 @@ def run_demo(
                 _DAG_FILE.format(module=module, factory=factory, settings=settings)
             )
 
-        pacs_extra = {"called_ae": orthanc.aet, "calling_ae": "KAAPANA", "dicomweb_url": orthanc.dicomweb_url}
+        pacs_extra = {
+            "called_ae": orthanc.aet,
+            "calling_ae": "KAAPANA",
+            "dicomweb_url": orthanc.dicomweb_url,
+            # this Orthanc has no viewer plugin: the tasks' Viewer links open the series' DICOMweb
+            # metadata, a URL that resolves (with a viewer, use its preset: docs/installation.rst)
+            "viewer_url": f"{orthanc.dicomweb_url}/studies/{{study_uid}}/series/{{series_uid}}/metadata",
+        }
         airflow = LocalAirflow(
             root / "airflow",
             [dags],
@@ -220,6 +228,20 @@ def run_demo(
         durations: dict[str, dict[str, float]] = {}
         triggered_by: list[str | None] = []
         queues: dict[str, str | None] = {}
+        viewer_links: dict[str, str | None] = {}
+
+        def links(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+            """The task's extra links as the UI gets them (REST v2): its Viewer button's URL, or None (the
+            e2e test checks them; the demo itself goes on without)."""
+            try:
+                answer = airflow.api(
+                    "GET",
+                    f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links",
+                    params={"map_index": map_index},
+                ).json()
+            except AirflowError:
+                answer = {}
+            viewer_links[f"{dag_id}/{task_id}"] = (answer.get("extra_links") or {}).get("Viewer")
 
         def ingest() -> str:
             run_id = _wait_for_first_run(airflow, INGEST_DAG, timeout=120)
@@ -229,6 +251,8 @@ def run_demo(
                     f"ingest run {run_id} ended {state}: {airflow.task_states(INGEST_DAG, run_id)}"
                 )
             durations[INGEST_DAG] = airflow.task_durations(INGEST_DAG, run_id)
+            for task_id in ("store", "index"):
+                links(INGEST_DAG, run_id, task_id)
             triggered_by.append(
                 airflow.api("GET", f"dags/{INGEST_DAG}/dagRuns/{run_id}").json().get("triggering_user_name")
             )
@@ -250,6 +274,8 @@ def run_demo(
                 k: float(ti["duration"]) for k, ti in instances.items() if ti.get("duration") is not None
             }
             queues.update({k: ti.get("queue") for k, ti in instances.items()})
+            for task_id in ("per_series.seg", "per_series.stats"):
+                links(SEGMENTATION_DAG, run_id, task_id, map_index=0)
             return run_id
 
         steps.run(
@@ -302,6 +328,7 @@ def run_demo(
             volumes,
             sr_uid,
             queues,
+            viewer_links,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")

@@ -68,6 +68,42 @@ def test_references_are_consistent(target):
         assert "type" in node, field
 
 
+@pytest.mark.parametrize("target", sorted(dashboards.FILES))
+def test_series_list_shows_thumbnail_as_image_and_viewer_url_as_link(target, synthetic_series, tmp_path):
+    from airflow_provider_kaapana.core.workspace import RunWorkspace
+
+    objects = {o["id"]: o for o in _load(target)}
+    formats = json.loads(objects[dashboards.INDEX_PATTERN_ID]["attributes"]["fieldFormatMap"])
+    assert (
+        formats["kaapana.thumbnail"]["id"] == "url"
+        and formats["kaapana.thumbnail"]["params"]["type"] == "img"
+    )
+    assert (
+        formats["kaapana.viewer_url"]["id"] == "url"
+        and formats["kaapana.viewer_url"]["params"]["type"] == "a"
+    )
+    series_list = objects[dashboards.SERIES_LIST_ID]
+    assert series_list["type"] == "search"
+    source = json.loads(series_list["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+    assert source["indexRefName"] in {r["name"] for r in series_list["references"]}
+    dashboard = objects[dashboards.DASHBOARD_ID]
+    assert {"type": "search", "id": dashboards.SERIES_LIST_ID} in [
+        {"type": r["type"], "id": r["id"]} for r in dashboard["references"]
+    ]
+    # every column and formatted field is one a series document has (thumbnail and link when configured)
+    series = synthetic_series(slices=3)
+    docs, _ = build_series_documents(
+        [series.series_dir],
+        viewer_url="https://v.example/viewer?StudyInstanceUIDs={study_uid}",
+        thumbnails=RunWorkspace(tmp_path / "ws", "d", "r"),
+    )
+    for field in [*series_list["attributes"]["columns"], *formats]:
+        node = docs[0].document
+        for part in field.split("."):
+            node = node[part]
+        assert node not in (None, "", []), field
+
+
 def _es_aggs(vis_state: dict) -> dict:
     out = {}
     for agg in vis_state["aggs"]:

@@ -23,13 +23,21 @@ from airflow_provider_kaapana.core.nnunet.models import export_model_zip
 pytestmark = pytest.mark.slow
 
 
+VIEWER = "http://viewer.test/viewer?StudyInstanceUIDs={study_uid}&SeriesInstanceUIDs={series_uid}"
+
+
 def pacs_conn(pacs) -> str:
     return json.dumps(
         {
             "conn_type": "kaapana_pacs",
             "host": "127.0.0.1",
             "port": pacs.dicom_port,
-            "extra": {"called_ae": pacs.aet, "calling_ae": "KAAPANA", "dicomweb_url": pacs.dicomweb_url},
+            "extra": {
+                "called_ae": pacs.aet,
+                "calling_ae": "KAAPANA",
+                "dicomweb_url": pacs.dicomweb_url,
+                "viewer_url": VIEWER,
+            },
         }
     )
 
@@ -154,6 +162,29 @@ def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(varian
     assert not any(f.exists() for f in landed)
     state, removed = xcom(dag_run, "remove_from_landing")
     assert state == "success" and sorted(removed) == sorted(map(str, landed))
+
+
+def test_ingest_links_the_viewer_and_reports_thumbnails(lib, new_series):
+    """The store and index tasks' Viewer links, the document's viewer_url and thumbnail, the run's report."""
+    series = new_series(slices=5)
+    dag_run = lib.module.ingest.test(run_conf=landing_batch(series, series.files).conf())
+    assert dag_run.state == "success"
+    url = VIEWER.format(study_uid=series.study_instance_uid, series_uid=series.series_instance_uid)
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    for task_id in ("store", "index"):
+        # what the task pushed, and what Airflow kept for the UI's button when the task ended
+        assert tis[task_id].xcom_pull(task_ids=task_id, key="viewer_url") == url
+        assert tis[task_id].xcom_pull(task_ids=task_id, key="_link_ViewerLink") == url
+    doc = lib.search_client().get(lib.index, series.series_instance_uid)["kaapana"]
+    assert doc["viewer_url"] == url and doc["thumbnail"].startswith("data:image/png;base64,")
+    indexed = tis["index"].xcom_pull(task_ids="index")
+    png = Path(indexed["thumbnails"][series.series_instance_uid])
+    assert png.is_file() and png.is_relative_to(lib.workspace) and png.parent.name == "index"
+    summary = tis["report"].xcom_pull(task_ids="report")
+    page = Path(summary["report_html"]).read_text()
+    assert f'<a href="{url.replace("&", "&amp;")}">' in page
+    assert f'src="{png.relative_to(Path(summary["report_html"]).parent).as_posix()}"' in page
+    assert summary["message"] in page
 
 
 def test_ingest_of_a_late_batch_adds_to_the_series_document(lib, new_series):

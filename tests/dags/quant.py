@@ -33,6 +33,7 @@ with DAG(
         source=received(),
         sr=True,
         workspace_base="{{ dag_run.conf['workspace_base'] }}",
+        pacs_conn_id="kaapana_test_viewer",  # only its viewer_url: the task's Viewer link
     )
     evaluation = SegmentationEvaluationOperator(
         task_id="evaluate",

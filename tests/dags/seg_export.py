@@ -38,6 +38,7 @@ with DAG(
         source_dir="{{ dag_run.conf['received'][0]['series_dir'] }}",
         workspace_base="{{ dag_run.conf['workspace_base'] }}",
         model_id="Dataset001_Test",
+        pacs_conn_id="kaapana_test_viewer",  # only its viewer_url: the task's Viewer link
     )
     mapped = DicomSegExportOperator.partial(
         task_id="seg_mapped",

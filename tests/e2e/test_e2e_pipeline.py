@@ -72,6 +72,18 @@ def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
     assert volumes["index_ml"] == pytest.approx(volumes["sr_ml"], rel=1e-9)
     assert volumes["sr_ml"] == pytest.approx(volumes["voxel_truth_ml"], rel=0.2)
     assert volumes["voxel_truth_ml"] == pytest.approx(volumes["true_ml"], rel=0.05)
+    # the Viewer buttons, as the API server answers them: the series each task produced, in its study
+    links = result.viewer_links
+    study = result.study_instance_uid
+    for task in ("kaapana_ingest/store", "kaapana_ingest/index"):
+        assert links[task].endswith(f"/studies/{study}/series/{result.series_instance_uid}/metadata"), links
+    assert links["kaapana_nnunet_segmentation/per_series.seg"].endswith(
+        f"/studies/{study}/series/{result.seg_series_instance_uid}/metadata"
+    )
+    assert f"/studies/{study}/series/" in links["kaapana_nnunet_segmentation/per_series.stats"]  # the SR's
+    # the source series' document: its link and the ingest run's thumbnail of it
+    assert result.source_document["kaapana"]["viewer_url"] == links["kaapana_ingest/index"]
+    assert result.source_document["kaapana"]["thumbnail"].startswith("data:image/png;base64,")
 
 
 def test_kaapana_demo_command_on_sqlite(tmp_path):

@@ -24,9 +24,13 @@ def _prediction(series, tmp_path: Path, name: str, config: Path) -> dict:
     }
 
 
-def test_operator_plain_and_mapped_with_no_findings(airflow_db, synthetic_series, tmp_path):
+def test_operator_plain_and_mapped_with_no_findings(airflow_db, synthetic_series, tmp_path, monkeypatch):
     from tests.dags.seg_export import dag
 
+    viewer = {"viewer": "stone", "viewer_url": "http://orthanc.test:8042/"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAAPANA_TEST_VIEWER", json.dumps({"conn_type": "kaapana_pacs", "extra": viewer})
+    )
     config = tmp_path / "dataset.json"
     config.write_text(json.dumps(DATASET_JSON))
     first = synthetic_series("a", shapes=THREE_SHAPES, seed=1)
@@ -59,6 +63,12 @@ def test_operator_plain_and_mapped_with_no_findings(airflow_db, synthetic_series
     assert single["series_instance_uid"] == first.series_instance_uid
     assert [s["label"] for s in single["segments"]] == ["liver", "tumor", "kidney_left"]
     np.testing.assert_array_equal(decode(Path(single["seg_path"]), first.sop_instance_uids), first.truth)
+    # the Viewer link opens the SEG's series within the source's study (Stone addresses both by UID)
+    (single_ti,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "seg_single"]
+    assert single_ti.xcom_pull(task_ids="seg_single", key="_link_ViewerLink") == (
+        "http://orthanc.test:8042/stone-webviewer/index.html"
+        f"?study={first.study_instance_uid}&series={single['seg_series_instance_uid']}"
+    )
 
     mapped = sorted(collected["mapped"], key=lambda r: r["series_instance_uid"])
     assert {r["series_instance_uid"] for r in mapped} == {

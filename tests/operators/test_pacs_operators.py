@@ -51,6 +51,68 @@ def test_provider_registers_the_connection_type():
     assert PacsHook.get_ui_field_behaviour()["relabeling"]["port"] == "DIMSE port"
 
 
+def test_viewer_extras_registration_and_refusal(monkeypatch):
+    from airflow.sdk import BaseOperatorLink
+
+    from airflow_provider_kaapana.exceptions import PacsError
+    from airflow_provider_kaapana.get_provider_info import get_provider_info
+    from airflow_provider_kaapana.hooks.pacs import PacsHook
+    from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
+    from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
+    from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
+    from airflow_provider_kaapana.operators.links import ViewerLink
+    from airflow_provider_kaapana.operators.segment_statistics import SegmentStatisticsOperator
+
+    info = get_provider_info()
+    (link_path,) = info["extra-links"]
+    module, _, name = link_path.rpartition(".")
+    link_class = getattr(__import__(module, fromlist=[name]), name)
+    assert (
+        link_class is ViewerLink
+        and issubclass(ViewerLink, BaseOperatorLink)
+        and ViewerLink().name == "Viewer"
+    )
+    for operator in (
+        DicomSendOperator,
+        DicomSegExportOperator,
+        SegmentStatisticsOperator,
+        ElasticIndexOperator,
+    ):
+        assert [type(link) for link in operator.operator_extra_links] == [ViewerLink], operator
+    # what the API server holds: the link by name and XCom key (the URL the worker kept when the task ended)
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from airflow_provider_kaapana.dag_factories.ingest import create_ingest_dag
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(create_ingest_dag()))
+    for task_id in ("store", "index"):
+        links = served.get_task(task_id).operator_extra_links
+        assert [(link.name, link.xcom_key) for link in links] == [("Viewer", "_link_ViewerLink")]
+    pacs = next(c for c in info["connection-types"] if c["connection-type"] == "kaapana_pacs")
+    assert "{study_uid}" in pacs["conn-fields"]["viewer_url"]["description"]
+    assert pacs["conn-fields"]["viewer"]["schema"]["enum"] == [
+        "custom",
+        "ohif",
+        "dcm4chee",
+        "orthanc-explorer-2",
+        "stone",
+    ]
+    assert "{study_uid}" in pacs["ui-field-behaviour"]["placeholders"]["viewer_url"]
+
+    def conn(**extra) -> str:
+        return json.dumps({"conn_type": "kaapana_pacs", "host": "127.0.0.1", "extra": extra})
+
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_NO_VIEWER", conn())
+    assert PacsHook("pacs_no_viewer").viewer is None
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_OHIF", conn(viewer="ohif", viewer_url="https://ohif.test"))
+    assert PacsHook("pacs_ohif").viewer.url("1.2") == "https://ohif.test/viewer?StudyInstanceUIDs=1.2"
+    monkeypatch.setenv("AIRFLOW_CONN_PACS_BAD_VIEWER", conn(viewer_url="https://v.test/{study}"))
+    with pytest.raises(
+        PacsError, match=r"connection 'pacs_bad_viewer': .*unknown placeholder\(s\) \{study\}"
+    ):
+        _ = PacsHook("pacs_bad_viewer").viewer
+
+
 def test_hook_test_connection_and_auth(orthanc_auth, monkeypatch):
     from airflow_provider_kaapana.hooks.pacs import PacsHook
 

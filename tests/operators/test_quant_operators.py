@@ -15,9 +15,15 @@ from airflow_provider_kaapana.operators.elastic_index import series_inputs
 from tests.core.test_seg import DATASET_JSON, THREE_SHAPES, save_label_map
 
 
-def test_statistics_and_evaluation_operators(airflow_db, synthetic_series, tmp_path: Path):
+def test_statistics_and_evaluation_operators(airflow_db, synthetic_series, tmp_path: Path, monkeypatch):
     from tests.dags.quant import dag
 
+    viewer = {
+        "viewer_url": "https://ohif.test/viewer?StudyInstanceUIDs={study_uid}&SeriesInstanceUIDs={series_uid}"
+    }
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAAPANA_TEST_VIEWER", json.dumps({"conn_type": "kaapana_pacs", "extra": viewer})
+    )
     series = synthetic_series("a", shapes=THREE_SHAPES, seed=1)
     config = tmp_path / "dataset.json"
     config.write_text(json.dumps(DATASET_JSON))
@@ -49,6 +55,12 @@ def test_statistics_and_evaluation_operators(airflow_db, synthetic_series, tmp_p
     assert stats["sr_path"] == str(sr_path) and stats["seg_path"] == str(seg_path)
     assert sorted(read_measurement_report(sr_path)) == [1, 2, 3]
     assert _paths_of(stats) == [str(sr_path)]
+    # the Viewer link opens the SR's series, in the study of the image
+    (stats_ti,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "stats"]
+    assert stats_ti.xcom_pull(task_ids="stats", key="_link_ViewerLink") == (
+        f"https://ohif.test/viewer?StudyInstanceUIDs={series.study_instance_uid}"
+        f"&SeriesInstanceUIDs={stats['sr_series_instance_uid']}"
+    )
     # ...and the index step indexes the SEG with the statistics (kaapana.segments)
     assert series_inputs([stats]) == [
         (str(seg_path), {"received_at": None, "statistics": stats["statistics_path"]})

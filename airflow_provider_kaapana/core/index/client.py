@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import requests
 
@@ -22,6 +22,9 @@ from airflow_provider_kaapana.core.index.document import merge_series_documents
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX, build_index_template
 from airflow_provider_kaapana.core.net.retry import BULK_RETRY, RetryPolicy, redact, split_url_credentials
 from airflow_provider_kaapana.exceptions import SearchIndexError
+
+if TYPE_CHECKING:
+    from airflow_provider_kaapana.core.workspace import RunWorkspace
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +457,9 @@ class IndexReport:
     instances: int = 0
     requests: int = 0
     retries: int = 0
+    thumbnails: dict[str, str] = field(default_factory=dict)  # series UID -> PNG in the run workspace
+    no_thumbnail: dict[str, str] = field(default_factory=dict)  # series UID -> why not
+    viewer_urls: dict[str, str] = field(default_factory=dict)  # series UID -> kaapana.viewer_url
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -463,6 +469,9 @@ class IndexReport:
             "file_errors": self.file_errors,
             "problems": self.problems[:200],
             "instances": self.instances,
+            "thumbnails": self.thumbnails,
+            "no_thumbnail": self.no_thumbnail,
+            "viewer_urls": self.viewer_urls,
         }
 
 
@@ -508,6 +517,8 @@ def index_series(
     merge_instances: bool = False,
     retries: int | None = None,
     backoff: float | None = None,
+    viewer_url: str | None = None,
+    thumbnails: RunWorkspace | None = None,
 ) -> IndexReport:
     """Index series folders (or files) into ``index``: one document per SeriesInstanceUID.
 
@@ -524,10 +535,18 @@ def index_series(
     server rejects in ``failed``; nothing else stops the run. Raises :class:`SearchIndexError` only
     when the server keeps failing whole requests after the retries. ``retries``/``backoff`` (former
     names ``max_retries``/``backoff_s``) change the client's bulk retry policy (see :func:`bulk_index`).
+
+    ``viewer_url`` (a viewer URL template) gives each document ``kaapana.viewer_url``; ``thumbnails`` (the
+    run workspace) a thumbnail (see :func:`~airflow_provider_kaapana.core.index.document.build_series_documents`);
+    the report names each PNG written, and why a series has none.
     """
     if ensure_template:
         ensure_index_template(client, index)
     defaults = {"received_at": received_at, "source": source}
+    if viewer_url:
+        defaults["viewer_url"] = viewer_url
+    if thumbnails is not None:
+        defaults["thumbnails"] = thumbnails
     normalised: list[tuple[str | Any, dict[str, Any]]] = []
     for item in inputs:
         if isinstance(item, tuple):
@@ -557,6 +576,12 @@ def index_series(
                 files_of[doc.doc_id] = list(doc.files)
                 report.instances += len(doc.files)
                 report.problems.extend(doc.problems)
+                if doc.thumbnail_path:
+                    report.thumbnails[doc.doc_id] = doc.thumbnail_path
+                if doc.thumbnail_refused:
+                    report.no_thumbnail[doc.doc_id] = doc.thumbnail_refused
+                if doc.document.get("kaapana", {}).get("viewer_url"):
+                    report.viewer_urls[doc.doc_id] = doc.document["kaapana"]["viewer_url"]
                 if merge_instances:
                     new_documents[doc.doc_id] = doc.document
                     yield merged(doc.doc_id)

@@ -3,7 +3,9 @@
 One data view (index pattern) and one dashboard of aggregation-based visualizations: series by
 modality, by study date, by body part, by station, completeness, and totals; and one Vega panel, segment
 volumes by label (aggregation-based visualizations cannot aggregate the nested ``kaapana.segments``,
-a Vega spec sends its own nested aggregation). Legacy ``visualization`` objects are used on purpose:
+a Vega spec sends its own nested aggregation); below them a saved search lists the newest series with
+their thumbnail (``kaapana.thumbnail``, shown as an image) and viewer link (``kaapana.viewer_url``, a
+link: both by the index pattern's field formats). Legacy ``visualization`` objects are used on purpose:
 both Kibana 8/9 and OpenSearch Dashboards 2/3 import and migrate them. The shipped files under ``airflow_provider_kaapana/data/dashboards/`` are generated
 by :func:`write_saved_objects` (a test keeps them in sync).
 """
@@ -22,8 +24,28 @@ FILES: dict[str, str] = {"kibana": "kibana.ndjson", "opensearch-dashboards": "op
 
 INDEX_PATTERN_ID = "kaapana-dicom-series"
 DASHBOARD_ID = "kaapana-dicom-overview"
+SERIES_LIST_ID = "kaapana-series-list"
 _SEARCH_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
-_MIGRATION = {"index-pattern": "7.6.0", "visualization": "7.10.0", "dashboard": "7.9.3"}
+_MIGRATION = {"index-pattern": "7.6.0", "visualization": "7.10.0", "dashboard": "7.9.3", "search": "7.9.3"}
+
+# How the index pattern shows the viewer link and the thumbnail (Url format: a link; an image)
+FIELD_FORMATS: dict[str, dict[str, Any]] = {
+    "kaapana.viewer_url": {"id": "url", "params": {"type": "a", "labelTemplate": "Open in viewer"}},
+    "kaapana.thumbnail": {
+        "id": "url",
+        "params": {"type": "img", "labelTemplate": "middle slice", "width": 128, "height": 128},
+    },
+}
+# The saved search of the dashboard's series list: thumbnail, what the series is, its viewer link
+SERIES_LIST_COLUMNS = [
+    "kaapana.thumbnail",
+    "PatientID",
+    "StudyDate",
+    "kaapana.modality",
+    "SeriesDescription",
+    "kaapana.instance_count",
+    "kaapana.viewer_url",
+]
 
 
 def _search_source() -> str:
@@ -269,7 +291,7 @@ def _visualizations(index: str = DEFAULT_INDEX) -> list[tuple[str, str, dict[str
 
 
 def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict[str, Any]]:
-    """The saved objects for ``target``: index pattern, visualizations, dashboard (import order)."""
+    """The saved objects for ``target``: index pattern, series list, visualizations, dashboard (import order)."""
     if target not in FILES:
         raise ValueError(f"target must be one of {sorted(FILES)}, not {target!r}")
     product = "Kibana" if target == "kibana" else "OpenSearch Dashboards"
@@ -277,10 +299,28 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
         {
             "id": INDEX_PATTERN_ID,
             "type": "index-pattern",
-            "attributes": {"title": f"{index}*", "timeFieldName": "kaapana.received_at"},
+            "attributes": {
+                "title": f"{index}*",
+                "timeFieldName": "kaapana.received_at",
+                "fieldFormatMap": json.dumps(FIELD_FORMATS, sort_keys=True),
+            },
             "references": [],
             "migrationVersion": {"index-pattern": _MIGRATION["index-pattern"]},
-        }
+        },
+        {
+            "id": SERIES_LIST_ID,
+            "type": "search",
+            "attributes": {
+                "title": "Series (thumbnail, viewer link)",
+                "description": f"The newest series with their thumbnail and a link into the PACS's viewer ({product})",
+                "columns": SERIES_LIST_COLUMNS,
+                "sort": [["kaapana.received_at", "desc"]],
+                "version": 1,
+                "kibanaSavedObjectMeta": {"searchSourceJSON": _search_source()},
+            },
+            "references": [{"name": _SEARCH_REF, "type": "index-pattern", "id": INDEX_PATTERN_ID}],
+            "migrationVersion": {"search": _MIGRATION["search"]},
+        },
     ]
     panels: list[dict[str, Any]] = []
     references: list[dict[str, str]] = []
@@ -312,6 +352,18 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
             }
         )
         references.append({"name": panel_ref, "type": "visualization", "id": vis_id})
+    # the series list, full width below the charts
+    n = len(panels)
+    panels.append(
+        {
+            "panelIndex": str(n + 1),
+            "gridData": {"x": 0, "y": ((n + 1) // 2) * 15, "w": 48, "h": 20, "i": str(n + 1)},
+            "version": "7.10.0",
+            "embeddableConfig": {},
+            "panelRefName": f"panel_{n}",
+        }
+    )
+    references.append({"name": f"panel_{n}", "type": "search", "id": SERIES_LIST_ID})
     objects.append(
         {
             "id": DASHBOARD_ID,
@@ -319,7 +371,8 @@ def build_saved_objects(target: Target, index: str = DEFAULT_INDEX) -> list[dict
             "attributes": {
                 "title": "Kaapana DICOM series",
                 "description": "Series in the DICOM metadata index by modality, date, body part, station, "
-                "completeness; segment volumes by label; segmentation evaluations",
+                "completeness; segment volumes by label; segmentation evaluations; the newest series with "
+                "thumbnail and viewer link",
                 "hits": 0,
                 "version": 1,
                 "panelsJSON": json.dumps(panels, sort_keys=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,11 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
+from airflow_provider_kaapana.core.net.viewer import ViewerTemplate
+from airflow_provider_kaapana.core.workspace import RunWorkspace
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError
+
+log = logging.getLogger(__name__)
 
 # Values of these VRs are bulk binary data (or of unknown encoding): never indexed.
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"})
@@ -76,6 +81,8 @@ class SeriesDocument:
     document: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    thumbnail_path: str | None = None  # the PNG written into the run workspace
+    thumbnail_refused: str | None = None  # why the series has no thumbnail
 
 
 # --------------------------------------------------------------------------------------------------
@@ -713,6 +720,7 @@ def _series_document(
     location: Mapping[str, Any] | None,
     private_key: str,
     extra_problems: list[str],
+    viewer: ViewerTemplate | None = None,
 ) -> SeriesDocument:
     numbers = [_int_or_none(_raw(ds, "InstanceNumber")) for _, ds in members]
     order = sorted(
@@ -817,6 +825,15 @@ def _series_document(
     loc = {k: str(v) for k, v in (location or {}).items() if v is not None}
     if loc:
         kaapana["location"] = loc
+    if viewer is not None:
+        study_uid, sop_uid = document.get("StudyInstanceUID"), document.get("SOPInstanceUID")
+        url = viewer.url_or_none(
+            study_uid if isinstance(study_uid, str) else None,
+            series_uid,
+            sop_uid if isinstance(sop_uid, str) else None,
+        )
+        if url:
+            kaapana["viewer_url"] = url
     problems = extra_problems + converter.problems
     if converter.invalid:
         kaapana["invalid"] = converter.invalid
@@ -835,6 +852,8 @@ def build_series_documents(
     location: Mapping[str, Any] | None = None,
     private_key: str = DEFAULT_PRIVATE_KEY,
     statistics: Mapping[str, Any] | str | Path | None = None,
+    viewer_url: str | None = None,
+    thumbnails: RunWorkspace | None = None,
 ) -> tuple[list[SeriesDocument], list[str]]:
     """Documents for every series found in ``paths`` (files or folders, grouped by SeriesInstanceUID).
 
@@ -843,7 +862,13 @@ def build_series_documents(
     ``kaapana.segment-statistics/v1`` document or its JSON file) becomes ``kaapana.segments`` of the
     document of its segmentation's series; statistics that are unreadable or match none of the series
     are a file error too (the documents are still indexed, without them).
+
+    ``viewer_url`` (a :mod:`~airflow_provider_kaapana.core.net.viewer` template) fills
+    ``kaapana.viewer_url``. With ``thumbnails`` (the run workspace), each series' thumbnail is written to
+    ``<series>/index/thumbnail.png`` there and carried as ``kaapana.thumbnail`` (a PNG data URL); a
+    series without one (not an image, not decodable) is logged and indexed all the same.
     """
+    viewer = ViewerTemplate(viewer_url) if viewer_url else None
     groups: dict[str, list[tuple[Path, Dataset | RawHeader]]] = {}
     file_errors: list[str] = []
     for path in _expand(paths):
@@ -877,11 +902,53 @@ def build_series_documents(
                 location=loc,
                 private_key=private_key,
                 extra_problems=[],
+                viewer=viewer,
             )
         )
+        if thumbnails is not None:
+            _attach_thumbnail(documents[-1], thumbnails)
     if statistics is not None and documents:
         _attach_statistics(documents, statistics, file_errors)
     return documents, file_errors
+
+
+def _attach_thumbnail(doc: SeriesDocument, workspace: RunWorkspace) -> None:
+    """``kaapana.thumbnail`` and the PNG in the workspace's ``index`` step folder; a refusal is logged."""
+    from airflow_provider_kaapana.core.index.thumbnail import (
+        ThumbnailError,
+        series_thumbnail,
+        slice_thumbnail,
+        write_thumbnail,
+    )
+
+    label = f"series {doc.doc_id}"
+    kaapana = doc.document["kaapana"]
+    facts = kaapana.get("instances") or []
+    positions = [f.get("z") for f in facts]
+    try:
+        if (
+            len(facts) == len(doc.files) > 1
+            and None not in positions
+            and not (kaapana.get("slice_spacing") or {}).get("mixed_orientation")
+        ):
+            # the positions along the normal are in the facts (one per file, in the same order): read
+            # one file again instead of every header (measured on a loaded 2-core machine, 60 slices of
+            # 512 x 512: 36 ms instead of 146 ms, best of 5; the document itself took about 300 ms)
+            order = sorted(range(len(facts)), key=lambda i: positions[i])
+            middle = len(order) // 2
+            thumbnail = slice_thumbnail(doc.files[order[middle]], middle, len(order), label=label)
+        else:
+            thumbnail = series_thumbnail(doc.files, label=label)
+    except ThumbnailError as exc:
+        log.info("no thumbnail: %s", exc)
+        doc.thumbnail_refused = str(exc)
+        return
+    path = write_thumbnail(thumbnail, workspace.step_dir(doc.doc_id, "index"))
+    doc.thumbnail_path = str(path)
+    data_url = thumbnail.data_url()
+    if data_url:
+        doc.document["kaapana"]["thumbnail"] = data_url
+        doc.document["kaapana"]["thumbnail_of"] = thumbnail.as_dict()
 
 
 def _attach_statistics(
@@ -938,6 +1005,10 @@ def build_series_document(
     return doc.doc_id, doc.document, problems
 
 
+def _slice_count(kaapana: Mapping[str, Any]) -> int:
+    return int((kaapana.get("thumbnail_of") or {}).get("slice_count") or 0)
+
+
 def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """One document for a series that arrived in parts: ``new`` merged into the indexed ``existing``.
 
@@ -979,6 +1050,12 @@ def merge_series_documents(existing: Mapping[str, Any], new: Mapping[str, Any]) 
     )
     if "segments" not in kaapana and old_k.get("segments"):
         kaapana["segments"] = old_k["segments"]  # a later arrival without statistics keeps them
+    if old_k.get("thumbnail") and (
+        not kaapana.get("thumbnail") or _slice_count(old_k) > _slice_count(kaapana)
+    ):  # the picture of the arrival with more slices: a late single instance is no series' middle
+        kaapana["thumbnail"], kaapana["thumbnail_of"] = old_k["thumbnail"], old_k.get("thumbnail_of")
+    if "viewer_url" not in kaapana and old_k.get("viewer_url"):
+        kaapana["viewer_url"] = old_k["viewer_url"]
     for key in ("varying_keywords", "segment_labels", "transfer_syntax_uids", "source_aes"):
         values = [*(old_k.get(key) or []), *(new_k.get(key) or [])]
         if values:

@@ -28,7 +28,7 @@ from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
 from airflow_provider_kaapana.core.index.document import BINARY_VRS, DEFAULT_PRIVATE_KEY, SEGMENT_NUMBER_KEYS
 
-TEMPLATE_VERSION = 3  # 3: kaapana.segments (nested per-segment statistics)
+TEMPLATE_VERSION = 4  # 3: kaapana.segments (nested per-segment statistics); 4: viewer_url, thumbnail
 DEFAULT_INDEX = "kaapana-dicom"
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -184,6 +184,11 @@ def _kaapana_properties() -> dict[str, Any]:
             "source": {"type": "object", "dynamic": True},
             "source_aes": keyword,
             "location": {"type": "object", "dynamic": True},
+            # the series in the PACS's viewer: shown (a link in Dashboards), aggregatable, never searched
+            "viewer_url": {"type": "keyword", "index": False},
+            # a PNG data URL (up to ~30 kB) and what it shows: kept in _source for display only
+            "thumbnail": {"type": "keyword", "index": False, "doc_values": False},
+            "thumbnail_of": {"type": "object", "enabled": False},
             # raw text of malformed values: always keyword, never typed
             "invalid": {"type": "object", "dynamic": True},
             "problems": {"type": "text"},
