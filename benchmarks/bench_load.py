@@ -29,6 +29,12 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=4, help="instances per series I (default 4)")
     parser.add_argument("--senders", type=int, default=3, help="concurrent storescu senders K (default 3)")
     parser.add_argument("--pixels", type=int, default=8, help="rows = columns of each slice (default 8)")
+    parser.add_argument(
+        "--max-series-per-run",
+        type=int,
+        default=32,
+        help="the listener's burst batching: series per ingest run (default 32; 1: one run per series)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the drain")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the work folders here")
     args = parser.parse_args()
@@ -51,6 +57,7 @@ def main() -> int:
                 senders=args.senders,
                 pixels=args.pixels,
                 timeout=args.timeout,
+                max_series_per_run=args.max_series_per_run,
                 out=sys.stdout,
             )
             for problem in result.problems[:20]:

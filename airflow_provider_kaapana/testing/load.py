@@ -133,6 +133,7 @@ def run_load(
     pixels: int = 8,
     timeout: float = 600,
     kill_busy_worker: bool = False,
+    max_series_per_run: int = 32,
     out: TextIO | None = None,
     on_started: Callable[[Any], None] | None = None,
 ) -> LoadResult:
@@ -140,6 +141,7 @@ def run_load(
 
     ``kill_busy_worker`` (celery only): the ``gpu`` worker is SIGKILLed as soon as it runs an ingest task;
     the scheduler fails its tasks (heartbeat timeout) and their retries run on the ``io`` worker.
+    ``max_series_per_run``: the listener's burst batching (1: one ingest run per series batch).
     """
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.testing.local_airflow import (
@@ -246,7 +248,10 @@ def run_load(
             root / "landing",
             port=0,
             quiet_seconds=1.0,
-            on_series_complete=AirflowTrigger(airflow.url, INGEST_DAG, username="admin", password="admin"),
+            on_batches_complete=AirflowTrigger(
+                airflow.url, INGEST_DAG, username="admin", password="admin"
+            ).trigger_batches,
+            max_series_per_run=max_series_per_run,
         )
         listener.start()
         stack.callback(listener.stop)
