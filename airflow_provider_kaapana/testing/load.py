@@ -54,6 +54,7 @@ class LoadResult:
     send_s: float = 0.0  # until the last sender finished
     latencies: list[float] = field(default_factory=list)  # last instance -> document searchable, per series
     dag_runs: int = 0
+    series_per_run: list[int] = field(default_factory=list)  # series batches each ingest run took
     failed_runs: list[str] = field(default_factory=list)
     killed_tasks: list[str] = field(default_factory=list)  # what the SIGKILLed worker was running
     retried_tasks: int = 0  # task instances that needed more than one try (a killed worker's)
@@ -68,7 +69,8 @@ class LoadResult:
 
     def line(self) -> str:
         return (
-            f"executor={self.executor} series={self.series} lost={self.lost} duplicated={self.duplicated} "
+            f"executor={self.executor} series={self.series} instances={self.instances} "
+            f"senders={self.senders} runs={self.dag_runs} lost={self.lost} duplicated={self.duplicated} "
             f"drain_s={self.drain_s:.1f} p95_s={self.percentile(95):.1f}"
         )
 
@@ -312,6 +314,9 @@ def run_load(
         result.problems.extend(errors)
         runs = airflow.client.request("GET", f"dags/{INGEST_DAG}/dagRuns", params={"limit": 1000}).json()
         result.dag_runs = int(runs.get("total_entries", 0))
+        result.series_per_run = [
+            int((r.get("conf") or {}).get("series_count", 1)) for r in runs.get("dag_runs", [])
+        ]
         result.failed_runs = [r["dag_run_id"] for r in runs.get("dag_runs", []) if r["state"] == "failed"]
         tis = airflow.client.request(
             "GET", f"dags/{INGEST_DAG}/dagRuns/~/taskInstances", params={"limit": 1000}
@@ -319,7 +324,8 @@ def run_load(
         result.retried_tasks = sum(1 for ti in tis.get("task_instances", []) if ti.get("try_number", 1) > 1)
         say(
             f"[{executor}] {series} series x {instances} instances from {senders} senders: sent in "
-            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs, {result.retried_tasks} tasks retried, "
+            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs "
+            f"(series per run: max {max(result.series_per_run, default=0)}), {result.retried_tasks} tasks retried, "
             f"p50 {result.percentile(50):.1f} s, p95 {result.percentile(95):.1f} s"
         )
     if os.environ.get("KAAPANA_KEEP_LOAD_WORKDIR") != "1":
