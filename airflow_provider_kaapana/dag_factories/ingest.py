@@ -72,6 +72,7 @@ def create_ingest_dag(
             "batches": Param(
                 [],
                 type="array",
+                items={"type": "object"},
                 title="Listener batches",
                 description=(
                     "Filled in by the listener when it announces several series in one run (one batch "
