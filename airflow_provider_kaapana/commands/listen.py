@@ -126,10 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a complete series waits this long for others to join its run (default 1)",
     )
     parser.add_argument(
-        "--max-run-wait-seconds",
+        "--min-run-interval-seconds",
         type=float,
         default=10.0,
-        help="while series keep completing, a run waits at most this long to fill up (default 10)",
+        help="a run that is not full goes at most every S s; meanwhile completed series join it (default 10)",
     )
     parser.add_argument(
         "--airflow-token-env",
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         max_series_per_run=args.max_series_per_run,
         max_instances_per_run=args.max_instances_per_run,
         run_linger_seconds=args.run_linger_seconds,
-        max_run_wait_seconds=args.max_run_wait_seconds,
+        min_run_interval_seconds=args.min_run_interval_seconds,
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
         max_connections=args.max_connections,

@@ -42,6 +42,7 @@ def test_series_completing_together_go_in_runs_of_at_most_n(tmp_path, synthetic_
         on_batches_complete=runs.append,
         max_series_per_run=2,
         run_linger_seconds=0.5,
+        min_run_interval_seconds=1.0,
     ) as lst:
         # one association: all five series complete at the same moment
         result = storescu(tool, lst.port, [f for s in series for f in s.files])
@@ -77,42 +78,53 @@ def test_a_lone_series_is_announced_without_waiting_for_others(tmp_path, synthet
         quiet_seconds=0.3,
         on_batches_complete=lambda batches: runs.append((time.monotonic(), batches)),
         run_linger_seconds=0.5,
-        max_run_wait_seconds=30,
+        min_run_interval_seconds=30,
     ) as lst:
         assert storescu(tool, lst.port, series.files).returncode == 0
         sent = time.monotonic()
         wait_for(lambda: runs, what="the lone series announced")
     ((announced_at, (batch,)),) = runs
     assert batch.series_instance_uid == series.series_instance_uid and batch.instance_count == 2
-    # quiet period + linger + check ticks, far below max_run_wait_seconds (loose bound: shared machine)
+    # quiet period + linger + check ticks: no run went before, so the interval does not hold it back
+    # (a loose bound: the machine is shared)
     assert announced_at - sent < 10
 
 
-def test_series_that_keep_completing_wait_at_most_max_run_wait(tmp_path, synthetic_series, tool):
+def test_runs_that_are_not_full_go_at_most_every_min_run_interval(tmp_path, synthetic_series, tool):
     runs: list[list[SeriesBatch]] = []
     lst = DicomListener(
         tmp_path / "landing",
         port=0,
         quiet_seconds=3600,
         on_batches_complete=runs.append,
-        max_series_per_run=32,
-        run_linger_seconds=100,
-        max_run_wait_seconds=100,
+        max_series_per_run=3,
+        run_linger_seconds=0.0,
+        min_run_interval_seconds=3600,
     ).start()
-    try:
-        for i in range(3):
-            assert (
-                storescu(tool, lst.port, synthetic_series(slices=1, series_number=i + 1).files).returncode
-                == 0
-            )
-        assert lst.check() == [] and not runs  # not quiet yet
+    numbers = iter(range(1, 100))
+
+    def send(n: int) -> None:
+        files = [f for _ in range(n) for f in synthetic_series(slices=1, series_number=next(numbers)).files]
+        assert storescu(tool, lst.port, files).returncode == 0
+
+    try:  # the listener's own check loop announces (every 50 ms here)
+        send(1)
+        time.sleep(0.5)
+        assert not runs  # not quiet yet
         lst.quiet_seconds = 0.0
-        assert lst.check() == [] and not runs  # cut, but lingering: neither full nor waited enough
-        lst.max_run_wait_seconds = 0.0
-        announced = lst.check()
-        assert len(announced) == 3 and [len(r) for r in runs] == [3]
+        wait_for(lambda: [len(r) for r in runs] == [1], what="the first run, at once")
+        send(2)
+        time.sleep(1.0)
+        assert [len(r) for r in runs] == [1]  # not full: waits for the interval
+        send(2)  # now 4 wait: one full run of 3 goes at once, 1 waits on
+        wait_for(lambda: [len(r) for r in runs] == [1, 3], what="the full run")
+        time.sleep(0.5)
+        assert [len(r) for r in runs] == [1, 3]
+        lst.min_run_interval_seconds = 0.0
+        wait_for(lambda: [len(r) for r in runs] == [1, 3, 1], what="the rest, after the interval")
     finally:
         lst.stop()
+    assert len({b.series_instance_uid for r in runs for b in r}) == 5
 
 
 def test_a_failed_run_is_retried_as_the_same_run_also_after_a_restart(
@@ -132,9 +144,8 @@ def test_a_failed_run_is_retried_as_the_same_run_also_after_a_restart(
     ).start()
     try:
         assert storescu(tool, lst.port, [f for s in series for f in s.files]).returncode == 0
-        assert lst.check(force=True) == []  # the one run of three failed; they stay pending
     finally:
-        lst.stop()
+        lst.stop(flush=True)  # cut and announce all now: the one run of three fails, they stay pending
     manifests = sorted((landing / ".kaapana" / "batches").glob("*/*.json"))
     saved = [json.loads(m.read_text()) for m in manifests]
     assert [s["state"] for s in saved] == ["pending"] * 3

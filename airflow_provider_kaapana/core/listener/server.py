@@ -10,9 +10,10 @@ manifests are retried with backoff, also after a restart; files not in any manif
 
 Under a burst (many series complete at about the same time) batches are announced together: one DAG
 run for up to ``max_series_per_run`` batches (of distinct series) or ``max_instances_per_run``
-instances (:func:`run_conf`, :func:`run_id_of`). A cut batch waits at most ``run_linger_seconds``
-for others to join (and ``max_run_wait_seconds`` in all while batches keep coming); the group is
-written into each member's manifest before the callback runs, so a retry announces the same run.
+instances (:func:`run_conf`, :func:`run_id_of`). A cut batch waits ``run_linger_seconds`` for others
+to join, and a run that is not full goes at most every ``min_run_interval_seconds`` (Nagle-like: a
+lone series goes after the linger, a burst in few, full runs); the group is written into each
+member's manifest before the callback runs, so a retry announces the same run.
 
 Batches are per (StudyInstanceUID, SeriesInstanceUID): a modality that sends one series UID under two
 studies gets one batch per study folder (numbered on in the series' one manifest folder), each listing
@@ -274,8 +275,10 @@ class DicomListener:
     ``on_batches_complete`` (instead of ``on_series_complete``) is called with several batches at
     once, to announce them in one DAG run (e.g. :meth:`AirflowTrigger.trigger_batches`): at most
     ``max_series_per_run`` batches (of distinct series) and ``max_instances_per_run`` instances (a
-    larger batch goes alone). A cut batch waits until no other joined for ``run_linger_seconds`` or,
-    while batches keep coming, ``max_run_wait_seconds`` in all; a full group goes at once.
+    larger batch goes alone). A full group goes at once. The others go once no batch was cut for
+    ``run_linger_seconds`` (or the oldest waited ``min_run_interval_seconds``), but not sooner than
+    ``min_run_interval_seconds`` after the last run: a lone series goes after the linger, while under
+    a burst each run takes all that completed meanwhile.
     """
 
     def __init__(
@@ -308,7 +311,7 @@ class DicomListener:
         max_series_per_run: int = 32,
         max_instances_per_run: int = 4096,
         run_linger_seconds: float = 1.0,
-        max_run_wait_seconds: float = 10.0,
+        min_run_interval_seconds: float = 10.0,
     ) -> None:
         if on_series_complete is not None and on_batches_complete is not None:
             raise ValueError("give on_series_complete or on_batches_complete, not both")
@@ -348,7 +351,8 @@ class DicomListener:
         self.max_series_per_run = max_series_per_run if on_batches_complete is not None else 1
         self.max_instances_per_run = max_instances_per_run
         self.run_linger_seconds = run_linger_seconds
-        self.max_run_wait_seconds = max(max_run_wait_seconds, run_linger_seconds)
+        self.min_run_interval_seconds = min_run_interval_seconds
+        self._last_release = float("-inf")  # monotonic: when the last run was released
         # cut and saved batches waiting for others to join their run, with when each was cut (monotonic)
         self._waiting: list[tuple[SeriesBatch, float]] = []
         self.state_dir = self.landing_dir / STATE_DIR / "batches"
@@ -872,8 +876,9 @@ class DicomListener:
         self._waiting.append((batch, now))
 
     def _release(self, now: float, force: bool) -> list[list[SeriesBatch]]:
-        """Group the waiting batches into runs and take those due: full ones at once; all once none
-        joined for ``run_linger_seconds``, the oldest waited ``max_run_wait_seconds``, or ``force``."""
+        """Group the waiting batches into runs and take those due: full ones at once; all with
+        ``force``, or once none joined for ``run_linger_seconds`` (or the oldest waited
+        ``min_run_interval_seconds``) and the last run went ``min_run_interval_seconds`` ago."""
         if not self._waiting:
             return []
         groups: list[list[tuple[SeriesBatch, float]]] = []
@@ -892,8 +897,10 @@ class DicomListener:
                 groups.append([item])
         last_joined = max(t for _b, t in self._waiting)
         oldest = min(t for _b, t in self._waiting)
-        release_all = (
-            force or now - last_joined >= self.run_linger_seconds or now - oldest >= self.max_run_wait_seconds
+        interval = self.min_run_interval_seconds
+        release_all = force or (
+            now - self._last_release >= interval
+            and (now - last_joined >= self.run_linger_seconds or now - oldest >= interval)
         )
 
         def full(group: list[tuple[SeriesBatch, float]]) -> bool:
@@ -902,6 +909,8 @@ class DicomListener:
 
         due = [g for g in groups if release_all or full(g)]
         self._waiting = [item for g in groups if not (release_all or full(g)) for item in g]
+        if due:
+            self._last_release = now
         return [[b for b, _t in g] for g in due]
 
     def _announce(self, batches: list[SeriesBatch]) -> bool:
