@@ -58,7 +58,7 @@ def test_series_completing_together_go_in_runs_of_at_most_n(tmp_path, synthetic_
             saved = json.loads((landing / batch.manifest).read_text())
             assert saved["state"] == "triggered"
             assert saved["group_run_id"] == (run_id_of(run) if len(run) > 1 else "")
-            assert saved["run_batches"] == ([b.manifest for b in run] if len(run) > 1 else [])
+            assert saved["run_batches"] == [b.manifest for b in run]
     two = next(r for r in runs if len(r) == 2)
     conf = run_conf(two)
     assert conf["series_count"] == 2 and conf["instance_count"] == 4

@@ -852,7 +852,7 @@ class DicomListener:
                 log.error("unreadable batch manifest %s: %s", manifest, exc)
                 self._retry.pop(manifest, None)
                 continue
-            if not batch.run_batches:  # never part of a run with others: may join one now
+            if not batch.run_batches:  # never announced in a run yet: may join one now
                 self._retry.pop(manifest, None)
                 self._wait(batch, now)
                 continue
@@ -922,8 +922,11 @@ class DicomListener:
             else f"{len(batches)} batches in run {run_id_of(batches)}"
         )
         try:
-            if len(batches) > 1 and not batches[0].group_run_id:
-                group_run_id, manifests = run_id_of(batches), [b.manifest for b in batches]
+            if self.max_series_per_run > 1 and not batches[0].run_batches:
+                # fixed before anyone is told: a retry (also after a restart) announces this very
+                # run, never the batches regrouped (a lone batch too: it may have been created)
+                group_run_id = run_id_of(batches) if len(batches) > 1 else ""
+                manifests = [b.manifest for b in batches]
                 for batch in batches:
                     batch.group_run_id, batch.run_batches = group_run_id, manifests
                     batch.save()
