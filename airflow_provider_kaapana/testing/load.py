@@ -238,6 +238,17 @@ def run_load(
                 # second tries of store tasks)
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20" if kill_busy_worker else "120",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+                # a task whose Celery message the killed worker had already taken (prefetched) stays
+                # "queued"; it is queued again after this long (Airflow's default: 600 s, checked
+                # every 120 s; a 7-series run waited past the kill test's 240 s that way)
+                **(
+                    {
+                        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+                        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
+                    }
+                    if kill_busy_worker
+                    else {}
+                ),
             },
             **celery,
         )
