@@ -9,7 +9,9 @@ senders drained in <= 5 minutes with 0 lost and 0 duplicated.
 
     python benchmarks/bench_load.py [--executor local,celery] [--series 20] [--instances 4] [--senders 3]
 
-Ends with one line per executor: ``executor=... series=... lost=N duplicated=M drain_s=... p95_s=...``.
+Ends with one line per executor: ``executor=... series=... runs=... lost=N duplicated=M drain_s=...
+p95_s=...`` and the goal line: ``goal: ... met`` / ``NOT met`` (``--series 200 --instances 32 --senders 4``;
+at another size it says so instead of judging).
 """
 
 from __future__ import annotations
@@ -18,6 +20,23 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+
+GOAL_SERIES, GOAL_INSTANCES, GOAL_SENDERS, GOAL_DRAIN_S = 200, 32, 4, 300.0
+
+
+def goal_line(result) -> str:
+    """Issue 16's goal, judged on ``result`` (a LoadResult) when it ran at the goal's size."""
+    goal = (
+        f"goal: {GOAL_SERIES} series x {GOAL_INSTANCES} instances from {GOAL_SENDERS} senders drained in "
+        f"<= {GOAL_DRAIN_S:.0f} s, 0 lost, 0 duplicated"
+    )
+    if (result.series, result.instances, result.senders) != (GOAL_SERIES, GOAL_INSTANCES, GOAL_SENDERS):
+        return f"{goal}: not judged ({result.executor} ran {result.series}x{result.instances}, {result.senders} senders)"
+    met = result.drain_s <= GOAL_DRAIN_S and result.lost == 0 and result.duplicated == 0
+    return (
+        f"{goal}: {'met' if met else 'NOT met'} ({result.executor}: drain {result.drain_s:.1f} s, "
+        f"p95 {result.percentile(95):.1f} s, lost {result.lost}, duplicated {result.duplicated})"
+    )
 
 
 def main() -> int:
@@ -29,6 +48,12 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=4, help="instances per series I (default 4)")
     parser.add_argument("--senders", type=int, default=3, help="concurrent storescu senders K (default 3)")
     parser.add_argument("--pixels", type=int, default=8, help="rows = columns of each slice (default 8)")
+    parser.add_argument(
+        "--max-series-per-run",
+        type=int,
+        default=32,
+        help="the listener's burst batching: series per ingest run (default 32; 1: one run per series)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the drain")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the work folders here")
     args = parser.parse_args()
@@ -38,7 +63,7 @@ def main() -> int:
 
     from airflow_provider_kaapana.testing.load import run_load
 
-    lines = []
+    lines, goals = [], []
     failed = False
     with tempfile.TemporaryDirectory(prefix="kaapana-bench-load-") as tmp:
         root = args.workdir or Path(tmp)
@@ -51,6 +76,7 @@ def main() -> int:
                 senders=args.senders,
                 pixels=args.pixels,
                 timeout=args.timeout,
+                max_series_per_run=args.max_series_per_run,
                 out=sys.stdout,
             )
             for problem in result.problems[:20]:
@@ -59,8 +85,11 @@ def main() -> int:
                 print(f"  failed ingest runs: {result.failed_runs[:10]}")
             failed |= bool(result.lost or result.duplicated or result.failed_runs)
             lines.append(result.line())
+            goals.append(goal_line(result))
     print()
     for line in lines:
+        print(line)
+    for line in goals:
         print(line)
     return 1 if failed else 0
 

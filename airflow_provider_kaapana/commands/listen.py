@@ -107,6 +107,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--no-trigger", action="store_true", help="only write the landing zone and manifests")
     parser.add_argument("--dag-id", default="kaapana_ingest", help="DAG to trigger (default kaapana_ingest)")
     parser.add_argument(
+        "--max-series-per-run",
+        type=int,
+        default=32,
+        help="series that complete together are announced in one DAG run, at most this many (default 32; "
+        "1: one run per series batch)",
+    )
+    parser.add_argument(
+        "--max-instances-per-run",
+        type=int,
+        default=4096,
+        help="and at most this many instances in one run (default 4096; a larger batch goes alone)",
+    )
+    parser.add_argument(
+        "--run-linger-seconds",
+        type=float,
+        default=1.0,
+        help="a complete series waits this long for others to join its run (default 1)",
+    )
+    parser.add_argument(
+        "--min-run-interval-seconds",
+        type=float,
+        default=10.0,
+        help="a run that is not full goes at most every S s; meanwhile completed series join it (default 10)",
+    )
+    parser.add_argument(
         "--airflow-token-env",
         default="KAAPANA_AIRFLOW_TOKEN",
         help="environment variable holding a bearer token (default KAAPANA_AIRFLOW_TOKEN)",
@@ -174,7 +199,11 @@ def run(args: argparse.Namespace) -> int:
         quiet_seconds=args.quiet_seconds,
         allow_calling=args.allow_calling,
         min_free_bytes=int(args.min_free_mb * 1024 * 1024),
-        on_series_complete=trigger,
+        on_batches_complete=trigger.trigger_batches if trigger is not None else None,
+        max_series_per_run=args.max_series_per_run,
+        max_instances_per_run=args.max_instances_per_run,
+        run_linger_seconds=args.run_linger_seconds,
+        min_run_interval_seconds=args.min_run_interval_seconds,
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
         max_connections=args.max_connections,

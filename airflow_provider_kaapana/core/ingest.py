@@ -3,7 +3,9 @@ remove from the landing zone only what was stored.
 
 The listener announces one batch of a series with a conf naming its files (see
 :func:`airflow_provider_kaapana.core.listener.server.read_batch_files`); a run by hand names only a
-``series_dir``. Invalid files are set aside in the run workspace (neither stored nor indexed) and stay
+``series_dir``. Under a burst the listener announces several batches (of distinct series) in one run:
+its conf is ``{"batches": [batch conf, ...]}`` (:func:`batch_confs`) and every step below holds per
+batch. Invalid files are set aside in the run workspace (neither stored nor indexed) and stay
 in the landing zone: nothing received is ever deleted unless it was stored.
 """
 
@@ -81,6 +83,38 @@ def receive_files(series: LandingSeries, dest_dir: Path, mode: str = "link") -> 
     return out
 
 
+def batch_confs(conf: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The listener batches a run's ``conf`` names: its ``batches`` when the listener announced several
+    in one run (one per series), else the conf itself (one batch, or a run by hand)."""
+    batches = conf.get("batches")
+    if not batches:
+        return [dict(conf)]
+    if not isinstance(batches, list) or not all(
+        isinstance(b, Mapping) and b.get("series_dir") and b.get("series_instance_uid") for b in batches
+    ):
+        raise ValueError(
+            "conf 'batches' must be a list of listener batch confs, each with series_dir and "
+            "series_instance_uid"
+        )
+    seen: set[str] = set()
+    for batch in batches:
+        uid = str(batch["series_instance_uid"])
+        if uid in seen:
+            raise ValueError(f"conf 'batches' names series {uid} twice (one batch per series and run)")
+        seen.add(uid)
+    return [dict(b) for b in batches]
+
+
+def _batch_of(conf: Mapping[str, Any], series_instance_uid: str | None) -> dict[str, Any]:
+    """The batch conf of one series of a run (the conf itself unless it names several batches)."""
+    if not conf.get("batches"):
+        return dict(conf)
+    for batch in batch_confs(conf):
+        if batch["series_instance_uid"] == series_instance_uid:
+            return batch
+    return {}
+
+
 def receive_from_landing(conf: Mapping[str, Any], dest_dir: Path, mode: str = "link") -> list[Path]:
     """Bring one listener batch (``conf`` of a listener-triggered run) into ``dest_dir``."""
     series = landing_series(conf)
@@ -99,6 +133,10 @@ def landing_series(conf: Mapping[str, Any]) -> list[LandingSeries]:
     """
     from airflow_provider_kaapana.core.net.send import instance_uids
 
+    if conf.get("batches"):
+        return [series for batch in batch_confs(conf) for series in landing_series(batch)]
+    if not conf.get("series_dir"):
+        raise ValueError("nothing to ingest: the conf names no series_dir (a folder) and no batches")
     series_dir = Path(conf["series_dir"])
     base = series_dir.parent if series_dir.is_file() else series_dir
     if conf.get("series_instance_uid") and conf.get("study_instance_uid"):
@@ -161,8 +199,18 @@ def validate_series(item: Mapping[str, str]) -> dict[str, Any]:
     """Check every file of a received (workspace) series; move bad ones to ``<series_dir>/../.invalid``.
 
     Returns the item with ``instances`` (count), ``valid_files`` (names) and ``quarantined`` (file names
-    with reasons). Idempotent: a retry finds the files set aside earlier and reports them again.
+    with reasons). Idempotent: a retry finds the files set aside earlier and reports them again. Raises
+    InvalidDicomError when no file is valid.
     """
+    checked = _check_series(item)
+    if not checked["valid_files"]:
+        raise InvalidDicomError(
+            f"{item['series_dir']}: no valid DICOM instance ({'; '.join(checked['quarantined']) or 'empty'})"
+        )
+    return checked
+
+
+def _check_series(item: Mapping[str, str]) -> dict[str, Any]:
     import pydicom
 
     series_dir = Path(item["series_dir"])
@@ -184,10 +232,6 @@ def validate_series(item: Mapping[str, str]) -> dict[str, Any]:
             quarantine.mkdir(parents=True, exist_ok=True)
             path.rename(quarantine / path.name)
             quarantined.append(f"{path.name}: {exc}")
-    if not valid_files:
-        raise InvalidDicomError(
-            f"{series_dir}: no valid DICOM instance ({'; '.join(quarantined) or 'empty'})"
-        )
     return {
         **item,
         "series_instance_uid": expected,
@@ -208,7 +252,12 @@ def ingest_summary(
     aside is never shown as a plain success.
     """
     conf = dict(conf or {})
-    landing = {p.name: str(p) for p in read_batch_files(conf)} if conf.get("batch_manifest") else {}
+    landing = {
+        p.name: str(p)
+        for batch in batch_confs(conf)
+        if batch.get("batch_manifest")
+        for p in read_batch_files(batch)
+    }
     stored = 0
     quarantined: list[dict[str, str]] = []
     for item in validated:
@@ -236,9 +285,34 @@ def ingest_summary(
 def validate_batch(
     received: Mapping[str, str] | Iterable[Mapping[str, str]], conf: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """:func:`validate_series` of each received series, with the batch's :func:`arrival_facts`."""
+    """:func:`validate_series` of each received series, with its batch's :func:`arrival_facts`."""
     items = [received] if isinstance(received, Mapping) else list(received)
-    return [validate_series(item) | arrival_facts(conf) for item in items]
+    return [
+        validate_series(item) | arrival_facts(_batch_of(conf, item.get("series_instance_uid")))
+        for item in items
+    ]
+
+
+def validate_batches(
+    received: Mapping[str, str] | Iterable[Mapping[str, str]], conf: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Like :func:`validate_batch`, but a series without any valid file does not stop the others:
+    returns ``(validated, rejected)`` (``rejected``: the series with no valid file, their files set
+    aside). Raises InvalidDicomError only when no series has a valid file."""
+    items = [received] if isinstance(received, Mapping) else list(received)
+    validated: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for item in items:
+        checked = _check_series(item) | arrival_facts(_batch_of(conf, item.get("series_instance_uid")))
+        (validated if checked["valid_files"] else rejected).append(checked)
+    if not validated:
+        raise InvalidDicomError(
+            "no valid DICOM instance in "
+            + "; ".join(f"{r['series_dir']} ({'; '.join(r['quarantined']) or 'empty'})" for r in rejected)
+        )
+    for item in rejected:
+        log.error("series %s: no valid DICOM instance, nothing of it ingested", item["series_dir"])
+    return validated, rejected
 
 
 # --- clearing the landing zone --------------------------------------------------------------------
@@ -261,7 +335,19 @@ def remove_from_landing(
     deleted from it), and not when ``keep``. A file is deleted only when it validated and is still the
     file the workspace holds (a modality may resend an instance under the same name meanwhile);
     anything else stays in the landing zone, so nothing received is ever lost. Returns the removed paths.
+    A run of several batches (:func:`batch_confs`): each batch with the validated files of its series.
     """
+    if conf.get("batches"):
+        validated = list(validated)
+        return [
+            path
+            for batch in batch_confs(conf)
+            for path in remove_from_landing(
+                batch,
+                [v for v in validated if v.get("series_instance_uid") == batch["series_instance_uid"]],
+                keep=keep,
+            )
+        ]
     manifest = conf.get("batch_manifest")
     if keep or not manifest or not Path(manifest).is_file():
         return []

@@ -1,7 +1,8 @@
 """Ingest: a received series (listener-triggered, or by hand with a path) -> validate -> PACS + index.
 
 The listener triggers one run per batch of a series with a conf naming the batch (see
-:func:`airflow_provider_kaapana.core.listener.server.read_batch_files`). The landing-zone files of that batch are
+:func:`airflow_provider_kaapana.core.listener.server.read_batch_files`), or, under a burst, one run for
+several batches of distinct series (conf ``{"batches": [...]}``). The landing-zone files of a batch are
 removed only after both the PACS store and the indexing succeeded. Invalid files are set aside in the
 run workspace (so they are neither stored nor indexed) and stay in the landing zone, never deleted.
 The work of each task is in :mod:`airflow_provider_kaapana.core.ingest`.
@@ -26,13 +27,16 @@ from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperato
 DOC = """
 ### Ingest
 
-Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period,
+Triggered by the DICOM listener (`kaapana listen`) when a series has been quiet for its quiet period
+(under a burst, one run for up to `--max-series-per-run` series: conf `{"batches": [...]}`, each
+batch handled as if alone: stored, indexed, cleared from the landing zone, its bad files set aside),
 or by hand with the path of a folder or of CD/DVD media (DICOMDIR): every series in it is ingested.
 Validates the instances, stores them in the PACS, indexes the series, then removes the batch from the
 landing zone. Files that are not valid DICOM of the series are set aside (kept in the landing zone,
 copied to the run's `.invalid` folder): the good files are stored and indexed all the same, and the
 last task, `report`, then **fails** with "N stored, M quarantined (where, why)", so the run shows as
-failed until someone looks. Example manual conf:
+failed until someone looks. A series of a several-batch run with no valid file at all is left out
+(the others are ingested) and reported the same way. Example manual conf:
 
 ```json
 {"series_dir": "/data/kaapana/landing/1.2.3/1.2.3.4"}
@@ -59,12 +63,21 @@ def create_ingest_dag(
             "series_dir": Param(
                 "",
                 type="string",
-                minLength=1,
                 title="Series folder",
                 description=(
                     "Folder holding the DICOM files of one series (the listener fills this in). By hand: "
                     "any folder (files of any name, subfolders) or CD/DVD media with a DICOMDIR; every "
-                    "series in it is ingested."
+                    "series in it is ingested. Required unless the listener gives batches."
+                ),
+            ),
+            "batches": Param(
+                [],
+                type="array",
+                items={"type": "object"},
+                title="Listener batches",
+                description=(
+                    "Filled in by the listener when it announces several series in one run (one batch "
+                    "conf each); leave empty for a run by hand."
                 ),
             ),
             "keep_landing_files": Param(
@@ -84,11 +97,15 @@ def create_ingest_dag(
 
         @task
         def validate(
-            received_series: list[dict[str, str]] | dict[str, str], dag_run=None
+            received_series: list[dict[str, str]] | dict[str, str], dag_run=None, ti=None
         ) -> list[dict[str, Any]]:
-            """Every file must be DICOM of the announced series; others are set aside."""
+            """Every file must be DICOM of the announced series; others are set aside. A series with no
+            valid file is left out (XCom ``rejected``, for ``report``) unless it is the only one."""
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            return ingest.validate_batch(received_series, conf)
+            validated, rejected = ingest.validate_batches(received_series, conf)
+            if ti is not None:
+                ti.xcom_push(key="rejected", value=rejected)
+            return validated
 
         valid = validate(received.output)
         store = DicomSendOperator(
@@ -139,7 +156,8 @@ def create_ingest_dag(
             in the run workspace shows it with each series' thumbnail and viewer link.
             """
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            summary = ingest.ingest_summary(validated, conf)
+            rejected = (ti.xcom_pull(task_ids="validate", key="rejected") if ti is not None else None) or []
+            summary = ingest.ingest_summary([*validated, *rejected], conf)
             if dag_run is not None:
                 workspace = run_workspace(s.workspace_base, dag_run.dag_id, dag_run.run_id)
                 summary["report_html"] = str(

@@ -30,7 +30,8 @@ COMPLETE_MARKER = ".kaapana-received.json"
 class DicomReceiveOperator(KaapanaBaseOperator):
     """Fetch DICOM series into the run workspace (``<base>/<dag>/<run>/batch/<series>/dicom``).
 
-    Give either ``landing_conf`` (the conf of a listener-triggered run: ``"{{ dag_run.conf }}"``; a conf
+    Give either ``landing_conf`` (the conf of a listener-triggered run: ``"{{ dag_run.conf }}"``, one
+    batch or ``batches``, several; a conf
     with only ``series_dir``, as from a run by hand, gets one entry per series among the folder's DICOM
     files: any file name, subfolders, DICOM media with a DICOMDIR) or ``series``: one or a
     list of ``{"study_instance_uid", "series_instance_uid"}`` (a study UID alone fetches every series of the
@@ -78,9 +79,11 @@ class DicomReceiveOperator(KaapanaBaseOperator):
         if landing_conf and series:
             raise ValueError("give either landing_conf or series, not both")
         if landing_conf:
-            if not isinstance(landing_conf, Mapping) or "series_dir" not in landing_conf:
+            if not isinstance(landing_conf, Mapping) or not (
+                landing_conf.get("series_dir") or landing_conf.get("batches")
+            ):
                 raise ValueError(
-                    f"landing_conf needs the listener's conf with series_dir, got {landing_conf!r}"
+                    f"landing_conf needs the listener's conf with series_dir or batches, got {landing_conf!r}"
                 )
             received = []
             for landing in landing_series(landing_conf):

@@ -213,8 +213,12 @@ def run_demo(
 
         landing = root / "landing"
         trigger = AirflowTrigger(airflow.url, INGEST_DAG, username=DEMO_USER[0], password=DEMO_USER[1])
-        listener = DicomListener(
-            landing, port=0, ae_title="KAAPANA", quiet_seconds=2.0, on_series_complete=trigger
+        listener = DicomListener(  # as `kaapana listen` does: series completing together share a run
+            landing,
+            port=0,
+            ae_title="KAAPANA",
+            quiet_seconds=2.0,
+            on_batches_complete=trigger.trigger_batches,
         )
         steps.run("start DICOM listener (kaapana listen)", listener.start)
         stack.callback(listener.stop)

@@ -54,6 +54,7 @@ class LoadResult:
     send_s: float = 0.0  # until the last sender finished
     latencies: list[float] = field(default_factory=list)  # last instance -> document searchable, per series
     dag_runs: int = 0
+    series_per_run: list[int] = field(default_factory=list)  # series batches each ingest run took
     failed_runs: list[str] = field(default_factory=list)
     killed_tasks: list[str] = field(default_factory=list)  # what the SIGKILLed worker was running
     retried_tasks: int = 0  # task instances that needed more than one try (a killed worker's)
@@ -68,7 +69,8 @@ class LoadResult:
 
     def line(self) -> str:
         return (
-            f"executor={self.executor} series={self.series} lost={self.lost} duplicated={self.duplicated} "
+            f"executor={self.executor} series={self.series} instances={self.instances} "
+            f"senders={self.senders} runs={self.dag_runs} lost={self.lost} duplicated={self.duplicated} "
             f"drain_s={self.drain_s:.1f} p95_s={self.percentile(95):.1f}"
         )
 
@@ -133,6 +135,7 @@ def run_load(
     pixels: int = 8,
     timeout: float = 600,
     kill_busy_worker: bool = False,
+    max_series_per_run: int = 32,
     out: TextIO | None = None,
     on_started: Callable[[Any], None] | None = None,
 ) -> LoadResult:
@@ -140,6 +143,7 @@ def run_load(
 
     ``kill_busy_worker`` (celery only): the ``gpu`` worker is SIGKILLed as soon as it runs an ingest task;
     the scheduler fails its tasks (heartbeat timeout) and their retries run on the ``io`` worker.
+    ``max_series_per_run``: the listener's burst batching (1: one ingest run per series batch).
     """
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.testing.local_airflow import (
@@ -228,9 +232,23 @@ def run_load(
             extra_env={
                 "AIRFLOW_CONN_KAAPANA_PACS_DEFAULT": json.dumps(pacs),
                 "AIRFLOW_CONN_KAAPANA_SEARCH_DEFAULT": json.dumps(search),
-                # a task whose worker died is failed (and retried) after this long without a heartbeat
-                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                # a task whose worker died is failed (and retried) after this long without a heartbeat:
+                # short for the kill test; otherwise long: on a saturated machine (load 20-30 on 2
+                # cores) a live task can miss 20 s, and a retry redoes its work (the 200x32 run saw
+                # second tries of store tasks)
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20" if kill_busy_worker else "120",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+                # a task whose Celery message the killed worker had already taken (prefetched) stays
+                # "queued"; it is queued again after this long (Airflow's default: 600 s, checked
+                # every 120 s; a 7-series run waited past the kill test's 240 s that way)
+                **(
+                    {
+                        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+                        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
+                    }
+                    if kill_busy_worker
+                    else {}
+                ),
             },
             **celery,
         )
@@ -246,7 +264,10 @@ def run_load(
             root / "landing",
             port=0,
             quiet_seconds=1.0,
-            on_series_complete=AirflowTrigger(airflow.url, INGEST_DAG, username="admin", password="admin"),
+            on_batches_complete=AirflowTrigger(
+                airflow.url, INGEST_DAG, username="admin", password="admin"
+            ).trigger_batches,
+            max_series_per_run=max_series_per_run,
         )
         listener.start()
         stack.callback(listener.stop)
@@ -307,6 +328,9 @@ def run_load(
         result.problems.extend(errors)
         runs = airflow.client.request("GET", f"dags/{INGEST_DAG}/dagRuns", params={"limit": 1000}).json()
         result.dag_runs = int(runs.get("total_entries", 0))
+        result.series_per_run = [
+            int((r.get("conf") or {}).get("series_count", 1)) for r in runs.get("dag_runs", [])
+        ]
         result.failed_runs = [r["dag_run_id"] for r in runs.get("dag_runs", []) if r["state"] == "failed"]
         tis = airflow.client.request(
             "GET", f"dags/{INGEST_DAG}/dagRuns/~/taskInstances", params={"limit": 1000}
@@ -314,7 +338,8 @@ def run_load(
         result.retried_tasks = sum(1 for ti in tis.get("task_instances", []) if ti.get("try_number", 1) > 1)
         say(
             f"[{executor}] {series} series x {instances} instances from {senders} senders: sent in "
-            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs, {result.retried_tasks} tasks retried, "
+            f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs "
+            f"(series per run: max {max(result.series_per_run, default=0)}), {result.retried_tasks} tasks retried, "
             f"p50 {result.percentile(50):.1f} s, p95 {result.percentile(95):.1f} s"
         )
     if os.environ.get("KAAPANA_KEEP_LOAD_WORKDIR") != "1":

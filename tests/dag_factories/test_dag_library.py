@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_kaapana.core.listener.server import DicomListener, SeriesBatch
+from airflow_provider_kaapana.core.listener.server import DicomListener, SeriesBatch, run_conf
 from airflow_provider_kaapana.core.net import dimse
 from airflow_provider_kaapana.core.net.dicomweb import DicomWebClient
 from airflow_provider_kaapana.core.nnunet.models import export_model_zip
@@ -256,6 +256,44 @@ def test_ingest_batch_without_any_valid_file_fails_and_keeps_everything(lib, new
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert states["validate"] == "failed" and states["remove_from_landing"] == "upstream_failed"
     assert all(p.exists() for p in junk)
+
+
+def test_ingest_of_several_batches_in_one_run_holds_every_guarantee_per_batch(lib, new_series, tmp_path):
+    """A burst run (the listener's conf ``{"batches": [...]}``): each series is stored, indexed and
+    cleared as if alone; bad files of one, or a series with no valid file at all, stop no other."""
+    good, mixed = new_series(slices=3), new_series(slices=2)
+    garbage = mixed.series_dir / "garbage.dcm"
+    garbage.write_bytes(b"this is not DICOM" * 20)
+    junk_dir = tmp_path / "landing" / "1.2.3" / "1.2.3.5"
+    junk_dir.mkdir(parents=True)
+    (junk_dir / "a.dcm").write_bytes(b"no DICOM here" * 10)
+    junk = SeriesBatch("1.2.3", "1.2.3.5", str(junk_dir), 1, ["a.dcm"], "MOD", "KAAPANA", 3.0,
+                       manifest=str(junk_dir.parent / "1.2.3.5.b0001.json"))  # fmt: skip
+    junk.save()
+    batches = [landing_batch(good, good.files), landing_batch(mixed, [*mixed.files, garbage]), junk]
+    conf = run_conf(batches)
+    assert conf["series_count"] == 3
+    dag_run = lib.module.ingest.test(run_conf=conf)
+    assert dag_run.state == "failed" and xcom(dag_run, "report")[0] == "failed"
+    assert xcom(dag_run, "store")[0] == xcom(dag_run, "index")[0] == "success"
+    for series in (good, mixed):
+        assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
+            series.sop_instance_uids
+        )
+        assert lib.count(series.series_instance_uid) == 1
+        assert not any(f.exists() for f in series.files)  # stored + indexed: cleared
+        doc = lib.search_client().get(lib.index, series.series_instance_uid)
+        assert doc["kaapana"]["source"] == {"calling_ae_title": "MODALITY", "called_ae_title": "KAAPANA"}
+    assert garbage.exists() and (junk_dir / "a.dcm").exists()  # set aside, kept in the landing zone
+    state, removed = xcom(dag_run, "remove_from_landing")
+    assert state == "success" and sorted(removed) == sorted(map(str, [*good.files, *mixed.files]))
+    (report,) = [t for t in dag_run.get_task_instances() if t.task_id == "report"]
+    summary = report.xcom_pull(task_ids="report", key="summary")
+    assert summary["stored"] == 5 and {q["file"] for q in summary["quarantined"]} == {"garbage.dcm", "a.dcm"}
+    assert {q["kept_in_landing_zone"] for q in summary["quarantined"]} == {
+        str(garbage),
+        str(junk_dir / "a.dcm"),
+    }
 
 
 def test_ingest_by_hand_deletes_nothing_and_reruns_without_duplicates(lib, new_series):

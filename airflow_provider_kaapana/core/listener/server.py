@@ -8,6 +8,13 @@ is written (state ``pending``) before the callback runs and marked ``triggered``
 Instances arriving later form the next batch, so every instance belongs to exactly one batch. Pending
 manifests are retried with backoff, also after a restart; files not in any manifest become a new batch.
 
+Under a burst (many series complete at about the same time) batches are announced together: one DAG
+run for up to ``max_series_per_run`` batches (of distinct series) or ``max_instances_per_run``
+instances (:func:`run_conf`, :func:`run_id_of`). A cut batch waits ``run_linger_seconds`` for others
+to join, and a run that is not full goes at most every ``min_run_interval_seconds`` (Nagle-like: a
+lone series goes after the linger, a burst in few, full runs); the group is written into each
+member's manifest before the callback runs, so a retry announces the same run.
+
 Batches are per (StudyInstanceUID, SeriesInstanceUID): a modality that sends one series UID under two
 studies gets one batch per study folder (numbered on in the series' one manifest folder), each listing
 only files that are in its ``series_dir``. :meth:`DicomListener.store_instance` is the protocol-free
@@ -99,6 +106,8 @@ class SeriesBatch:
     manifest: str = ""
     state: str = "pending"  # pending -> triggered
     result: dict[str, Any] = field(default_factory=dict)
+    group_run_id: str = ""  # announced in one DAG run with other batches: that run's id
+    run_batches: list[str] = field(default_factory=list)  # the manifests of all batches of that run
 
     @property
     def instance_count(self) -> int:
@@ -110,7 +119,7 @@ class SeriesBatch:
         return f"kaapana_listen__{self.series_instance_uid}__b{self.batch:04d}__{int(self.created * 1000)}"
 
     def conf(self) -> dict[str, Any]:
-        """The DAG run conf of this batch."""
+        """The DAG run conf of this batch (alone in its run; see :func:`run_conf` for several)."""
         return {
             "study_instance_uid": self.study_instance_uid,
             "series_instance_uid": self.series_instance_uid,
@@ -132,6 +141,30 @@ class SeriesBatch:
         data = json.loads(Path(path).read_text())
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def run_id_of(batches: list[SeriesBatch]) -> str:
+    """The DAG run id announcing ``batches``: a lone batch's own :attr:`SeriesBatch.run_id`, else one
+    derived from all of theirs (the same for every retry of this group, so it can't run twice)."""
+    if len(batches) == 1:
+        return batches[0].run_id
+    if batches[0].group_run_id:
+        return batches[0].group_run_id
+    digest = hashlib.sha256("\n".join(b.run_id for b in batches).encode()).hexdigest()[:16]
+    created = min(b.created for b in batches)
+    return f"kaapana_listen__{len(batches)}series__{int(created * 1000)}__{digest}"
+
+
+def run_conf(batches: list[SeriesBatch]) -> dict[str, Any]:
+    """The DAG run conf announcing ``batches``: a lone batch's :meth:`SeriesBatch.conf` (as always),
+    several as ``{"batches": [conf, ...], "series_count", "instance_count"}``."""
+    if len(batches) == 1:
+        return batches[0].conf()
+    return {
+        "batches": [b.conf() for b in batches],
+        "series_count": len(batches),
+        "instance_count": sum(b.instance_count for b in batches),
+    }
 
 
 @dataclass
@@ -198,6 +231,10 @@ class AirflowTrigger:
     def __call__(self, batch: SeriesBatch) -> dict[str, Any]:
         return self.trigger(batch.conf(), run_id=batch.run_id)
 
+    def trigger_batches(self, batches: list[SeriesBatch]) -> dict[str, Any]:
+        """One DAG run for several batches (:func:`run_conf`, :func:`run_id_of`)."""
+        return self.trigger(run_conf(batches), run_id=run_id_of(batches))
+
 
 @dataclass(frozen=True)
 class IntakeDeidentification:
@@ -234,6 +271,14 @@ class DicomListener:
     raises, the batch stays pending and is retried with backoff (``retry_seconds``, doubling, capped at
     ``max_retry_seconds``). Use :meth:`start` / :meth:`stop` or as a context manager, or
     :meth:`serve_forever`.
+
+    ``on_batches_complete`` (instead of ``on_series_complete``) is called with several batches at
+    once, to announce them in one DAG run (e.g. :meth:`AirflowTrigger.trigger_batches`): at most
+    ``max_series_per_run`` batches (of distinct series) and ``max_instances_per_run`` instances (a
+    larger batch goes alone). A full group goes at once. The others go once no batch was cut for
+    ``run_linger_seconds`` (or the oldest waited ``min_run_interval_seconds``), but not sooner than
+    ``min_run_interval_seconds`` after the last run: a lone series goes after the linger, while under
+    a burst each run takes all that completed meanwhile.
     """
 
     def __init__(
@@ -262,7 +307,16 @@ class DicomListener:
         deidentification: IntakeDeidentification | None = None,
         stow_port: int | None = None,
         stow_tokens: Iterable[str] = (),
+        on_batches_complete: Callable[[list[SeriesBatch]], dict[str, Any] | None] | None = None,
+        max_series_per_run: int = 32,
+        max_instances_per_run: int = 4096,
+        run_linger_seconds: float = 1.0,
+        min_run_interval_seconds: float = 10.0,
     ) -> None:
+        if on_series_complete is not None and on_batches_complete is not None:
+            raise ValueError("give on_series_complete or on_batches_complete, not both")
+        if max_series_per_run < 1 or max_instances_per_run < 1:
+            raise ValueError("max_series_per_run and max_instances_per_run must be at least 1")
         self.landing_dir = Path(landing_dir)
         self.port = port
         self.host = host
@@ -292,6 +346,15 @@ class DicomListener:
         self.stow_port = stow_port
         self.stow_tokens = list(stow_tokens)
         self.stow: StowServer | None = None
+        self.on_batches_complete = on_batches_complete
+        # one batch per run unless the callback takes several
+        self.max_series_per_run = max_series_per_run if on_batches_complete is not None else 1
+        self.max_instances_per_run = max_instances_per_run
+        self.run_linger_seconds = run_linger_seconds
+        self.min_run_interval_seconds = min_run_interval_seconds
+        self._last_release = float("-inf")  # monotonic: when the last run was released
+        # cut and saved batches waiting for others to join their run, with when each was cut (monotonic)
+        self._waiting: list[tuple[SeriesBatch, float]] = []
         self.state_dir = self.landing_dir / STATE_DIR / "batches"
         self.received = 0
         self.refused = 0
@@ -777,49 +840,130 @@ class DicomListener:
                     series.pending = {Path(f).stem: f for f in batch.files} | series.pending
                     series.last_arrival = now
                 continue
-            if self._announce(batch):
-                announced.append(batch)
-        for manifest, (due, _delay) in list(self._retry.items()):
-            if force or due <= now:
+            self._wait(batch, now)
+        tried: set[str] = set()
+        for manifest in list(self._retry):
+            entry = self._retry.get(manifest)
+            if entry is None or not (force or entry[0] <= now) or manifest in tried:
+                continue  # not due, or announced (or tried) with its run's other batches just now
+            try:
+                batch = SeriesBatch.load(manifest)
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("unreadable batch manifest %s: %s", manifest, exc)
+                self._retry.pop(manifest, None)
+                continue
+            if not batch.run_batches:  # never announced in a run yet: may join one now
+                self._retry.pop(manifest, None)
+                self._wait(batch, now)
+                continue
+            members = []  # the very run announced before (same run id and conf)
+            for path in batch.run_batches:
+                tried.add(path)
                 try:
-                    batch = SeriesBatch.load(manifest)
+                    members.append(SeriesBatch.load(path))
                 except (OSError, ValueError, TypeError) as exc:
-                    log.error("unreadable batch manifest %s: %s", manifest, exc)
-                    self._retry.pop(manifest, None)
-                    continue
-                if self._announce(batch):
-                    announced.append(batch)
+                    log.error("unreadable batch manifest %s: %s", path, exc)
+                    self._retry.pop(path, None)
+            if members and self._announce(members):
+                announced.extend(members)
+        for group in self._release(now, force):
+            if self._announce(group):
+                announced.extend(group)
         return announced
 
-    def _announce(self, batch: SeriesBatch) -> bool:
+    def _wait(self, batch: SeriesBatch, now: float) -> None:
+        """Hold a saved batch until its run is released (:meth:`_release`)."""
+        self._waiting.append((batch, now))
+
+    def _release(self, now: float, force: bool) -> list[list[SeriesBatch]]:
+        """Group the waiting batches into runs and take those due: full ones at once; all with
+        ``force``, or once none joined for ``run_linger_seconds`` (or the oldest waited
+        ``min_run_interval_seconds``) and the last run went ``min_run_interval_seconds`` ago."""
+        if not self._waiting:
+            return []
+        groups: list[list[tuple[SeriesBatch, float]]] = []
+        for item in self._waiting:
+            batch = item[0]
+            for group in groups:
+                instances = sum(b.instance_count for b, _t in group)
+                if (
+                    len(group) < self.max_series_per_run
+                    and instances + batch.instance_count <= self.max_instances_per_run
+                    and all(b.series_instance_uid != batch.series_instance_uid for b, _t in group)
+                ):
+                    group.append(item)
+                    break
+            else:
+                groups.append([item])
+        last_joined = max(t for _b, t in self._waiting)
+        oldest = min(t for _b, t in self._waiting)
+        interval = self.min_run_interval_seconds
+        release_all = force or (
+            now - self._last_release >= interval
+            and (now - last_joined >= self.run_linger_seconds or now - oldest >= interval)
+        )
+
+        def full(group: list[tuple[SeriesBatch, float]]) -> bool:
+            instances = sum(b.instance_count for b, _t in group)
+            return len(group) >= self.max_series_per_run or instances >= self.max_instances_per_run
+
+        due = [g for g in groups if release_all or full(g)]
+        self._waiting = [item for g in groups if not (release_all or full(g)) for item in g]
+        if due:
+            self._last_release = now
+        return [[b for b, _t in g] for g in due]
+
+    def _announce(self, batches: list[SeriesBatch]) -> bool:
+        """Announce ``batches`` in one DAG run; on failure they stay pending and are retried (the
+        same run: the group is saved in each manifest first)."""
+        what = (
+            f"series {batches[0].series_instance_uid} batch {batches[0].batch}"
+            if len(batches) == 1
+            else f"{len(batches)} batches in run {run_id_of(batches)}"
+        )
         try:
-            result = self.on_series_complete(batch) if self.on_series_complete else None
-        except Exception as exc:  # noqa: BLE001 - keep the batch pending and retry later
-            _due, delay = self._retry.get(batch.manifest, (0.0, self.retry_seconds))
-            self._retry[batch.manifest] = (time.monotonic() + delay, min(delay * 2, self.max_retry_seconds))
-            log.error(
-                "announcing series %s batch %d failed (%s); retrying in %.0f s",
-                batch.series_instance_uid,
-                batch.batch,
-                exc,
-                delay,
-            )
+            if self.max_series_per_run > 1 and not batches[0].run_batches:
+                # fixed before anyone is told: a retry (also after a restart) announces this very
+                # run, never the batches regrouped (a lone batch too: it may have been created)
+                group_run_id = run_id_of(batches) if len(batches) > 1 else ""
+                manifests = [b.manifest for b in batches]
+                for batch in batches:
+                    batch.group_run_id, batch.run_batches = group_run_id, manifests
+                    batch.save()
+            if self.on_batches_complete is not None:
+                result = self.on_batches_complete(batches)
+            elif self.on_series_complete is not None:
+                # one batch per run (a run saved with others while on_batches_complete was given
+                # is announced batch by batch)
+                results = [self.on_series_complete(batch) for batch in batches]
+                result = results[0] if len(results) == 1 else {"runs": results}
+            else:
+                result = None
+        except Exception as exc:  # noqa: BLE001 - keep the batches pending and retry later
+            delay = self.retry_seconds
+            for batch in batches:
+                _due, delay = self._retry.get(batch.manifest, (0.0, self.retry_seconds))
+                self._retry[batch.manifest] = (
+                    time.monotonic() + delay,
+                    min(delay * 2, self.max_retry_seconds),
+                )
+            log.error("announcing %s failed (%s); retrying in %.0f s", what, exc, delay)
             return False
-        batch.state = "triggered"
-        batch.result = dict(result or {})
-        batch.save()
-        self._retry.pop(batch.manifest, None)
+        for batch in batches:
+            batch.state = "triggered"
+            batch.result = dict(result or {})
+            batch.save()
+            self._retry.pop(batch.manifest, None)
         log.info(
-            "series %s batch %d (%d instances from %s) announced",
-            batch.series_instance_uid,
-            batch.batch,
-            batch.instance_count,
-            batch.calling_ae,
+            "%s (%d instances from %s) announced",
+            what,
+            sum(b.instance_count for b in batches),
+            ", ".join(sorted({b.calling_ae for b in batches})),
         )
         return True
 
     def _check_loop(self) -> None:
-        interval = max(0.05, min(1.0, self.quiet_seconds / 4))
+        interval = max(0.05, min(1.0, self.quiet_seconds / 4, self.run_linger_seconds / 2))
         while not self._stop.wait(interval):
             try:
                 self.check()
