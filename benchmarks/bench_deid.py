@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from airflow_provider_kaapana.core.deid.files import deidentify_folder  # noqa: E402
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option  # noqa: E402
+from airflow_provider_kaapana.testing.benchresult import print_result  # noqa: E402
 from airflow_provider_kaapana.testing.synthetic import generate_series  # noqa: E402
 
 KEY = b"benchmark-site-key-0123456789abcdef"
@@ -79,6 +80,15 @@ def main() -> int:
     print(f"ours (deidentify_folder): {t_ours:.3f} s = {n / t_ours:,.0f} instances/s")
     print(f"dicognito {_version()}: {t_peer:.3f} s = {n / t_peer:,.0f} instances/s")
     print(f"ratio ours/dicognito: {t_peer / t_ours:.1f}x")
+    print_result(
+        "deid",
+        "instances/s",
+        n / t_ours,
+        n / t_peer,
+        f"dicognito {_version()}",
+        ">= 1000/s",
+        n / t_ours >= 1000,
+    )
     return 0
 
 
