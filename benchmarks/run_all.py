@@ -7,7 +7,7 @@ one table (benchmark, measure, ours, peer, ratio, goal, met). A benchmark whose 
 missing, or that fails or times out, gets a row saying so. Goals are stated for the full size; at the
 small size "met" only says how the small run compares with them.
 
-    python benchmarks/run_all.py [--size small|full] [--only listener,deid] [--out FILE] [--timeout S]
+    python benchmarks/run_all.py [--size small|full] [--only listener,deid] [--out FILE] [--format md|rst]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from airflow_provider_kaapana.testing.benchresult import (  # noqa: E402
     BenchResult,
     markdown_table,
     parse_results,
+    rst_table,
 )
 
 
@@ -142,7 +143,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("small", "full"), default="small")
     parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--format", choices=("md", "rst"), default="md", help="Markdown (default) or rst")
     parser.add_argument("--logs", type=Path, default=None, help="keep each benchmark's output here")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
     args = parser.parse_args()
@@ -166,7 +168,7 @@ def main() -> int:
         f"Benchmarks at size {args.size}, {started:%Y-%m-%d %H:%M} UTC, {machine()}, "
         f"load average {os.getloadavg()[0]:.1f} at the end; logs in {logs}\n\n"
     )
-    table = header + markdown_table(rows)
+    table = header + (markdown_table(rows) if args.format == "md" else rst_table(rows))
     print(table)
     if args.out:
         args.out.write_text(table)

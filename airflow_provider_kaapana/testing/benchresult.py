@@ -94,6 +94,14 @@ def parse_results(output: str) -> list[BenchResult]:
     return [r for r in (parse_result(line) for line in output.splitlines()) if r is not None]
 
 
+def _row(r: BenchResult) -> list[str]:
+    peer = r.peer if r.peer_name in ("", "-") else f"{r.peer} ({r.peer_name})"
+    return [r.benchmark, r.measure, r.ours, peer, r.ratio, r.goal, r.met]
+
+
+HEADER = ["benchmark", "measure", "ours", "peer", "ratio", "goal", "met"]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -101,13 +109,15 @@ def _cell(text: str) -> str:
 def markdown_table(results: list[BenchResult]) -> str:
     """A Markdown table with one row per result: benchmark, measure, ours, peer (with its name),
     ratio, goal, met."""
-    header = ["benchmark", "measure", "ours", "peer", "ratio", "goal", "met"]
-    rows = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * len(header)) + "|",
-    ]
-    for r in results:
-        peer = r.peer if r.peer_name in ("", "-") else f"{r.peer} ({r.peer_name})"
-        cells = [r.benchmark, r.measure, r.ours, peer, r.ratio, r.goal, r.met]
-        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    rows = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * len(HEADER)) + "|"]
+    rows += ["| " + " | ".join(_cell(c) for c in _row(r)) + " |" for r in results]
     return "\n".join(rows) + "\n"
+
+
+def rst_table(results: list[BenchResult]) -> str:
+    """The same table as a reStructuredText ``list-table`` (for the Sphinx docs)."""
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for cells in [HEADER, *(_row(r) for r in results)]:
+        lines.append(f"   * - {cells[0]}")
+        lines += [f"     - {c}" for c in cells[1:]]
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from airflow_provider_kaapana.testing.benchresult import (
     parse_result,
     parse_results,
     print_result,
+    rst_table,
 )
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -83,3 +84,19 @@ def test_every_benchmark_script_is_run_and_skips_say_why(tmp_path):
         rows == [BenchResult("listener", "-", "-", met="skipped: no-such-tool-xyz, no_such_mod missing")]
         and seconds == 0.0
     )
+
+
+def test_rst_table_has_one_item_per_cell():
+    rst = rst_table(parse_results(SAMPLE)).splitlines()
+    assert rst[:3] == [".. list-table::", "   :header-rows: 1", ""]
+    assert rst[3:5] == ["   * - benchmark", "     - measure"]
+    assert rst[10:17] == [
+        "   * - listener",
+        "     - MB/s, fsync before success",
+        "     - 126",
+        "     - 130 (pynetdicom bare SCP (fsync))",
+        "     - 0.969",
+        "     - >= 150 MB/s",
+        "     - no",
+    ]
+    assert len(rst) == 3 + 3 * 7
