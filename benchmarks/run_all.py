@@ -8,6 +8,7 @@ missing, or that fails or times out, gets a row saying so. Goals are stated for 
 small size "met" only says how the small run compares with them.
 
     python benchmarks/run_all.py [--size small|full] [--only listener,deid] [--out FILE] [--format md|rst]
+    python benchmarks/run_all.py --from-logs DIR [DIR ...]   # the table of earlier runs' --logs
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime as _dt
 import importlib.util
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,27 +114,58 @@ def run_benchmark(bench: Benchmark, size: str, timeout: float, logs: Path) -> tu
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     start = time.perf_counter()
+    # a session of its own: on a timeout the benchmark and every service it started (Airflow,
+    # Orthanc, osmem-server) are stopped together
+    proc = subprocess.Popen(
+        [sys.executable, str(bench.script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    timed_out = False
     try:
-        proc = subprocess.run(
-            [sys.executable, str(bench.script), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO_ROOT,
-            env=env,
-        )
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        seconds = time.perf_counter() - start
-        return [BenchResult(bench.name, "-", "-", met=f"timed out after {timeout:.0f} s")], seconds
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
     seconds = time.perf_counter() - start
-    (logs / f"{bench.name}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
-    results = parse_results(proc.stdout)
-    if proc.returncode != 0 and not results:
-        reason = f"failed (exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)}"
-        return [BenchResult(bench.name, "-", "-", met=reason)], seconds
-    if not results:
-        return [BenchResult(bench.name, "-", "-", met="no RESULT line")], seconds
-    return results, seconds
+    status = f"timed out after {timeout:.0f} s" if timed_out else f"exit {proc.returncode}"
+    (logs / f"{bench.name}.log").write_text(f"{out}\n--- stderr\n{err}\n--- {status}\n")
+    return results_of(bench.name, out, err, status), seconds
+
+
+def results_of(name: str, out: str, err: str, status: str) -> list[BenchResult]:
+    """The RESULT rows of one benchmark's output, or one row saying why there are none."""
+    results = parse_results(out)
+    if results:
+        return results
+    if status != "exit 0":
+        return [BenchResult(name, "-", "-", met=f"{status}: {_tail(err or out)}")]
+    return [BenchResult(name, "-", "-", met="no RESULT line")]
+
+
+def results_from_logs(bench: Benchmark, dirs: list[Path]) -> list[BenchResult]:
+    """The rows of ``bench`` from the log a run wrote (the last of ``dirs`` that has one)."""
+    for directory in reversed(dirs):
+        log = directory / f"{bench.name}.log"
+        if log.exists():
+            out, _, rest = log.read_text().partition("\n--- stderr\n")
+            err, sep, status = rest.rpartition("\n--- ")
+            if not sep:  # a log cut short
+                err, status = rest, "exit unknown"
+            return results_of(bench.name, out, err, status.strip())
+    missing = missing_prerequisites(bench)
+    if missing:
+        return [BenchResult(bench.name, "-", "-", met=f"skipped: {', '.join(missing)} missing")]
+    return [BenchResult(bench.name, "-", "-", met="not run")]
 
 
 def machine() -> str:
@@ -154,27 +187,43 @@ def main() -> int:
     parser.add_argument("--format", choices=("md", "rst"), default="md", help="Markdown (default) or rst")
     parser.add_argument("--logs", type=Path, default=None, help="keep each benchmark's output here")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
+    parser.add_argument(
+        "--from-logs",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="run nothing: the table of the logs earlier runs kept (--logs); a later folder wins",
+    )
     args = parser.parse_args()
     names = {n.strip() for n in args.only.split(",") if n.strip()}
     unknown = names - {b.name for b in BENCHMARKS}
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
     timeout = args.timeout or (1200 if args.size == "small" else 7200)
-    logs = args.logs or Path(tempfile.mkdtemp(prefix="kaapana-bench-logs-"))
-    logs.mkdir(parents=True, exist_ok=True)
+    if args.from_logs:
+        logs = args.from_logs[-1]
+    else:
+        logs = args.logs or Path(tempfile.mkdtemp(prefix="kaapana-bench-logs-"))
+        logs.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc)
     rows: list[BenchResult] = []
     for bench in BENCHMARKS:
         if names and bench.name not in names:
             continue
+        if args.from_logs:
+            rows += results_from_logs(bench, args.from_logs)
+            continue
         print(f"{bench.name} ({args.size}) ...", file=sys.stderr, flush=True)
         results, seconds = run_benchmark(bench, args.size, timeout, logs)
         print(f"  {seconds:.0f} s: {results[0].met}", file=sys.stderr, flush=True)
         rows += results
-    header = (
-        f"Benchmarks at size {args.size}, {started:%Y-%m-%d %H:%M} UTC, {machine()}, "
-        f"load average {os.getloadavg()[0]:.1f} at the end; logs in {logs}\n\n"
-    )
+    if args.from_logs:
+        header = f"Benchmarks from the logs in {', '.join(map(str, args.from_logs))}, {machine()}\n\n"
+    else:
+        header = (
+            f"Benchmarks at size {args.size}, {started:%Y-%m-%d %H:%M} UTC, {machine()}, "
+            f"load average {os.getloadavg()[0]:.1f} at the end; logs in {logs}\n\n"
+        )
     table = header + (markdown_table(rows) if args.format == "md" else rst_table(rows))
     print(table)
     if args.out:

@@ -100,3 +100,24 @@ def test_rst_table_has_one_item_per_cell():
         "     - no",
     ]
     assert len(rst) == 3 + 3 * 7
+
+
+def test_table_from_kept_logs(tmp_path):
+    run_all = _run_all()
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "listener.log").write_text(
+        SAMPLE.split("RESULT benchmark=e2e")[0] + "\n--- stderr\n\n--- exit 0\n"
+    )
+    (first / "e2e.log").write_text("starting ...\n--- stderr\nTraceback\nRuntimeError: boom\n--- exit 1\n")
+    (second / "e2e.log").write_text("steps ...\n--- stderr\nstill going\n--- timed out after 900 s\n")
+    by_name = {b.name: b for b in run_all.BENCHMARKS}
+    listener = run_all.results_from_logs(by_name["listener"], [first, second])
+    assert [(r.benchmark, r.ours, r.met) for r in listener] == [("listener", "126", "no")]
+    e2e_first = run_all.results_from_logs(by_name["e2e"], [first])
+    assert e2e_first[0].met == "exit 1: RuntimeError: boom"
+    e2e_later = run_all.results_from_logs(by_name["e2e"], [first, second])  # the later folder wins
+    assert e2e_later[0].met == "timed out after 900 s: still going"
+    seg = run_all.results_from_logs(by_name["seg"], [first, second])[0].met
+    assert seg == "not run" or seg.startswith("skipped:")
