@@ -18,6 +18,7 @@ import datetime as _dt
 import importlib.util
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,8 @@ from airflow_provider_kaapana.testing.benchresult import (  # noqa: E402
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One ``bench_<name>.py``: its arguments per size and what it needs (dcmtk and other programs on
+    """One ``bench_<name>.py``: its arguments per size (full: none, the script's defaults; ``{work}``
+    becomes a scratch folder next to the logs) and what it needs (dcmtk and other programs on
     ``PATH`` or in the venv, Python modules)."""
 
     name: str
@@ -58,7 +60,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("deid", ("--slices", "20", "--repeat", "1"), modules=("dicognito",)),
     Benchmark("e2e", (), tools=("storescu", "Orthanc", "osmem-server"), modules=("nnunetv2",)),
     Benchmark("federated", ("--runs", "1", "--sqlite"), tools=("osmem-server",)),
-    Benchmark("index", ("--instances", "500", "--peer-files", "50"), tools=("dcm2json", "osmem-server")),
+    Benchmark(
+        "index",
+        ("--instances", "500", "--peer-files", "50", "--data", "{work}"),
+        ("--data", "{work}"),
+        tools=("dcm2json", "osmem-server"),
+    ),
     Benchmark(
         "listener",
         ("--count", "200", "--skip-orthanc"),
@@ -110,7 +117,9 @@ def run_benchmark(bench: Benchmark, size: str, timeout: float, logs: Path) -> tu
     missing = missing_prerequisites(bench)
     if missing:
         return [BenchResult(bench.name, "-", "-", met=f"skipped: {', '.join(missing)} missing")], 0.0
-    args = bench.small if size == "small" else bench.full
+    # "{work}": a scratch folder of this run (not a cache another run may be filling at the same time)
+    work = str(logs / f"{bench.name}-work")
+    args = [a.replace("{work}", work) for a in (bench.small if size == "small" else bench.full)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     start = time.perf_counter()
@@ -137,6 +146,7 @@ def run_benchmark(bench: Benchmark, size: str, timeout: float, logs: Path) -> tu
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
     seconds = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
     status = f"timed out after {timeout:.0f} s" if timed_out else f"exit {proc.returncode}"
     (logs / f"{bench.name}.log").write_text(f"{out}\n--- stderr\n{err}\n--- {status}\n")
     return results_of(bench.name, out, err, status), seconds
