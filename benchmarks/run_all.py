@@ -1,7 +1,7 @@
 """Run every benchmark at a small or the full size and write one Markdown table of ratios.
 
-Each ``bench_*.py`` runs as its own process with the arguments of the chosen size (``SIZES`` below:
-small is minutes in all on a 2-core machine, full is each script's documented size) and ends with
+Each ``bench_*.py`` runs as its own process with the arguments of the chosen size (``BENCHMARKS``
+below: small is minutes each on an idle 2-core machine, full is each script's documented size) and ends with
 ``RESULT`` lines (:mod:`airflow_provider_kaapana.testing.benchresult`); their values become the rows of
 one table (benchmark, measure, ours, peer, ratio, goal, met). A benchmark whose prerequisites are
 missing, or that fails or times out, gets a row saying so. Goals are stated for the full size; at the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 
 _datasync = getattr(os, "fdatasync", os.fsync)
@@ -23,15 +24,16 @@ def fsync_dir(directory: str | Path) -> None:
 def _write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
     """Write every chunk to ``fd`` with ``os.writev`` (no buffered file object: the listener's
     header + dataset of a 0.5 MB instance took 0.72 instead of 0.98 ms per file, median of 1,000)."""
-    views = [memoryview(c).cast("B") for c in chunks]
-    views = [v for v in views if v.nbytes]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        while written:  # drop what was written; a short write leaves the rest of a chunk
-            if written >= views[0].nbytes:
-                written -= views.pop(0).nbytes
-            else:
-                views[0], written = views[0][written:], 0
+    pending = iter(chunks)  # taken IOV_MAX at a time: a caller may stream its chunks
+    while batch := list(islice(pending, _IOV_MAX)):
+        views = [v for v in (memoryview(c).cast("B") for c in batch) if v.nbytes]
+        while views:
+            written = os.writev(fd, views)
+            while written:  # drop what was written; a short write leaves the rest of a chunk
+                if written >= views[0].nbytes:
+                    written -= views.pop(0).nbytes
+                else:
+                    views[0], written = views[0][written:], 0
 
 
 def write_atomic(
