@@ -18,6 +18,7 @@ import datetime as _dt
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -108,7 +109,10 @@ def missing_prerequisites(bench: Benchmark) -> list[str]:
 
 def _tail(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:120] if lines else "no output"
+    if not lines:
+        return "no output"
+    # "package.module.SomeError: message" -> "SomeError: message"
+    return re.sub(r"^(?:\w+\.)+(\w+:)", r"\1", lines[-1])[:100]
 
 
 def run_benchmark(bench: Benchmark, size: str, timeout: float, logs: Path) -> tuple[list[BenchResult], float]:
