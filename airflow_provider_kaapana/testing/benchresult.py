@@ -13,6 +13,7 @@ parsed results (and rows for benchmarks that were skipped or failed) as one Mark
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -114,10 +115,15 @@ def markdown_table(results: list[BenchResult]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _rst_cell(text: str) -> str:
+    # a cell reading "-" (or "1. ...") would be a nested list: escape its first character
+    return "\\" + text if re.match(r"([-*+]|\d+[.)])(\s|$)", text) else text
+
+
 def rst_table(results: list[BenchResult]) -> str:
     """The same table as a reStructuredText ``list-table`` (for the Sphinx docs)."""
     lines = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [HEADER, *(_row(r) for r in results)]:
-        lines.append(f"   * - {cells[0]}")
-        lines += [f"     - {c}" for c in cells[1:]]
+        lines.append(f"   * - {_rst_cell(cells[0])}")
+        lines += [f"     - {_rst_cell(c)}" for c in cells[1:]]
     return "\n".join(lines) + "\n"

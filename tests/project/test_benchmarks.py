@@ -121,3 +121,9 @@ def test_table_from_kept_logs(tmp_path):
     assert e2e_later[0].met == "timed out after 900 s: still going"
     seg = run_all.results_from_logs(by_name["seg"], [first, second])[0].met
     assert seg == "not run" or seg.startswith("skipped:")
+
+
+def test_rst_cells_that_would_be_lists_are_escaped():
+    rst = rst_table([BenchResult("e2e", "overhead s", "23.2", goal="<= 30 s", met="yes")])
+    assert "     - \\-" in rst.splitlines()  # peer "-" is text, not a nested bullet list
+    assert "     - <= 30 s" in rst.splitlines()
