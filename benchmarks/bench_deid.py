@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from airflow_provider_kaapana.core.deid.files import deidentify_folder  # noqa: E402
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option  # noqa: E402
+from airflow_provider_kaapana.testing.benchresult import print_result  # noqa: E402
 from airflow_provider_kaapana.testing.synthetic import generate_series  # noqa: E402
 
 KEY = b"benchmark-site-key-0123456789abcdef"
@@ -125,6 +126,15 @@ def main() -> int:
         f"goal: >= {GOAL_PER_S:,} instances/s and >= {GOAL_RATIO:.0f}x dicognito: "
         f"{'met' if rate('ours') >= GOAL_PER_S else 'NOT met'} ({rate('ours'):,.0f}/s), "
         f"{'met' if ratio >= GOAL_RATIO else 'NOT met'} ({ratio:.1f}x)"
+    )
+    print_result(
+        "deid",
+        "instances/s",
+        rate("ours"),
+        rate("dicognito"),
+        f"dicognito {_version()}",
+        f">= {GOAL_PER_S}/s",
+        rate("ours") >= GOAL_PER_S,
     )
     return 0
 

@@ -32,6 +32,7 @@ from airflow_provider_kaapana.core.index.client import (  # noqa: E402
     index_series,
     make_search_client,
 )
+from airflow_provider_kaapana.testing.benchresult import print_result  # noqa: E402
 from airflow_provider_kaapana.testing.local_services import Osmem, find_tool  # noqa: E402
 from airflow_provider_kaapana.testing.synthetic import generate_series  # noqa: E402
 
@@ -140,6 +141,15 @@ def main() -> int:
     print(f"ratio ours(best {best:,.0f}/s) / peer, wall clock: {best / peer_rate:.1f}x")
     print(f"ratio ours / peer, per CPU-second: {max(cpu_rates.values()) / peer_cpu_rate:.1f}x")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print_result(
+        "index",
+        "instances/s",
+        best,
+        peer_rate,
+        "dcm2json per file",
+        ">= 2000/s and >= 20x",
+        best >= 2000 and best / peer_rate >= 20,
+    )
     return 0
 
 

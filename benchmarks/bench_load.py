@@ -61,9 +61,10 @@ def main() -> int:
     if not executors or any(e not in ("local", "celery") for e in executors):
         parser.error("--executor takes local, celery or local,celery")
 
+    from airflow_provider_kaapana.testing.benchresult import print_result
     from airflow_provider_kaapana.testing.load import run_load
 
-    lines, goals = [], []
+    lines, goals, results = [], [], []
     failed = False
     with tempfile.TemporaryDirectory(prefix="kaapana-bench-load-") as tmp:
         root = args.workdir or Path(tmp)
@@ -86,11 +87,24 @@ def main() -> int:
             failed |= bool(result.lost or result.duplicated or result.failed_runs)
             lines.append(result.line())
             goals.append(goal_line(result))
+            ok = not (result.lost or result.duplicated or result.failed_runs)
+            met = ok and result.drain_s <= GOAL_DRAIN_S
+            results.append(
+                (
+                    f"drain s, {executor}, {args.series}x{args.instances} from {args.senders}",
+                    result.drain_s,
+                    met,
+                )
+            )
     print()
     for line in lines:
         print(line)
     for line in goals:
         print(line)
+    for measure, drain_s, met in results:
+        print_result(
+            "load", measure, drain_s, None, None, f"<= {GOAL_DRAIN_S:.0f} s, 0 lost/duplicated", met
+        )
     return 1 if failed else 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from airflow_provider_kaapana.testing.benchresult import print_result  # noqa: E402
 from airflow_provider_kaapana.testing.synthetic import Shape, generate_series  # noqa: E402
 
 # Runs one command, prints its wall time and peak RSS (the wrapper has no other child).
@@ -144,6 +145,17 @@ def main() -> int:
             print(
                 f"{ext:8} ratio ours/dcm2niix: time {ours['wall_s'] / theirs['wall_s']:.2f}x, "
                 f"memory {ours['peak_mib'] / theirs['peak_mib']:.2f}x; identical volume+affine: {same}"
+            )
+            limit = 1.0 if fmt == "gz" else 2.0  # goals: faster than dcm2niix on .nii.gz, within 2x on .nii
+            print_result(
+                "nifti",
+                f"{ext} wall s",
+                ours["wall_s"],
+                theirs["wall_s"],
+                "dcm2niix",
+                "< dcm2niix" if fmt == "gz" else "<= 2x dcm2niix",
+                same and ours["wall_s"] <= limit * theirs["wall_s"],
+                higher_is_better=False,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from airflow_provider_kaapana.testing.benchresult import print_result  # noqa: E402
 from airflow_provider_kaapana.testing.tiny_model import (  # noqa: E402
     TINY_DATASET_ID,
     dice_score,
@@ -88,6 +89,16 @@ def main() -> int:
     print(f"ratio (nnUNetv2_predict / kaapana predict): {peer_median / ours_median:.3f}x  (goal >= 0.95x)")
     print(f"identical label maps: {bool((ours_pred == peer_pred).all())}; Dice vs truth "
           f"{dice_score(ours_pred, case.truth):.3f}")  # fmt: skip
+    print_result(
+        "predict",
+        "median s per case",
+        ours_median,
+        peer_median,
+        "nnUNetv2_predict",
+        ">= 0.95x",
+        peer_median / ours_median >= 0.95,
+        higher_is_better=False,
+    )
     return 0
 
 

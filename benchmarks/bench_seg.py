@@ -208,6 +208,18 @@ def main() -> int:
     print(
         f"goal (<= 10 s, <= 2048 MB): {'met' if ours['seconds'] <= 10 and ours['peak_rss_mb'] <= 2048 else 'NOT met'}"
     )
+    from airflow_provider_kaapana.testing.benchresult import print_result
+
+    print_result(
+        "seg",
+        "export s",
+        ours["seconds"],
+        plain["seconds"],
+        "plain highdicom",
+        "<= 10 s, <= 2 GB",
+        ours["seconds"] <= 10 and ours["peak_rss_mb"] <= 2048,
+        higher_is_better=False,
+    )
     return 0
 
 

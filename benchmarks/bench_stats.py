@@ -151,6 +151,8 @@ def main() -> int:
     print(
         f"data: {args.size}x{args.size}x{args.slices}, 5 labels, prepared in {time.perf_counter() - start:.1f} s"
     )
+    from airflow_provider_kaapana.testing.benchresult import print_result
+
     pairs = (
         ("statistics", "segment_statistics (ours)", "stats_ours", "SimpleITK shape+intensity", "stats_sitk"),
         ("evaluation", "segmentation_evaluation (ours)", "eval_ours", "MONAI metrics", "eval_monai"),
@@ -167,6 +169,18 @@ def main() -> int:
             key = "volumes_ml" if what == "statistics" else "hd95"
             print(f"  ours {key}: {[round(x, 3) for x in ours[key]]}")
             print(f"  peer {key}: {[round(x, 3) for x in peer[key]]}")
+        if ours:
+            limit_s, limit_mb = (2.0, 1024) if what == "statistics" else (5.0, None)
+            print_result(
+                "stats",
+                f"{what} s",
+                ours["seconds"],
+                peer["seconds"] if peer else None,
+                peer_name if peer else None,
+                "<= 2 s, <= 1 GB" if limit_mb else "<= 5 s",
+                ours["seconds"] <= limit_s and (limit_mb is None or ours["peak_rss_mb"] <= limit_mb),
+                higher_is_better=False,
+            )
     return 0
 
 

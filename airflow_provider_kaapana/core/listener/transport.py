@@ -14,6 +14,7 @@ associations that asked to be established) is checked by the listener in ``EVT_R
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -29,6 +30,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
+
+REACTOR_WAIT_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,23 @@ class GuardedRequestHandler(RequestHandler):
                 original_receive(primitive)
 
         dimse.receive_primitive = receive
+        original_get_msg = dimse.get_msg
+        msg_queue = dimse.msg_queue
+
+        def get_msg(block: bool = False) -> Any:
+            # pynetdicom's acceptor reactor sleeps 1 ms and then looks at the DIMSE queue without
+            # waiting (Association._run_reactor): a completely received instance waited up to 1 ms
+            # (more on a busy CPU) before its handler ran, on every instance. Its look now waits up to
+            # REACTOR_WAIT_SECONDS on the queue, which returns the moment the message is complete; the
+            # reactor's 1 ms sleep then falls while the sender is sending the next instance
+            if block:
+                return original_get_msg(block)
+            try:
+                return msg_queue.get(timeout=REACTOR_WAIT_SECONDS)
+            except queue.Empty:
+                return None, None
+
+        dimse.get_msg = get_msg
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         stall = self.server.limits.dimse_timeout
