@@ -102,9 +102,7 @@ def main() -> int:
     for line in goals:
         print(line)
     for measure, drain_s, met in results:
-        print_result(
-            "load", measure, drain_s, None, None, f"<= {GOAL_DRAIN_S:.0f} s, 0 lost/duplicated", met
-        )
+        print_result("load", measure, drain_s, None, None, f"<= {GOAL_DRAIN_S:.0f} s, 0 lost/duplicated", met)
     return 1 if failed else 0
 
 
