@@ -6,6 +6,12 @@ the index on the SEG's series document (``kaapana.segments``).
 
 Input: Series Instance UIDs, or a search-index query/filter with a limit. Each series runs its own
 mapped chain (a mapped task group), so one series failing does not stop the others.
+
+Each step stays a task of its own although every task costs a process start and a parse of this file
+(see ``docs/guides/benchmarks_e2e.rst``): the steps fail and are retried for different reasons (PACS,
+conversion, GPU, PACS store, index), and a merged task would redo the others' work on a retry. What the
+parse costs is kept small instead: the nnU-Net pod operator, whose module imports the Kubernetes clients,
+is built only where predict may run (:func:`predict_task`).
 """
 
 from __future__ import annotations
