@@ -11,18 +11,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, BaseOperator, Param, get_parsing_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaapana.core.dicom.uids import UID_PATTERN
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
-from airflow_provider_kaapana.core.net.send import SEND_METHODS
 from airflow_provider_kaapana.core.nnunet.models import POD_MODELS_DIR, installed_datasets
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
-from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS
-from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+
+if TYPE_CHECKING:  # the PACS modules import pydicom and pynetdicom: only DAGs that use them pay for it
+    from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,40 @@ def pipeline_dag(
     )
 
 
+def runs_in_this_process(task_id: str) -> bool:
+    """Whether this parse of the DAG file may run task ``task_id`` (its full id, ``group.task``).
+
+    Airflow 3 parses the whole DAG file again in every task's process, so every task pays for the
+    imports of every operator class of its DAG. A factory whose operator is costly to import (the
+    nnU-Net pod operator pulls in the Kubernetes clients: about 1.5 s and 2000 modules on the 2-core
+    development machine) builds a :class:`StandIn` instead where this is ``False``: in the process of
+    *another* task of the DAG. The dag-processor, ``dag.test()`` and the task's own process (no
+    parsing context, or this task's) get the real operator.
+    """
+    running = get_parsing_context().task_id
+    return running is None or running == task_id
+
+
+class StandIn(BaseOperator):
+    """The place of a task whose operator class is not imported in this process (see
+    :func:`runs_in_this_process`): same task id, same upstream tasks, so XCom references to it resolve
+    as they would to the real one. It never runs: executing it is an error."""
+
+    def __init__(self, *, upstream: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if upstream is not None:
+            upstream >> self
+
+    def execute(self, context: Any) -> Any:
+        raise AirflowFailException(
+            f"task {self.task_id} was built as a stand-in: its DAG file was parsed for another task"
+        )
+
+
 def receive_from_pacs(series: Any, settings: PipelineSettings) -> DicomReceiveOperator:
     """The ``receive`` step of a per-series chain: the series into the run workspace, by the form's method."""
+    from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
+
     return DicomReceiveOperator(
         task_id="receive",
         series=series,
@@ -154,10 +186,14 @@ def receive_from_pacs(series: Any, settings: PipelineSettings) -> DicomReceiveOp
 
 
 def retrieve_method_param(**kwargs: Any) -> Param:
+    from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS
+
     return Param(
         "c-get", type="string", enum=list(RETRIEVE_METHODS), title="Retrieve from the PACS by", **kwargs
     )
 
 
 def send_method_param(**kwargs: Any) -> Param:
+    from airflow_provider_kaapana.core.net.send import SEND_METHODS
+
     return Param("c-store", type="string", enum=list(SEND_METHODS), title="Send by", **kwargs)

@@ -6,30 +6,40 @@ the index on the SEG's series document (``kaapana.segments``).
 
 Input: Series Instance UIDs, or a search-index query/filter with a limit. Each series runs its own
 mapped chain (a mapped task group), so one series failing does not stop the others.
+
+Each step stays a task of its own although every task costs a process start and a parse of this file
+(see ``docs/guides/benchmarks_e2e.rst``): the steps fail and are retried for different reasons (PACS,
+conversion, GPU, PACS store, index), and a merged task would redo the others' work on a retry. What the
+parse costs is kept small instead: the nnU-Net pod operator, whose module imports the Kubernetes clients,
+is built only where predict may run (:func:`predict_task`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, task_group
 
 from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
+    StandIn,
     check_run_conf,
     model_param,
     pipeline_dag,
     receive_from_pacs,
     retrieve_method_param,
+    runs_in_this_process,
 )
 from airflow_provider_kaapana.operators.cohort import CohortSelectOperator
 from airflow_provider_kaapana.operators.dicom_seg_export import DicomSegExportOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
 from airflow_provider_kaapana.operators.nifti_convert import NiftiConvertOperator
-from airflow_provider_kaapana.operators.nnunet_predict import NnUNetPredictOperator
 from airflow_provider_kaapana.operators.segment_statistics import SegmentStatisticsOperator
+
+if TYPE_CHECKING:
+    from airflow_provider_kaapana.operators.nnunet_predict import NnUNetPredictOperator
 
 DOC = """
 ### nnU-Net segmentation
@@ -161,6 +171,36 @@ def seg_send_index(
     return seg
 
 
+PREDICT_TASK_ID = "per_series.predict"
+
+
+def predict_task(series: Any, s: PipelineSettings) -> NnUNetPredictOperator | StandIn:
+    """nnU-Net on the NIfTI step's output (``series``), in ``s.predict_mode``.
+
+    The operator is a KubernetesPodOperator: its module is imported only where the task may run (the
+    dag-processor, the predict task's own process); the other tasks' processes get a :class:`StandIn`
+    (see :func:`~airflow_provider_kaapana.dag_factories.common.runs_in_this_process`).
+    """
+    if not runs_in_this_process(PREDICT_TASK_ID):
+        return StandIn(task_id="predict", upstream=series)
+    from airflow_provider_kaapana.operators.nnunet_predict import NnUNetPredictOperator
+
+    return NnUNetPredictOperator(
+        task_id="predict",
+        model="{{ params.model }}",
+        series=series,
+        configuration="{{ params.configuration }}",
+        folds="{{ params.folds }}",
+        tta="{{ params.tta }}",
+        step_size="{{ params.step_size }}",
+        mode=s.predict_mode,
+        models_dir=s.models_dir,
+        workspace_base=s.workspace_base,
+        **s.predict_kwargs,
+        **s.gpu_task_kwargs(),
+    )
+
+
 def create_segmentation_dag(
     dag_id: str = "kaapana_nnunet_segmentation",
     settings: PipelineSettings | None = None,
@@ -213,20 +253,7 @@ def create_segmentation_dag(
             nifti = NiftiConvertOperator(
                 task_id="nifti", series=received.output, workspace_base=s.workspace_base
             )
-            predict = NnUNetPredictOperator(
-                task_id="predict",
-                model="{{ params.model }}",
-                series=nifti.output,
-                configuration="{{ params.configuration }}",
-                folds="{{ params.folds }}",
-                tta="{{ params.tta }}",
-                step_size="{{ params.step_size }}",
-                mode=s.predict_mode,
-                models_dir=s.models_dir,
-                workspace_base=s.workspace_base,
-                **s.predict_kwargs,
-                **s.gpu_task_kwargs(),
-            )
+            predict = predict_task(nifti.output, s)
             seg_send_index(
                 predict.output,
                 received.output,

@@ -53,6 +53,8 @@ class DemoResult:
     sr_sop_instance_uid: str | None = None
     task_queues: dict[str, str | None] = field(default_factory=dict)  # segmentation task -> executor queue
     viewer_links: dict[str, str | None] = field(default_factory=dict)  # "dag/task" -> its Viewer link (REST)
+    # dag id -> the run's task phases (testing.task_timeline.TaskPhases), with run_demo(timeline=True)
+    timelines: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:
@@ -104,6 +106,7 @@ def run_demo(
     keep: bool = False,
     db_url: str | None = None,
     scale_out: Mapping[str, Any] | None = None,
+    timeline: bool = False,
 ) -> DemoResult:
     """Run the demo end to end; returns where the SEG is. ``out`` receives one line per step.
 
@@ -111,6 +114,8 @@ def run_demo(
     PostgreSQL URL instead. ``scale_out`` (``broker_url`` and ``celery_workers`` for
     :class:`~airflow_provider_kaapana.testing.local_airflow.LocalAirflow`) runs it on the
     CeleryExecutor with predict on the ``gpu`` queue and the pools of :doc:`/guides/scale_out`.
+    ``timeline`` also reads, after the timed steps, where each task's seconds went
+    (:func:`~airflow_provider_kaapana.testing.task_timeline.run_timeline`) into ``timelines``.
     """
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
@@ -230,6 +235,7 @@ def run_demo(
         )
 
         durations: dict[str, dict[str, float]] = {}
+        run_ids: dict[str, str] = {}
         triggered_by: list[str | None] = []
         queues: dict[str, str | None] = {}
         viewer_links: dict[str, str | None] = {}
@@ -257,6 +263,7 @@ def run_demo(
             durations[INGEST_DAG] = airflow.task_durations(INGEST_DAG, run_id)
             for task_id in ("store", "index"):
                 links(INGEST_DAG, run_id, task_id)
+            run_ids[INGEST_DAG] = run_id
             triggered_by.append(
                 airflow.api("GET", f"dags/{INGEST_DAG}/dagRuns/{run_id}").json().get("triggering_user_name")
             )
@@ -280,6 +287,7 @@ def run_demo(
             queues.update({k: ti.get("queue") for k, ti in instances.items()})
             for task_id in ("per_series.seg", "per_series.stats"):
                 links(SEGMENTATION_DAG, run_id, task_id, map_index=0)
+            run_ids[SEGMENTATION_DAG] = run_id
             return run_id
 
         steps.run(
@@ -318,6 +326,11 @@ def run_demo(
             "read the measured volume from the index and the SR in the PACS",
             lambda: _volumes(orthanc, series, doc, root / "sr"),
         )
+        timelines: dict[str, list[Any]] = {}
+        if timeline:
+            from airflow_provider_kaapana.testing.task_timeline import run_timeline
+
+            timelines = {dag_id: run_timeline(airflow, dag_id, run_id) for dag_id, run_id in run_ids.items()}
         result = DemoResult(
             series.study_instance_uid,
             series.series_instance_uid,
@@ -333,6 +346,7 @@ def run_demo(
             sr_uid,
             queues,
             viewer_links,
+            timelines,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")
