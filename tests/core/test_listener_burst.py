@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -17,18 +15,7 @@ from airflow_provider_kaapana.core.listener.server import (
     run_conf,
     run_id_of,
 )
-from tests.core.test_listener import _FakeAirflow, storescu, wait_for
-
-
-@pytest.fixture
-def fake_airflow():
-    handler = type("Handler", (_FakeAirflow,), {"requests": [], "fail_next": 0, "runs": set()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+from tests.core.test_listener import storescu, wait_for
 
 
 def test_series_completing_together_go_in_runs_of_at_most_n(tmp_path, synthetic_series, tool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Container, Iterator
+from typing import BinaryIO
 
 from airflow_provider_kaapana.exceptions import InvalidDicomError
 
@@ -208,3 +209,20 @@ def read_file_meta(data: bytes, pos: int = 132) -> tuple[dict[int, bytes], int]:
         values[tag] = bytes(data[value : value + length])
         pos = value + length
     return values, pos
+
+
+def read_walkable_start(fh: BinaryIO, chunk: int = 1 << 16) -> tuple[bytes, int, str] | None:
+    """The first ``chunk`` bytes of an open Part-10 file, the offset where its dataset starts and its
+    transfer syntax UID, when the walker can read it (little endian, not deflated); None otherwise (no
+    preamble, no transfer syntax, big endian, deflated): those files go to pydicom."""
+    data = fh.read(chunk)
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    meta, start = read_file_meta(data)
+    raw_syntax = meta.get(TAG_TRANSFER_SYNTAX_UID)
+    if raw_syntax is None:
+        return None
+    syntax = raw_syntax.decode("ascii").strip("\x00 ")
+    if syntax == EXPLICIT_VR_BIG_ENDIAN or syntax in DEFLATED_TRANSFER_SYNTAXES:
+        return None
+    return data, start, syntax

@@ -344,27 +344,18 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
     datasets of the others (measured: 5,000 instances, see docs/guides/benchmarks_index.rst).
     """
     from airflow_provider_kaapana.core.dicom.elements import (
-        DEFLATED_TRANSFER_SYNTAXES,
-        EXPLICIT_VR_BIG_ENDIAN,
         IMPLICIT_VR_LITTLE_ENDIAN,
-        TAG_TRANSFER_SYNTAX_UID,
         ElementWalker,
         TruncatedDatasetError,
-        read_file_meta,
+        read_walkable_start,
     )
 
     try:
         with open(path, "rb") as fh:
-            data = fh.read(chunk)
-            if len(data) < 144 or data[128:132] != b"DICM":
+            head = read_walkable_start(fh, chunk)
+            if head is None:
                 return None
-            meta, start = read_file_meta(data)
-            raw_syntax = meta.get(TAG_TRANSFER_SYNTAX_UID)
-            if raw_syntax is None:
-                return None
-            syntax = raw_syntax.decode("ascii").strip("\x00 ")
-            if syntax == EXPLICIT_VR_BIG_ENDIAN or syntax in DEFLATED_TRANSFER_SYNTAXES:
-                return None
+            data, start, syntax = head
             implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
             values: dict[int, bytes | None] = {}
             undefined: set[int] = set()

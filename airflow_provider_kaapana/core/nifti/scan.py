@@ -13,15 +13,12 @@ import numpy as np
 
 from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.elements import (
-    DEFLATED_TRANSFER_SYNTAXES,
-    EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     TAG_PIXEL_DATA,
-    TAG_TRANSFER_SYNTAX_UID,
     UNDEFINED_LENGTH,
     ElementWalker,
     TruncatedDatasetError,
-    read_file_meta,
+    read_walkable_start,
 )
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.nifti.geometry import check_geometry_tags, positions_along_normal
@@ -227,16 +224,10 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
     """
     with open(path, "rb") as fh:
         file_size = os.fstat(fh.fileno()).st_size
-        data = fh.read(chunk)
-        if len(data) < 144 or data[128:132] != b"DICM":
+        head = read_walkable_start(fh, chunk)
+        if head is None:
             return None
-        meta, start = read_file_meta(data)
-        raw_syntax = meta.get(TAG_TRANSFER_SYNTAX_UID)
-        if raw_syntax is None:
-            return None
-        transfer_syntax = raw_syntax.decode("ascii").strip("\x00 ")
-        if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN or transfer_syntax in DEFLATED_TRANSFER_SYNTAXES:
-            return None
+        data, start, transfer_syntax = head
         implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
         try:
