@@ -80,6 +80,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         tools=("storescu", "Orthanc", "osmem-server"),
     ),
     Benchmark("nifti", ("--slices", "60", "--repeat", "1"), tools=("dcm2niix",)),
+    Benchmark("parse", ("--repeat", "1")),
     Benchmark("predict", ("--repeats", "1"), modules=("nnunetv2",)),
     Benchmark("seg", ("--slices", "40"), modules=("highdicom",)),
     Benchmark("stats", ("--slices", "40"), modules=("SimpleITK",)),
