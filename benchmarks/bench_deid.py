@@ -14,7 +14,7 @@ machine hits all of them; each figure is the best of ``--repeat`` rounds. Beside
 it prints the CPU time per instance (user + system, worker processes included), which a loaded
 machine inflates less than the wall clock.
 
-    /work/main/.venv/bin/python benchmarks/bench_deid.py [--rows 512 --slices 100 --repeat 3]
+    /work/main/.venv/bin/python benchmarks/bench_deid.py [--rows 512 --slices 400 --repeat 3]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def dicognito(files: list[Path], series_dir: Path, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--slices", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     runs = (floor, cp, ours, dicognito)
