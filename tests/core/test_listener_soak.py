@@ -26,6 +26,7 @@ CONCURRENT_SENDERS = 20
 IDLE_CONNECTIONS = 10
 PEAK_RSS_BOUND_MB = 300  # measured 220 MB peak here (a 70 MB process, 30+ associations, bombs)
 NORMAL_SENDER_MAX_SECONDS = 30.0  # one storescu round of 3 small instances, under full load
+MIN_NORMAL_ROUNDS = 3
 
 
 @pytest.mark.slow
@@ -117,7 +118,12 @@ def test_soak_one_listener_under_hostile_and_concurrent_load(tmp_path, synthetic
     try:
         for thread in threads:
             thread.start()
-        while time.monotonic() - started < SOAK_SECONDS:  # the normal sender, served throughout
+        # the normal sender, served throughout: for SOAK_SECONDS and at least MIN_NORMAL_ROUNDS rounds (on a
+        # loaded machine a round may take most of NORMAL_SENDER_MAX_SECONDS; each one is still held to it)
+        while time.monotonic() - started < SOAK_SECONDS or (
+            counts["normal"] < MIN_NORMAL_ROUNDS
+            and time.monotonic() - started < SOAK_SECONDS + MIN_NORMAL_ROUNDS * NORMAL_SENDER_MAX_SECONDS
+        ):
             began = time.monotonic()
             result = subprocess.run(
                 [tool("storescu"), "-aet", "NORMAL", "-aec", "KAAPANA", "127.0.0.1", str(port)]
@@ -142,7 +148,7 @@ def test_soak_one_listener_under_hostile_and_concurrent_load(tmp_path, synthetic
         listener.stop()
     log = listener.log()
     assert not failures, failures
-    assert counts["normal"] >= 3 and counts["stores"] >= 100 and counts["bombs"] >= 1, counts
+    assert counts["normal"] >= MIN_NORMAL_ROUNDS and counts["stores"] >= 100 and counts["bombs"] >= 1, counts
     assert peak < PEAK_RSS_BOUND_MB, f"listener peak RSS {peak:.0f} MB"
     on_disk = {p.stem: p for p in landing.rglob("*.dcm") if ".kaapana" not in p.parts}
     for uid, sent in acknowledged.items():
