@@ -15,19 +15,23 @@ fi
 echo "$layering" | grep -E "^Contracts:"
 # With arguments: one pytest run with them. Without (CI): the real-Airflow end-to-end tests (tests/e2e, mostly
 # waiting on schedulers and services) run in a second pytest process beside the rest, which roughly halves
-# the wall time on 2 cores; its output follows when both are done. KAAPANA_TEST_SERIAL=1 runs one process.
+# the wall time on 2 cores; its output follows when both are done. Then the soak tests (-m soak: liveness under
+# load, which a loaded machine would starve) run alone. KAAPANA_TEST_SERIAL=1 runs one process.
 if [ $# -gt 0 ] || [ "${KAAPANA_TEST_SERIAL:-0}" = 1 ]; then
   exec "$VENV/bin/python" -m pytest "$@"
 fi
 e2e_log="$(mktemp -t kaapana-e2e-XXXXXX.log)"
-"$VENV/bin/python" -m pytest -m e2e -p no:cacheprovider >"$e2e_log" 2>&1 &
+"$VENV/bin/python" -m pytest -m "e2e and not soak" -p no:cacheprovider >"$e2e_log" 2>&1 &
 e2e_pid=$!
 trap 'kill "$e2e_pid" 2>/dev/null || true' INT TERM
 rc_rest=0
-"$VENV/bin/python" -m pytest -m "not e2e" || rc_rest=$?
+"$VENV/bin/python" -m pytest -m "not e2e and not soak" || rc_rest=$?
 rc_e2e=0
 wait "$e2e_pid" || rc_e2e=$?
 echo "=== end-to-end tests (pytest -m e2e, log $e2e_log) ==="
 cat "$e2e_log"
-echo "test.sh: not e2e exit $rc_rest, e2e exit $rc_e2e"
-[ "$rc_rest" = 0 ] && [ "$rc_e2e" = 0 ]
+echo "=== soak tests (pytest -m soak, alone on the machine) ==="
+rc_soak=0
+"$VENV/bin/python" -m pytest -m soak -p no:cacheprovider || rc_soak=$?
+echo "test.sh: not e2e exit $rc_rest, e2e exit $rc_e2e, soak exit $rc_soak"
+[ "$rc_rest" = 0 ] && [ "$rc_e2e" = 0 ] && [ "$rc_soak" = 0 ]
