@@ -25,7 +25,7 @@ GOAL_S = 12.0
 PREDICT = "per_series.predict[0]"
 
 
-def run(db: str) -> dict[str, float]:
+def run(db: str, preload: bool = True) -> dict[str, float]:
     from airflow_provider_kaapana.testing.benchresult import print_result
     from airflow_provider_kaapana.testing.demo import SEGMENTATION_DAG, run_demo
     from airflow_provider_kaapana.testing.local_airflow import (
@@ -37,12 +37,12 @@ def run(db: str) -> dict[str, float]:
     db_url = create_postgres_database() if db == "postgres" else None
     try:
         with tempfile.TemporaryDirectory(prefix="kaapana-bench-e2e-") as tmp:
-            result = run_demo(Path(tmp) / "demo", db_url=db_url, timeline=True)
+            result = run_demo(Path(tmp) / "demo", db_url=db_url, timeline=True, preload=preload)
     finally:
         if db_url:
             drop_postgres_database(db_url)
 
-    print(f"\n=== {db} ===\nsteps:")
+    print(f"\n=== {db}{'' if preload else ', no preload'} ===\nsteps:")
     for name, seconds in result.steps:
         print(f"  {seconds:7.1f} s  {name}")
     header = "".join(f"{p:>11}" for p in PHASES)
@@ -96,9 +96,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument("--postgres", action="store_true", help="same as --db postgres")
+    parser.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="LocalExecutor workers without the forkserver preload (airflow_provider_kaapana.preload)",
+    )
     args = parser.parse_args()
     dbs = ["postgres"] if args.postgres else ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    results: dict[str, Any] = {db: run(db) for db in dbs}
+    results: dict[str, Any] = {db: run(db, preload=not args.no_preload) for db in dbs}
     print("\nsummary:")
     for db, r in results.items():
         met = "met" if r["overhead"] <= GOAL_S else "NOT met"

@@ -107,6 +107,7 @@ def run_demo(
     db_url: str | None = None,
     scale_out: Mapping[str, Any] | None = None,
     timeline: bool = False,
+    preload: bool = True,
 ) -> DemoResult:
     """Run the demo end to end; returns where the SEG is. ``out`` receives one line per step.
 
@@ -116,6 +117,8 @@ def run_demo(
     CeleryExecutor with predict on the ``gpu`` queue and the pools of :doc:`/guides/scale_out`.
     ``timeline`` also reads, after the timed steps, where each task's seconds went
     (:func:`~airflow_provider_kaapana.testing.task_timeline.run_timeline`) into ``timelines``.
+    ``preload`` ``False`` starts the LocalExecutor's workers without the forkserver preload
+    (:mod:`airflow_provider_kaapana.preload`), to measure what it saves.
     """
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
@@ -206,6 +209,7 @@ def run_demo(
                     }
                 ),
             },
+            preload=preload,
             **celery,
         )
         database = "PostgreSQL" if db_url else "SQLite"

@@ -88,6 +88,9 @@ class LocalAirflow:
     celery_workers: Mapping[str, str] = field(default_factory=dict)
     worker_concurrency: int = 2
     pools: Mapping[str, int] = field(default_factory=dict)  # created at start(): name -> slots
+    # LocalExecutor: workers start from a forkserver that imported airflow_provider_kaapana.preload, so a
+    # task process does not import the task runner, pydicom, highdicom, ... again (docs/guides/production.rst)
+    preload: bool = True
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False, repr=False)
     # seconds measured: db_migrate, components_healthy (after the migration), total; stop (after stop())
     timings: dict[str, float] = field(default_factory=dict, init=False)
@@ -170,6 +173,13 @@ class LocalAirflow:
                 ),
             }
         )
+        if self.preload and self.executor == "LocalExecutor":
+            env.update(
+                {
+                    "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+                    "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "airflow_provider_kaapana.preload",
+                }
+            )
         if self.executor == "CeleryExecutor":
             if not self.db_url or not self.broker_url:
                 raise ValueError("the CeleryExecutor needs db_url (PostgreSQL) and broker_url (Redis)")
@@ -246,6 +256,7 @@ class LocalAirflow:
                 log.close()
             components_started = time.monotonic()
             self._wait_healthy(started + timeout)
+            self._warm_execution_api(started + timeout)
             self.timings["components_healthy"] = round(time.monotonic() - components_started, 1)
             self._client = self._new_client(username=self.username, password=self.password)
             with _rest_errors():
@@ -344,6 +355,16 @@ class LocalAirflow:
                 last = exc
             time.sleep(0.5)
         raise AirflowError(f"Airflow at {self.url} not healthy in time: {last}")
+
+    def _warm_execution_api(self, deadline: float) -> None:
+        """The api-server builds its execution API (the one task processes call) on its first request:
+        4-8 s here that the first task after a start would otherwise wait for in its ``run`` call. A
+        readiness probe on ``/execution/health`` does the same in production (docs/guides/production.rst)."""
+        response = requests.get(f"{self.url}/execution/health", timeout=max(1.0, deadline - time.monotonic()))
+        if response.status_code != 200:
+            raise AirflowError(
+                f"the execution API at {self.url}/execution/health answered {response.status_code}"
+            )
 
     def stop(self) -> None:
         """End each component's process group (SIGTERM, then SIGKILL after 15 s)."""

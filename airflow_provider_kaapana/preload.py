@@ -1,0 +1,81 @@
+"""Imports, once, what every Kaapana task would otherwise import again: for Airflow's forkserver.
+
+Each Airflow 3 task is a fresh process that imports the task runner, parses its DAG file (importing the
+provider's operators, pydicom, pynetdicom, numpy) and imports the libraries of its step (highdicom,
+SimpleITK, nibabel, the search client): about a second per task on a 2-core machine, paid by every task
+of a series (see docs/guides/benchmarks_e2e.rst). Airflow 3.3 can start the LocalExecutor's workers from
+a ``forkserver`` that imported a list of modules up front; each task process is then a fork of a worker
+and finds these modules already imported (shared copy-on-write, not loaded again)::
+
+    [scheduler]
+    mp_start_method = forkserver
+    mp_forkserver_preload = airflow_provider_kaapana.preload
+
+(``AIRFLOW__SCHEDULER__MP_START_METHOD`` / ``AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD``; see
+docs/guides/production.rst). Importing this module only imports: no configuration, no network, no
+threads. A library that is not installed (an optional extra) is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Airflow's side of a task process: the worker loop, the task runner (its own import is about 0.4 s), and
+#: what the shipped DAG files use of Airflow's standard provider and timetables
+AIRFLOW_MODULES = (
+    "airflow.executors.local_executor",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.sdk.definitions.timetables.trigger",
+    "airflow.sdk.bases.sensor",
+    "airflow.providers.standard.operators.empty",
+    "airflow.providers.standard.operators.hitl",
+    "airflow.providers.standard.operators.trigger_dagrun",
+    "airflow.providers.standard.decorators.branch_python",
+)
+
+#: the libraries the DAG files and the steps import (torch and nnU-Net are left out: they are large, start
+#: thread pools, and run in their own pod or subprocess)
+LIBRARY_MODULES = (
+    "numpy",
+    "pydicom",
+    "pynetdicom",
+    "highdicom",
+    "SimpleITK",
+    "nibabel",
+    "scipy.ndimage",
+    "PIL.Image",
+    "requests",
+    "opensearchpy",
+    "elasticsearch",
+    "airflow.providers.cncf.kubernetes.operators.pod",
+)
+
+#: the provider's DAG factories, which import its operators, hooks and core modules
+PROVIDER_MODULES = (
+    "airflow_provider_kaapana.dag_factories.ingest",
+    "airflow_provider_kaapana.dag_factories.segmentation",
+    "airflow_provider_kaapana.dag_factories.send",
+    "airflow_provider_kaapana.dag_factories.reindex",
+    "airflow_provider_kaapana.dag_factories.evaluation",
+    "airflow_provider_kaapana.dag_factories.install_model",
+    "airflow_provider_kaapana.dag_factories.processing",
+    "airflow_provider_kaapana.dag_factories.federation",
+    "airflow_provider_kaapana.dag_factories.cleanup",
+    "airflow_provider_kaapana.operators.nnunet_predict",
+)
+
+PRELOAD_MODULES = AIRFLOW_MODULES + LIBRARY_MODULES + PROVIDER_MODULES
+
+
+def preload(modules: tuple[str, ...] = PRELOAD_MODULES) -> list[str]:
+    """Import ``modules``; return those that are not installed (skipped)."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+MISSING = preload()
