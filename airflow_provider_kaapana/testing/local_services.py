@@ -7,6 +7,7 @@ ports, is waited for until it answers, and is ended by its own pid.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -162,7 +163,13 @@ class Orthanc:
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config(), indent=2))
         log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+        # Orthanc's DICOM side (dcmtk) keeps Nagle's algorithm on unless TCP_NODELAY=1 is set: each small
+        # C-STORE then waited for a delayed ACK (see core/net/tcp.py). dcm4chee, which Orthanc stands in
+        # for, turns it off (dcm4che's Connection.tcpNoDelay defaults to true).
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        self.proc = subprocess.Popen(
+            [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         _wait_http(f"{self.url}/system", self.proc, timeout, self.auth)
         _wait_port(self.dicom_port, self.proc, timeout)
         return self

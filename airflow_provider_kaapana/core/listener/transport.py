@@ -29,6 +29,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from airflow_provider_kaapana.core.net.tcp import no_delay
+
 log = logging.getLogger(__name__)
 
 REACTOR_WAIT_SECONDS = 0.002
@@ -68,6 +70,7 @@ class GuardedRequestHandler(RequestHandler):
     server: GuardedAssociationServer
 
     def handle(self) -> None:
+        no_delay(self.request)  # our responses go out at once, not after the sender's delayed ACK
         assoc = self._create_association()
         original_serve = assoc._serve_request
         on_empty = self.server.on_empty_store

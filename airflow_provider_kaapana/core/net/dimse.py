@@ -36,6 +36,7 @@ from airflow_provider_kaapana.core.dicom.raw import file_header, scan_dataset
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.files import write_atomic
 from airflow_provider_kaapana.core.net.retry import RetryPolicy, TransientError, is_transient
+from airflow_provider_kaapana.core.net.tcp import association_no_delay
 from airflow_provider_kaapana.exceptions import InvalidDicomError, InvalidUIDError, PacsError
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def _associate(ae: AE, peer: DimsePeer, operation: str, **kwargs: Any):
             elapsed = time.monotonic() - started
             raise TransientError(peer.no_answer("the association request", elapsed, "acse_timeout"))
         raise TransientError(f"association with {peer.host}:{peer.port} not established")
+    association_no_delay(assoc)  # each DIMSE message is several writes: see core/net/tcp.py
     return assoc
 
 
@@ -558,7 +560,10 @@ def move(
                 server = scp.start_server(
                     (listen_host, int(listen_port)),  # type: ignore[arg-type]
                     block=False,
-                    evt_handlers=[(evt.EVT_C_STORE, handler)],
+                    evt_handlers=[
+                        (evt.EVT_C_STORE, handler),
+                        (evt.EVT_CONN_OPEN, lambda event: association_no_delay(event.assoc)),
+                    ],
                 )
             except OSError as exc:
                 raise PacsError(f"{operation}: cannot listen on port {listen_port}: {exc}") from exc
