@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-linger-seconds",
         type=float,
         default=1.0,
-        help="a complete series waits this long for others to join its run (default 1)",
+        help="a complete series waits this long for others to join its run (default 1; not when no "
+        "association is open and no other series is waiting for its quiet period)",
     )
     parser.add_argument(
         "--min-run-interval-seconds",

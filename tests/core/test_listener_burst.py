@@ -15,6 +15,7 @@ from airflow_provider_kaapana.core.listener.server import (
     run_conf,
     run_id_of,
 )
+from tests.core.listener_senders import sender
 from tests.core.test_listener import storescu, wait_for
 
 
@@ -162,3 +163,43 @@ def test_batch_confs_refuses_two_batches_of_one_series():
         batch_confs({"batches": [one, dict(one)]})
     with pytest.raises(ValueError, match="series_dir and series_instance_uid"):
         batch_confs({"batches": [{"series_dir": "/x"}]})
+
+
+def test_with_nothing_arriving_a_lone_series_does_not_wait_for_the_linger(tmp_path, synthetic_series, tool):
+    series = synthetic_series(slices=2, rows=8, columns=8)
+    runs: list[list[SeriesBatch]] = []
+    with DicomListener(
+        tmp_path / "landing",
+        port=0,
+        quiet_seconds=0.3,
+        on_batches_complete=runs.append,
+        run_linger_seconds=120,
+        min_run_interval_seconds=300,  # the first run: not held back by it, nor released by its wait
+    ) as lst:
+        assert storescu(tool, lst.port, series.files).returncode == 0
+        # no association open, no series waiting for its quiet period: nothing could join the run
+        wait_for(lambda: runs, timeout=60, what="the lone series announced before its 120 s linger")
+    assert [b.series_instance_uid for b in runs[0]] == [series.series_instance_uid]
+
+
+def test_an_open_association_keeps_the_linger(tmp_path, synthetic_series, tool):
+    series = synthetic_series(slices=2, rows=8, columns=8)
+    runs: list[list[SeriesBatch]] = []
+    with DicomListener(
+        tmp_path / "landing",
+        port=0,
+        quiet_seconds=0.3,
+        on_batches_complete=runs.append,
+        run_linger_seconds=120,
+        min_run_interval_seconds=300,  # the first run: not held back by it, nor released by its wait
+    ) as lst:
+        held = sender("HOLDER").associate("127.0.0.1", lst.port, ae_title="KAAPANA")
+        assert held.is_established  # another series may still come on it
+        try:
+            assert storescu(tool, lst.port, series.files).returncode == 0
+            time.sleep(3.0)  # ten quiet periods: the batch was cut, and waits
+            assert runs == []
+        finally:
+            held.release()
+        wait_for(lambda: runs, timeout=60, what="the series announced once the association was released")
+    assert [b.series_instance_uid for b in runs[0]] == [series.series_instance_uid]

@@ -11,8 +11,9 @@ manifests are retried with backoff, also after a restart; files not in any manif
 Under a burst (many series complete at about the same time) batches are announced together: one DAG
 run for up to ``max_series_per_run`` batches (of distinct series) or ``max_instances_per_run``
 instances (:func:`run_conf`, :func:`run_id_of`). A cut batch waits ``run_linger_seconds`` for others
-to join, and a run that is not full goes at most every ``min_run_interval_seconds`` (Nagle-like: a
-lone series goes after the linger, a burst in few, full runs); the group is written into each
+to join (not when nothing is arriving: no association open, no series waiting for its quiet period), and a
+run that is not full goes at most every ``min_run_interval_seconds`` (Nagle-like: a lone series goes at
+once or after the linger, a burst in few, full runs); the group is written into each
 member's manifest before the callback runs, so a retry announces the same run.
 
 Batches are per (StudyInstanceUID, SeriesInstanceUID): a modality that sends one series UID under two
@@ -276,9 +277,10 @@ class DicomListener:
     once, to announce them in one DAG run (e.g. :meth:`AirflowTrigger.trigger_batches`): at most
     ``max_series_per_run`` batches (of distinct series) and ``max_instances_per_run`` instances (a
     larger batch goes alone). A full group goes at once. The others go once no batch was cut for
-    ``run_linger_seconds`` (or the oldest waited ``min_run_interval_seconds``), but not sooner than
-    ``min_run_interval_seconds`` after the last run: a lone series goes after the linger, while under
-    a burst each run takes all that completed meanwhile.
+    ``run_linger_seconds`` (or the oldest waited ``min_run_interval_seconds``, or nothing is arriving: no
+    association open and no series waiting for its quiet period, so none could join), but not sooner
+    than ``min_run_interval_seconds`` after the last run: a lone series goes at once, while under a
+    burst each run takes all that completed meanwhile.
     """
 
     def __init__(
@@ -900,7 +902,11 @@ class DicomListener:
         interval = self.min_run_interval_seconds
         release_all = force or (
             now - self._last_release >= interval
-            and (now - last_joined >= self.run_linger_seconds or now - oldest >= interval)
+            and (
+                now - last_joined >= self.run_linger_seconds
+                or now - oldest >= interval
+                or not self._arriving()
+            )
         )
 
         def full(group: list[tuple[SeriesBatch, float]]) -> bool:
@@ -912,6 +918,15 @@ class DicomListener:
         if due:
             self._last_release = now
         return [[b for b, _t in g] for g in due]
+
+    def _arriving(self) -> bool:
+        """Whether another batch may be cut soon: a series has instances waiting for its quiet period, or
+        an association is open (a new series may start on it). If not, lingering can add nothing."""
+        with self._lock:
+            if any(series.pending for series in self._series.values()):
+                return True
+        server = self._server
+        return server is not None and any(a.is_alive() for a in server.active_associations)
 
     def _announce(self, batches: list[SeriesBatch]) -> bool:
         """Announce ``batches`` in one DAG run; on failure they stay pending and are retried (the
