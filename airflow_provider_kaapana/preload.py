@@ -20,6 +20,7 @@ not installed (an optional extra) is skipped.
 from __future__ import annotations
 
 import importlib
+import sys
 
 #: Airflow's side of a task process: the worker loop, the task runner (its own import is about 0.4 s), and
 #: what the shipped DAG files use of Airflow's standard provider and timetables
@@ -32,6 +33,20 @@ AIRFLOW_MODULES = (
     "airflow.providers.standard.operators.hitl",
     "airflow.providers.standard.operators.trigger_dagrun",
     "airflow.providers.standard.decorators.branch_python",
+    # what a task process itself imported beyond the above (seen with PRELOADED below): the supervisor,
+    # the DAG bag and importer that parse the file, logging set-up, jinja2.ext, tabulate
+    "airflow.sdk.execution_time.supervisor",
+    "airflow.sdk.execution_time.coordinator",
+    "airflow.sdk.execution_time.request_handlers",
+    "airflow.sdk.execution_time.schema.migrator",
+    "airflow.sdk._shared.logging.factory",
+    "airflow.sdk._shared.logging.remote",
+    "airflow.dag_processing.dagbag",
+    "airflow.dag_processing.bundles.local",
+    "airflow.dag_processing.importers.python_importer",
+    "jinja2.ext",
+    "tabulate",
+    "wcwidth",
 )
 
 #: the libraries the DAG files and the steps import (torch and nnU-Net are left out: they are large, start
@@ -63,6 +78,23 @@ PROVIDER_MODULES = (
     "airflow_provider_kaapana.dag_factories.federation",
     "airflow_provider_kaapana.dag_factories.cleanup",
     "airflow_provider_kaapana.operators.nnunet_predict",
+    # the core modules the operators import in execute()
+    "airflow_provider_kaapana.core.index.client",
+    "airflow_provider_kaapana.core.index.cohort",
+    "airflow_provider_kaapana.core.index.thumbnail",
+    "airflow_provider_kaapana.core.net.send",
+    "airflow_provider_kaapana.core.net.viewer",
+    "airflow_provider_kaapana.core.nifti.convert",
+    "airflow_provider_kaapana.core.seg.export",
+    "airflow_provider_kaapana.core.quant.inputs",
+    "airflow_provider_kaapana.core.quant.statistics",
+    "airflow_provider_kaapana.core.quant.sr",
+    "airflow_provider_kaapana.core.quant.summary",
+    "airflow_provider_kaapana.core.quant.evaluation",
+    "airflow_provider_kaapana.core.algorithms.contract",
+    "airflow_provider_kaapana.core.algorithms.measurements",
+    "airflow_provider_kaapana.core.federation.site",
+    "airflow_provider_kaapana.core.federation.coordinator",
 )
 
 PRELOAD_MODULES = AIRFLOW_MODULES + LIBRARY_MODULES + PROVIDER_MODULES
@@ -108,3 +140,5 @@ def warm_tables() -> list[str]:
 
 MISSING = preload()
 SKIPPED_TABLES = warm_tables()
+#: every module imported once the preload is done: what a task process imports beyond these, it pays for
+PRELOADED = frozenset(sys.modules)
