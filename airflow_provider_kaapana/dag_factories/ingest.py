@@ -3,7 +3,7 @@
 The listener triggers one run per batch of a series with a conf naming the batch (see
 :func:`airflow_provider_kaapana.core.listener.server.read_batch_files`), or, under a burst, one run for
 several batches of distinct series (conf ``{"batches": [...]}``). The landing-zone files of a batch are
-removed only after both the PACS store and the indexing succeeded. Invalid files are set aside in the
+removed only after both the PACS store and the indexing succeeded (by ``report``, the last task). Invalid files are set aside in the
 run workspace (so they are neither stored nor indexed) and stay in the landing zone, never deleted.
 The work of each task is in :mod:`airflow_provider_kaapana.core.ingest`.
 """
@@ -91,23 +91,14 @@ def create_ingest_dag(
             ),
         },
     ) as dag:
-        received = DicomReceiveOperator(
-            task_id="receive", landing_conf="{{ dag_run.conf }}", workspace_base=s.workspace_base
-        )
-
-        @task
-        def validate(
-            received_series: list[dict[str, str]] | dict[str, str], dag_run=None, ti=None
-        ) -> list[dict[str, Any]]:
-            """Every file must be DICOM of the announced series; others are set aside. A series with no
-            valid file is left out (XCom ``rejected``, for ``report``) unless it is the only one."""
-            conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            validated, rejected = ingest.validate_batches(received_series, conf)
-            if ti is not None:
-                ti.xcom_push(key="rejected", value=rejected)
-            return validated
-
-        valid = validate(received.output)
+        # receive + validate in one task: both local and deterministic, on the same files (a retry
+        # links the landing files again and validates again: the same result)
+        valid = DicomReceiveOperator(
+            task_id="receive",
+            landing_conf="{{ dag_run.conf }}",
+            workspace_base=s.workspace_base,
+            validate=True,
+        ).output
         store = DicomSendOperator(
             task_id="store",
             paths=valid,
@@ -131,33 +122,31 @@ def create_ingest_dag(
         )
 
         @task
-        def remove_from_landing(
-            validated: list[dict[str, Any]], dag_run=None, params: dict[str, Any] | None = None
-        ) -> list[str]:
-            """Only after store and index succeeded (the default trigger rule): the batch's valid files.
+        def report(
+            validated: list[dict[str, Any]],
+            indexed: dict[str, Any] | None = None,
+            dag_run=None,
+            ti=None,
+            params: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            """Only after store and index succeeded (the default trigger rule): clears the batch's valid
+            files from the landing zone, then ``N stored, M quarantined (where, why)``; fails (no retry)
+            when any file was set aside.
 
             A file is deleted only when it validated and is still the very file this run stored (a
             modality may resend an instance under the same name meanwhile); anything else stays in the
-            landing zone, so nothing received is ever lost.
+            landing zone, so nothing received is ever lost. The task runs last, after the good files were
+            stored, indexed and cleared: a failed ``report`` (and so a failed run) says "look at the
+            quarantine", never that the good files were lost. The summary (with ``removed_from_landing``)
+            is the task's XCom ``summary`` either way; ``report.html`` in the run workspace shows it with
+            each series' thumbnail and viewer link.
             """
             conf = dict(dag_run.conf or {}) if dag_run is not None else {}
             keep = parse_bool((params or {}).get("keep_landing_files"), "keep_landing_files", default=False)
-            return ingest.remove_from_landing(conf, validated, keep=keep)
-
-        @task
-        def report(
-            validated: list[dict[str, Any]], indexed: dict[str, Any] | None = None, dag_run=None, ti=None
-        ) -> dict[str, Any]:
-            """``N stored, M quarantined (where, why)``; fails (no retry) when any file was set aside.
-
-            Runs last, after the good files were stored, indexed and cleared from the landing zone: a
-            failed ``report`` task (and so a failed run) says "look at the quarantine", never that the
-            good files were lost. The summary is the task's XCom ``summary`` either way; ``report.html``
-            in the run workspace shows it with each series' thumbnail and viewer link.
-            """
-            conf = dict(dag_run.conf or {}) if dag_run is not None else {}
-            rejected = (ti.xcom_pull(task_ids="validate", key="rejected") if ti is not None else None) or []
+            removed = ingest.remove_from_landing(conf, validated, keep=keep)
+            rejected = (ti.xcom_pull(task_ids="receive", key="rejected") if ti is not None else None) or []
             summary = ingest.ingest_summary([*validated, *rejected], conf)
+            summary["removed_from_landing"] = removed
             if dag_run is not None:
                 workspace = run_workspace(s.workspace_base, dag_run.dag_id, dag_run.run_id)
                 summary["report_html"] = str(
@@ -169,6 +158,5 @@ def create_ingest_dag(
                 raise AirflowFailException(f"ingest: {summary['message']}")
             return summary
 
-        removed = remove_from_landing(valid)
-        [store, index] >> removed >> report(valid, index.output)
+        [store, index] >> report(valid, index.output)
     return dag

@@ -112,6 +112,13 @@ def xcom(dag_run, task_id: str, map_index: int = -1):
     return ti.state, ti.xcom_pull(task_ids=task_id, map_indexes=map_index)
 
 
+def removed_from_landing(dag_run) -> list[str]:
+    """What the ingest run's ``report`` cleared from the landing zone (its summary, also when it failed)."""
+    (ti,) = [t for t in dag_run.get_task_instances() if t.task_id == "report"]
+    summary = ti.xcom_pull(task_ids="report") or ti.xcom_pull(task_ids="report", key="summary")
+    return summary["removed_from_landing"]
+
+
 def landing_batch(series, files: list[Path], number: int = 1) -> SeriesBatch:
     """The batch manifest the listener would have written for ``files`` of ``series`` (in its folder)."""
     landing = series.series_dir
@@ -160,8 +167,7 @@ def test_ingest_listener_batch_stores_indexes_and_clears_the_landing_zone(varian
     )
     assert lib.count(series.series_instance_uid) == 1
     assert not any(f.exists() for f in landed)
-    state, removed = xcom(dag_run, "remove_from_landing")
-    assert state == "success" and sorted(removed) == sorted(map(str, landed))
+    assert sorted(removed_from_landing(dag_run)) == sorted(map(str, landed))
 
 
 def test_ingest_links_the_viewer_and_reports_thumbnails(lib, new_series):
@@ -205,7 +211,7 @@ def test_ingest_listener_batch_kept_when_asked(lib, new_series):
     series = new_series(slices=2)
     conf = {**landing_batch(series, series.files).conf(), "keep_landing_files": True}
     dag_run = lib.module.ingest.test(run_conf=conf)
-    assert dag_run.state == "success" and xcom(dag_run, "remove_from_landing") == ("success", [])
+    assert dag_run.state == "success" and removed_from_landing(dag_run) == []
     assert all(f.exists() for f in series.files) and lib.count(series.series_instance_uid) == 1
 
 
@@ -235,7 +241,7 @@ def test_ingest_batch_with_invalid_files_keeps_them_and_reports_them(lib, new_se
     # the valid files are gone from the landing zone, the invalid ones stay there
     assert not any(f.exists() for f in series.files)
     assert foreign.exists() and garbage.exists()
-    state, validated = xcom(dag_run, "validate")
+    state, validated = xcom(dag_run, "receive")  # receive validates (one task)
     assert state == "success" and validated[0]["instances"] == len(series.files)
     reported = {q.split(":", 1)[0] for q in validated[0]["quarantined"]}
     assert reported == {"foreign.dcm", "garbage.dcm"}
@@ -254,7 +260,7 @@ def test_ingest_batch_without_any_valid_file_fails_and_keeps_everything(lib, new
     dag_run = lib.module.ingest.test(run_conf=batch.conf())
     assert dag_run.state == "failed"
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    assert states["validate"] == "failed" and states["remove_from_landing"] == "upstream_failed"
+    assert states["receive"] == "failed" and states["report"] == "upstream_failed"
     assert all(p.exists() for p in junk)
 
 
@@ -285,8 +291,7 @@ def test_ingest_of_several_batches_in_one_run_holds_every_guarantee_per_batch(li
         doc = lib.search_client().get(lib.index, series.series_instance_uid)
         assert doc["kaapana"]["source"] == {"calling_ae_title": "MODALITY", "called_ae_title": "KAAPANA"}
     assert garbage.exists() and (junk_dir / "a.dcm").exists()  # set aside, kept in the landing zone
-    state, removed = xcom(dag_run, "remove_from_landing")
-    assert state == "success" and sorted(removed) == sorted(map(str, [*good.files, *mixed.files]))
+    assert sorted(removed_from_landing(dag_run)) == sorted(map(str, [*good.files, *mixed.files]))
     (report,) = [t for t in dag_run.get_task_instances() if t.task_id == "report"]
     summary = report.xcom_pull(task_ids="report", key="summary")
     assert summary["stored"] == 5 and {q["file"] for q in summary["quarantined"]} == {"garbage.dcm", "a.dcm"}
@@ -303,7 +308,7 @@ def test_ingest_by_hand_deletes_nothing_and_reruns_without_duplicates(lib, new_s
         dag_run = lib.module.ingest.test(run_conf=conf)
         assert dag_run.state == "success"
         assert all(f.exists() for f in series.files)
-        assert xcom(dag_run, "remove_from_landing") == ("success", [])
+        assert removed_from_landing(dag_run) == []
         assert lib.count() == 1  # keyed by SeriesInstanceUID: the second run replaces, never duplicates
     assert instances_in(lib.pacs, series.study_instance_uid, series.series_instance_uid) == set(
         series.sop_instance_uids
@@ -327,7 +332,7 @@ def test_ingest_by_hand_with_a_stray_first_file_ingests_the_series(lib, new_seri
         stranger.sop_instance_uids
     )
     assert lib.count(series.series_instance_uid) == 1 and lib.count(stranger.series_instance_uid) == 1
-    state, validated = xcom(dag_run, "validate")
+    state, validated = xcom(dag_run, "receive")
     assert [v["series_instance_uid"] for v in validated] == [
         series.series_instance_uid,
         stranger.series_instance_uid,
