@@ -25,6 +25,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.core.dicom.discovery import dicom_files
+from airflow_provider_kaapana.core.dicom.elements import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    ElementWalker,
+    TruncatedDatasetError,
+    read_walkable_start,
+)
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.net.viewer import ViewerTemplate
 from airflow_provider_kaapana.core.workspace import RunWorkspace
@@ -343,13 +349,6 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
     instance's becomes the document: pydicom's ``dcmread`` spent two thirds of the indexing time building
     datasets of the others (measured: 5,000 instances, see docs/guides/benchmarks_index.rst).
     """
-    from airflow_provider_kaapana.core.dicom.elements import (
-        IMPLICIT_VR_LITTLE_ENDIAN,
-        ElementWalker,
-        TruncatedDatasetError,
-        read_walkable_start,
-    )
-
     try:
         with open(path, "rb") as fh:
             head = read_walkable_start(fh, chunk)
@@ -357,24 +356,15 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
                 return None
             data, start, syntax = head
             implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
-            values: dict[int, bytes | None] = {}
-            undefined: set[int] = set()
-            for attempt in range(2):
-                walker = ElementWalker(data, implicit, stop=_PIXEL_TAGS)
-                try:
-                    for tag, _vr, _start, value, end, undefined_length in walker.spans(start):
-                        if undefined_length:
-                            values[tag] = data[value:end]  # pydicom never defers these
-                            undefined.add(tag)
-                        else:
-                            values[tag] = data[value:end] if end - value <= _DEFER_SIZE else None
-                    break
-                except TruncatedDatasetError:
-                    if attempt:
-                        raise
-                    data += fh.read()  # the header goes on past the first chunk: the whole file
-                    values.clear()
-                    undefined.clear()
+            try:  # pydicom never defers undefined-length values: the walker keeps them whole
+                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
+                    start, _DEFER_SIZE
+                )
+            except TruncatedDatasetError:
+                data += fh.read()  # the header goes on past the first chunk: the whole file
+                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
+                    start, _DEFER_SIZE
+                )
     except (OSError, ValueError, UnicodeDecodeError, InvalidDicomError):
         return None
     if 0x0020000E not in values or not _LABEL_SEQUENCES.isdisjoint(values):
@@ -737,8 +727,13 @@ def _series_document(
             by_pydicom[path] = dict(_raw_values(first if path == first_path else read_header(path)))
         return by_pydicom[path].get(tag, missing)
 
+    first_items = first_raw.items()
     for path, ds in members[1:]:
-        for tag, value in _raw_values(ds):
+        # raw headers hold bytes (or None): the pairs that differ from the first instance's come from one
+        # set difference in C instead of a comparison per element in Python (a third of the varying-keyword
+        # time, docs/guides/benchmarks_index.rst); pydicom's values need not be hashable: element by element
+        differing = ds.values.items() - first_items if isinstance(ds, RawHeader) else _raw_values(ds)
+        for tag, value in differing:
             if tag in varying_tags or tag & 0x10000 or not tag & 0xFFFF:
                 continue  # already known, private (odd group) or a group length
             if value != first_raw.get(tag, missing):
