@@ -80,3 +80,124 @@ def test_top_level_values_is_the_spans_walk(pydicom_test_files):
 def test_top_level_values_refuses_what_spans_refuses(data, implicit):
     loop = _outcome(_by_loop, data, implicit, 0, 1024)
     assert isinstance(loop[0], str) and loop == _outcome(_by_spans, data, implicit, 0, 1024)
+
+
+# --------------------------------------------------------------------------------------------------
+# the first instance's document from its element bytes (raw_object) against pydicom's (dataset_object)
+
+
+def _both_ways(path):
+    from airflow_provider_kaapana.core.index import document
+
+    fast = document._Converter(str(path), "private")
+    slow = document._Converter(str(path), "private")
+    fast_object = fast.raw_object(path)
+    try:
+        slow_object = slow.dataset_object(document.read_header(path), "", 0)
+    except InvalidDicomError:
+        slow_object = None
+    return fast_object, (fast.problems, fast.invalid), slow_object, (slow.problems, slow.invalid)
+
+
+def test_raw_object_is_pydicoms_document_or_refused(pydicom_test_files):
+    fast_count = 0
+    for path in pydicom_test_files:
+        fast, fast_notes, slow, slow_notes = _both_ways(path)
+        if fast is None or slow is None:
+            continue  # refused, or no header the index reads (no SeriesInstanceUID): never asked
+        assert list(fast.items()) == list(slow.items()), path.name  # same keys in the same order
+        assert fast_notes == slow_notes, path.name
+        fast_count += 1
+    assert fast_count >= 5  # the plain ones take the fast path (the others have sequences or private tags)
+
+
+def _odd_values(k, ds):
+    from pydicom.dataelem import DataElement
+
+    ds.PatientName = "Doe^John^^Dr=Doe^J \\Roe^Jane"  # groups, two names, padding
+    ds.ImageType = "ORIGINAL\\\\PRIMARY\\ "  # an empty value and a padded one
+    ds.StationName = " SCANNER1 "
+    ds.RetrieveAETitle = " STORE1 \\ARCHIVE"  # AE: pydicom strips both ends
+    ds.InstitutionName = "Clinic\\With\\Backslashes  "
+    ds.StudyDescription = "\x00 padded \x00"
+    ds.ImageComments = "line one\r\nline two \\ not split  "  # LT: one value, control characters kept
+    ds.RetrieveURL = "https://example.org/a b"
+    ds.AcquisitionDate = "2026-13-45" if k == 0 else "20260101"  # invalid: kaapana.invalid + a problem
+    ds.SliceLocation = "1e400" if k == 0 else "1.5"  # not finite
+    ds.AccessionNumber = ""
+    ds.PatientAge = "042Y"
+    ds.WindowCenter = "40\\400"
+    ds.add(DataElement(0x00181310, "US", [0, 64, 64, 0]))  # AcquisitionMatrix, multi-valued US
+    ds.add(DataElement(0x00189087, "FD", 1000.5))  # DiffusionBValue
+    ds.add(DataElement(0x00280106, "US", 0))  # SmallestImagePixelValue: dictionary VR "US or SS"
+    ds.add(DataElement(0x00209153, "FD", [1.0, 2.5]))  # TriggerDelayTime with two values
+    ds.add(DataElement(0x00181030, "LO", "x" * 1500))  # ProtocolName longer than pydicom's defer size
+
+
+def test_raw_object_odd_values_are_pydicoms(synthetic_series):
+    series = synthetic_series(slices=2, rows=8, columns=8, per_instance=_odd_values)
+    for path in series.files:
+        fast, fast_notes, slow, slow_notes = _both_ways(path)
+        assert fast is not None
+        assert list(fast.items()) == list(slow.items())
+        assert fast_notes == slow_notes
+    fast, notes, _, _ = _both_ways(series.files[0])
+    assert fast["PatientName"] == ["Doe^John^^Dr=Doe^J", "Roe^Jane"] and "AccessionNumber" not in fast
+    assert "AcquisitionDate" in notes[1] and "SliceLocation" in notes[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("charset", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 144")),
+        ("non-ascii", lambda ds: setattr(ds, "InstitutionName", "Klinik Köln")),
+        ("ae tab", lambda ds: setattr(ds, "RetrieveAETitle", "AE\tONE")),
+        ("sequence", lambda ds: setattr(ds, "ReferencedImageSequence", [pydicom_dataset(ReferencedSOPInstanceUID="1.2")])),
+        ("private", lambda ds: ds.add_new(0x00091001, "LO", "private")),
+        ("AT", lambda ds: ds.add_new(0x00209165, "AT", 0x00200032)),
+        ("infinite FL", lambda ds: ds.add_new(0x00189087, "FD", float("inf"))),
+        ("long DS", lambda ds: ds.add_new(0x00201041, "DS", "1" * 1100)),  # pydicom defers and converts it
+    ],
+)  # fmt: skip
+def test_raw_object_refuses_and_pydicom_reads(synthetic_series, name, change):
+    from airflow_provider_kaapana.core.index.document import build_series_documents
+
+    def edit(k, ds):
+        change(ds)
+
+    series = synthetic_series(slices=2, rows=8, columns=8, per_instance=edit)
+    fast, _, slow, _ = _both_ways(series.files[0])
+    assert fast is None and slow is not None
+    docs, errors = build_series_documents([series.series_dir])  # still a document, by pydicom
+    assert len(docs) == 1 and not errors
+
+
+def pydicom_dataset(**values):
+    import pydicom
+
+    ds = pydicom.Dataset()
+    for key, value in values.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def test_implicit_vr_first_instance_takes_the_fast_path(synthetic_series, tmp_path):
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    series = synthetic_series(slices=2, rows=8, columns=8)
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    fast, fast_notes, slow, slow_notes = _both_ways(series.files[0])
+    assert fast is not None and list(fast.items()) == list(slow.items()) and fast_notes == slow_notes
+
+
+def test_raw_numbers_refuse_what_pydicom_reports():
+    from airflow_provider_kaapana.core.index.document import _REFUSED, _raw_numbers
+
+    assert _raw_numbers(b"\x01\x00\x02", "US") is _REFUSED  # not a multiple of 2 bytes
+    assert _raw_numbers(b"\x00\x00\x80\x7f", "FL") is _REFUSED  # infinity
+    assert _raw_numbers(b"", "UL") is None
+    assert _raw_numbers(b"\x01\x00\xff\xff", "SS") == [1, -1]
