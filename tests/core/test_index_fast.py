@@ -7,6 +7,7 @@ de-identifier uses), on pydicom's test files and on cut-off copies of them.
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -201,3 +202,79 @@ def test_raw_numbers_refuse_what_pydicom_reports():
     assert _raw_numbers(b"\x00\x00\x80\x7f", "FL") is _REFUSED  # infinity
     assert _raw_numbers(b"", "UL") is None
     assert _raw_numbers(b"\x01\x00\xff\xff", "SS") == [1, -1]
+
+
+# --------------------------------------------------------------------------------------------------
+# bulk requests: streamed with worker processes, one refresh per run
+
+
+class _RecordingSearch:
+    """Just enough of SearchClient for index_series: every bulk request succeeds and is recorded."""
+
+    url = "http://search.example:9200"
+    retry = None
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, object]] = []  # (payload bytes, refresh)
+        self.refreshed: list[str] = []
+
+    def bulk(self, payload: bytes, *, refresh=False):
+        self.requests.append((len(payload), refresh))
+        lines = payload.split(b"\n")
+        ids = [json.loads(line)["index"]["_id"] for line in lines[::2] if line]
+        return {"items": [{"index": {"_id": doc_id, "status": 201}} for doc_id in ids]}
+
+    def refresh(self, index: str) -> None:
+        self.refreshed.append(index)
+
+
+def test_one_request_carries_refresh_and_several_are_refreshed_once():
+    from airflow_provider_kaapana.core.index.client import bulk_index
+
+    docs = [(f"id{i}", {"x": "y" * 100}) for i in range(10)]
+    one = _RecordingSearch()
+    assert len(bulk_index(one, "idx", docs, refresh="wait_for").indexed) == 10
+    assert one.requests == [(one.requests[0][0], "wait_for")] and one.refreshed == []
+    several = _RecordingSearch()
+    assert len(bulk_index(several, "idx", docs, max_bytes=300, refresh="wait_for").indexed) == 10
+    assert len(several.requests) == 5 and {r for _, r in several.requests} == {False}
+    assert several.refreshed == ["idx"]
+    none = _RecordingSearch()
+    bulk_index(none, "idx", docs, max_bytes=300)
+    assert none.refreshed == []
+
+
+def test_worker_processes_stream_smaller_requests_with_the_same_documents(synthetic_series):
+    from airflow_provider_kaapana.core.index import client as client_module
+    from airflow_provider_kaapana.core.index.client import index_series
+
+    dirs = [synthetic_series(seed=s, slices=2, rows=8, columns=8).series_dir for s in range(6)]
+    payloads = {}
+    for workers in (1, 2):
+        search = _RecordingSearch()
+        sent: list[bytes] = []
+        search.bulk = lambda payload, refresh=False, search=search, sent=sent: (  # noqa: E731
+            sent.append(payload) or _RecordingSearch.bulk(search, payload, refresh=refresh)
+        )
+        old = client_module.STREAM_BYTES
+        client_module.STREAM_BYTES = 4096  # about one document per request
+        try:
+            report = index_series(
+                search, "idx", dirs, workers=workers, ensure_template=False, received_at="x"
+            )
+        finally:
+            client_module.STREAM_BYTES = old
+        assert len(report.indexed) == 6
+        payloads[workers] = sent
+    assert len(payloads[1]) == 1 and len(payloads[2]) >= 3
+
+    def documents(sent):
+        lines = b"".join(sent).split(b"\n")
+        out = {}
+        for action, source in zip(lines[::2], lines[1::2], strict=False):
+            doc = json.loads(source)
+            doc["kaapana"].pop("indexed_at")
+            out[json.loads(action)["index"]["_id"]] = doc
+        return out
+
+    assert documents(payloads[1]) == documents(payloads[2])
