@@ -1,12 +1,13 @@
 """Benchmark: DICOM series from disk into a real osmem-server, instances per second.
 
-Ours: :func:`index_series` (pydicom headers with ``stop_before_pixels``, one document per series from
-all instances, byte-sized bulk requests, ``--workers`` processes).
+Ours: :func:`index_series` (every header walked by the shared element walker, pydicom for the files it
+cannot take, one document per series from all instances, byte-sized bulk requests streamed while
+``--workers`` processes build the next documents). Also printed: osmem-server's own CPU seconds.
 Peer, measured in the same run: dcmtk ``dcm2json`` once per file, the JSON of the first file of each
 series as its document, fed to the same bulk indexing. The peer runs on a sample of the files
 (``--peer-files``; it does ~60 files/s) and is compared by rate.
 
-    /work/main/.venv/bin/python benchmarks/bench_index.py [--instances 5000] [--workers 2]
+    /work/main/.venv/bin/python benchmarks/bench_index.py [--instances 5000] [--workers 2] [--repeat 1]
 """
 
 from __future__ import annotations
