@@ -133,6 +133,7 @@ def _odd_values(k, ds):
     ds.add(DataElement(0x00280106, "US", 0))  # SmallestImagePixelValue: dictionary VR "US or SS"
     ds.add(DataElement(0x00209153, "FD", [1.0, 2.5]))  # TriggerDelayTime with two values
     ds.add(DataElement(0x00181030, "LO", "x" * 1500))  # ProtocolName longer than pydicom's defer size
+    ds.add(DataElement(0x00081090, "UN", b"MODEL\\X "))  # ManufacturerModelName written as UN
 
 
 def test_raw_object_odd_values_are_pydicoms(synthetic_series):
@@ -145,6 +146,7 @@ def test_raw_object_odd_values_are_pydicoms(synthetic_series):
     fast, notes, _, _ = _both_ways(series.files[0])
     assert fast["PatientName"] == ["Doe^John^^Dr=Doe^J", "Roe^Jane"] and "AccessionNumber" not in fast
     assert "AcquisitionDate" in notes[1] and "SliceLocation" in notes[1]
+    assert fast["ManufacturerModelName"] == ["MODEL", "X"]  # UN of a known tag: its dictionary VR
 
 
 @pytest.mark.parametrize(
