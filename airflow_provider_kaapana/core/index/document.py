@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 
 from airflow_provider_kaapana.core.dicom.discovery import dicom_files
+from airflow_provider_kaapana.core.dicom.elements import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    ElementWalker,
+    TruncatedDatasetError,
+    read_walkable_start,
+)
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.net.viewer import ViewerTemplate
 from airflow_provider_kaapana.core.workspace import RunWorkspace
@@ -161,6 +168,42 @@ def _collapse(values: list[Any]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+# raw_object: what converts from element bytes exactly as pydicom's value does after dataset_object's strip
+_RAW_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
+_RAW_STRING_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UI", "UR", "UT"})
+_SINGLE_VALUE_VRS = frozenset({"LT", "ST", "UR", "UT"})  # pydicom splits the others on backslashes
+# ASCII without ESC (ISO 2022 code extensions); AE (pydicom strips all whitespace) and UR also without
+# control characters, which pydicom's str.strip()/rstrip() would remove and dataset_object's strip keeps
+_PLAIN_TEXT = re.compile(rb"[\x00-\x1a\x1c-\x7f]*")
+_CONTROL = re.compile(rb"[\x01-\x1f\x7f]")
+# character sets in which ASCII bytes decode as ASCII in every codec pydicom picks for them
+_ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100"})
+_REFUSED = object()
+
+
+def _ascii_charset(raw: bytes) -> bool:
+    try:
+        names = raw.decode("ascii").split("\\")
+    except UnicodeDecodeError:
+        return False
+    return all(name.strip("\x00 ") in _ASCII_CHARSETS for name in names)
+
+
+def _raw_numbers(raw: bytes, vr: str) -> Any:
+    """Binary numbers as dataset_object gives pydicom's values: None when empty, ``_REFUSED`` for a length
+    that is no multiple of the value size or a value that is not finite (pydicom's way reports those)."""
+    if not raw:
+        return None
+    fmt = _RAW_NUMBER_FORMATS[vr]
+    size = struct.calcsize(fmt)
+    if len(raw) % size:
+        return _REFUSED
+    numbers = struct.unpack(f"<{len(raw) // size}{fmt}", raw)
+    if vr in FLOAT_VRS and not all(math.isfinite(n) for n in numbers):
+        return _REFUSED
+    return _collapse(list(numbers))
+
+
 class _Converter:
     """Turns one dataset into a JSON object; collects invalid raw values and problems."""
 
@@ -173,36 +216,38 @@ class _Converter:
     def problem(self, keyword: str, message: str) -> None:
         self.problems.append(f"{self.source_name}: {keyword}: {message}")
 
+    def raw_text_value(self, raw_value: Any, vr: str, path: str) -> Any:
+        """The JSON value of a DA/DT/TM/DS/IS/AS element from its raw bytes (None: empty or invalid)."""
+        if raw_value is None:
+            return None
+        if isinstance(raw_value, bytes):
+            parts = [p for p in _split_raw(raw_value) if p != ""]
+        else:  # already converted by pydicom (e.g. a dataset built in memory)
+            parts = [str(p).strip() for p in _as_list(raw_value) if str(p).strip() != ""]
+        if not parts:
+            return None
+        out: list[Any] = []
+        for part in parts:
+            try:
+                if vr in _CONVERTERS:
+                    out.append(_CONVERTERS[vr](part))
+                elif vr in ("DS", "IS"):
+                    out.append(_number(part, vr))
+                else:  # AS
+                    if not _AS_RE.match(part):
+                        raise ValueError("not a DICOM age string (nnnD/W/M/Y)")
+                    out.append(part)
+            except (ValueError, OverflowError) as exc:
+                raw_text = "\\".join(parts)
+                self.invalid[path] = raw_text[:MAX_TEXT_CHARS]
+                self.problem(path, f"invalid {vr} value {raw_text[:64]!r}: {exc}")
+                return None
+        return _collapse(out)
+
     def element_value(self, ds: Dataset, tag: Any, vr: str, keyword: str, path: str, depth: int) -> Any:
         """The JSON value of one element, or ``None`` when it is empty, binary or invalid."""
         if vr in _RAW_TEXT_VRS:
-            raw = ds.get_item(tag)
-            raw_value = getattr(raw, "value", None)
-            if raw_value is None:
-                return None
-            if isinstance(raw_value, bytes):
-                parts = [p for p in _split_raw(raw_value) if p != ""]
-            else:  # already converted by pydicom (e.g. a dataset built in memory)
-                parts = [str(p).strip() for p in _as_list(raw_value) if str(p).strip() != ""]
-            if not parts:
-                return None
-            out: list[Any] = []
-            for part in parts:
-                try:
-                    if vr in _CONVERTERS:
-                        out.append(_CONVERTERS[vr](part))
-                    elif vr in ("DS", "IS"):
-                        out.append(_number(part, vr))
-                    else:  # AS
-                        if not _AS_RE.match(part):
-                            raise ValueError("not a DICOM age string (nnnD/W/M/Y)")
-                        out.append(part)
-                except (ValueError, OverflowError) as exc:
-                    raw_text = "\\".join(parts)
-                    self.invalid[path] = raw_text[:MAX_TEXT_CHARS]
-                    self.problem(path, f"invalid {vr} value {raw_text[:64]!r}: {exc}")
-                    return None
-            return _collapse(out)
+            return self.raw_text_value(getattr(ds.get_item(tag), "value", None), vr, path)
 
         try:
             elem = ds[tag]
@@ -246,6 +291,73 @@ class _Converter:
         texts = [str(v).strip("\x00 ")[:MAX_TEXT_CHARS] for v in values]
         texts = [t for t in texts if t != ""]
         return _collapse(texts) if texts else None
+
+    def raw_object(self, path: Path) -> dict[str, Any] | None:
+        """:meth:`dataset_object` of a plain file's top level, from its element bytes instead of pydicom's
+        dataset; None (read it with pydicom) for anything but what converts the same way both ways: a
+        little-endian Part-10 file of public, named elements of the VRs in ``_RAW_*`` (no sequence, no
+        private or ambiguous VR, no UN/AT), ASCII values, an ASCII-compatible SpecificCharacterSet.
+
+        Only the first instance of a series becomes its document, but reading and converting it with
+        pydicom was a third of the client's CPU time for 20-slice series (0.21 of 0.69 CPU-s per 250
+        series, docs/guides/benchmarks_index.rst). ``test_index_fast`` builds documents both ways.
+        """
+        try:
+            with open(path, "rb") as fh:
+                head = read_walkable_start(fh)
+                if head is None:
+                    return None
+                data, start, syntax = head
+                implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+                try:
+                    elements = list(ElementWalker(data, implicit, stop=_PIXEL_TAGS).spans(start))
+                except TruncatedDatasetError:
+                    data += fh.read()
+                    elements = list(ElementWalker(data, implicit, stop=_PIXEL_TAGS).spans(start))
+        except (OSError, ValueError, UnicodeDecodeError, InvalidDicomError):
+            return None
+        obj: dict[str, Any] = {}
+        for tag, raw_vr, _start, value_at, end, undefined_length in elements:
+            group = tag >> 16
+            if undefined_length or group & 1:
+                return None  # sequences, private elements: pydicom
+            if not tag & 0xFFFF or group == 0x0002 or tag == 0x7FE00010:
+                continue  # group lengths, file meta, pixel data (as dataset_object)
+            if raw_vr is None or raw_vr == b"UN":
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    return None
+            else:
+                vr = raw_vr.decode("ascii")
+            if vr in BINARY_VRS:
+                continue
+            keyword = keyword_for_tag(tag)
+            if not keyword:
+                return None
+            raw = data[value_at:end]
+            if tag == 0x00080005 and not _ascii_charset(raw):
+                return None
+            if vr in _RAW_TEXT_VRS:
+                if end - value_at > _DEFER_SIZE:
+                    return None  # pydicom defers it and hands dataset_object its converted value
+                value = self.raw_text_value(raw, vr, keyword)
+            elif vr in _RAW_NUMBER_FORMATS:
+                value = _raw_numbers(raw, vr)
+                if value is _REFUSED:
+                    return None
+            elif vr in _RAW_STRING_VRS:
+                if not _PLAIN_TEXT.fullmatch(raw) or (vr in ("AE", "UR") and _CONTROL.search(raw)):
+                    return None
+                text = raw.decode("ascii")
+                parts = [text] if vr in _SINGLE_VALUE_VRS else text.split("\\")
+                texts = [t for t in (p.strip("\x00 ")[:MAX_TEXT_CHARS] for p in parts) if t != ""]
+                value = _collapse(texts) if texts else None
+            else:
+                return None  # SQ, AT, an ambiguous VR ("US or SS"), UN of an unknown tag: pydicom
+            if value is not None:
+                obj[keyword] = value
+        return obj
 
     def dataset_object(self, ds: Dataset, prefix: str, depth: int) -> dict[str, Any]:
         obj: dict[str, Any] = {}
@@ -343,13 +455,6 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
     instance's becomes the document: pydicom's ``dcmread`` spent two thirds of the indexing time building
     datasets of the others (measured: 5,000 instances, see docs/guides/benchmarks_index.rst).
     """
-    from airflow_provider_kaapana.core.dicom.elements import (
-        IMPLICIT_VR_LITTLE_ENDIAN,
-        ElementWalker,
-        TruncatedDatasetError,
-        read_walkable_start,
-    )
-
     try:
         with open(path, "rb") as fh:
             head = read_walkable_start(fh, chunk)
@@ -357,24 +462,15 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
                 return None
             data, start, syntax = head
             implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
-            values: dict[int, bytes | None] = {}
-            undefined: set[int] = set()
-            for attempt in range(2):
-                walker = ElementWalker(data, implicit, stop=_PIXEL_TAGS)
-                try:
-                    for tag, _vr, _start, value, end, undefined_length in walker.spans(start):
-                        if undefined_length:
-                            values[tag] = data[value:end]  # pydicom never defers these
-                            undefined.add(tag)
-                        else:
-                            values[tag] = data[value:end] if end - value <= _DEFER_SIZE else None
-                    break
-                except TruncatedDatasetError:
-                    if attempt:
-                        raise
-                    data += fh.read()  # the header goes on past the first chunk: the whole file
-                    values.clear()
-                    undefined.clear()
+            try:  # pydicom never defers undefined-length values: the walker keeps them whole
+                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
+                    start, _DEFER_SIZE
+                )
+            except TruncatedDatasetError:
+                data += fh.read()  # the header goes on past the first chunk: the whole file
+                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
+                    start, _DEFER_SIZE
+                )
     except (OSError, ValueError, UnicodeDecodeError, InvalidDicomError):
         return None
     if 0x0020000E not in values or not _LABEL_SEQUENCES.isdisjoint(values):
@@ -722,8 +818,14 @@ def _series_document(
         # some files only pydicom reads (big endian, deflated, no preamble): compare like with like
         members = [(p, read_header(p) if isinstance(ds, RawHeader) else ds) for p, ds in members]
     first_path, first_header = members[0]
-    # the document is the first instance's header as pydicom reads it; the others only add aggregates
-    first = read_header(first_path) if isinstance(first_header, RawHeader) else first_header
+    # the document is the first instance's header as pydicom reads it (or, where that converts the same
+    # way, as raw_object reads its bytes); the others only add aggregates
+    first_dataset: list[Dataset] = [] if isinstance(first_header, RawHeader) else [first_header]
+
+    def first() -> Dataset:
+        if not first_dataset:
+            first_dataset.append(read_header(first_path))
+        return first_dataset[0]
 
     # which attributes differ between instances: compare raw value bytes before any conversion
     varying: set[str] = set()
@@ -734,11 +836,16 @@ def _series_document(
 
     def pydicom_value(path: Path, tag: int) -> Any:
         if path not in by_pydicom:
-            by_pydicom[path] = dict(_raw_values(first if path == first_path else read_header(path)))
+            by_pydicom[path] = dict(_raw_values(first() if path == first_path else read_header(path)))
         return by_pydicom[path].get(tag, missing)
 
+    first_items = first_raw.items()
     for path, ds in members[1:]:
-        for tag, value in _raw_values(ds):
+        # raw headers hold bytes (or None): the pairs that differ from the first instance's come from one
+        # set difference in C instead of a comparison per element in Python (a third of the varying-keyword
+        # time, docs/guides/benchmarks_index.rst); pydicom's values need not be hashable: element by element
+        differing = ds.values.items() - first_items if isinstance(ds, RawHeader) else _raw_values(ds)
+        for tag, value in differing:
             if tag in varying_tags or tag & 0x10000 or not tag & 0xFFFF:
                 continue  # already known, private (odd group) or a group length
             if value != first_raw.get(tag, missing):
@@ -756,7 +863,10 @@ def _series_document(
             varying.add(kw)
 
     converter = _Converter(str(first_path), private_key)
-    document = converter.dataset_object(first, "", 0)
+    document = converter.raw_object(first_path) if isinstance(first_header, RawHeader) else None
+    if document is None:
+        converter = _Converter(str(first_path), private_key)
+        document = converter.dataset_object(first(), "", 0)
     document.pop("PixelData", None)
 
     facts, orientation, mixed = _instance_facts([ds for _, ds in members])
