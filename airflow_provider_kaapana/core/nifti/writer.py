@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +199,40 @@ def write_nifti_slices(
                 view = memoryview(chunk)
                 while view:  # a raw file may write less than asked
                     view = view[out.write(view) :]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_nifti_frames(
+    path: Path,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    affine: np.ndarray,
+    write_voxels: Callable[[int, int], None],
+) -> None:
+    """An uncompressed single-file NIfTI-1 of ``shape`` (i, j, k) at ``path``, replaced atomically, whose
+    voxels ``write_voxels(fd, offset)`` writes into the open file (positioned writes from ``offset``, the
+    end of the header; e.g. :func:`~.pixels.write_rescaled_frames`).
+
+    If ``write_voxels`` raises, no file is left behind (the temporary is removed) and the exception
+    propagates; so does a :class:`ValueError` when it wrote less or more than ``shape`` and ``dtype`` say.
+    """
+    header = _nifti_header(shape, dtype, affine)
+    size = len(header) + shape[0] * shape[1] * shape[2] * np.dtype(dtype).itemsize
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            view = memoryview(header)
+            while view:
+                view = view[os.write(fd, view) :]
+            write_voxels(fd, len(header))
+            written = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if written != size:
+            raise ValueError(f"{path.name}: {written} bytes written, a {shape} {dtype} NIfTI file has {size}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
