@@ -1,0 +1,235 @@
+"""The streaming ``.nii`` path (frames read by offset, rescaled in place, written as reversed rows by
+several workers) against the general path (whole volume read, rescaled, written): the same bytes, and
+the cases where it must give way to the general path or fail without leaving a file behind."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from airflow_provider_kaapana.core.nifti import convert, pixels, scan
+from airflow_provider_kaapana.core.nifti.writer import write_nifti_frames
+from airflow_provider_kaapana.exceptions import InvalidDicomError
+
+
+def _set_pixels(ds, stored: np.ndarray, *, bits_allocated: int, bits_stored: int, signed: bool) -> None:
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.PixelData = stored.tobytes()
+
+
+def _with_garbage_bits(k: int, ds, *, signed: bool) -> None:
+    """12 stored bits with noise in the 4 unused high bits, which a reader must clear or sign-extend."""
+    values = np.frombuffer(ds.PixelData, dtype="<i2").astype(np.int32)
+    rng = np.random.default_rng(k)
+    garbage = rng.integers(0, 16, values.shape) << 12
+    twelve = (values & 0x0FFF) if not signed else np.clip(values - 1024, -2048, 2047) & 0x0FFF
+    stored = (twelve | garbage).astype(np.uint16)
+    _set_pixels(ds, stored, bits_allocated=16, bits_stored=12, signed=signed)
+
+
+def _unsigned16(k: int, ds) -> None:
+    values = np.frombuffer(ds.PixelData, dtype="<i2").astype(np.int32)
+    _set_pixels(
+        ds, np.clip(values + 200, 0, 65535).astype("<u2"), bits_allocated=16, bits_stored=16, signed=False
+    )
+
+
+def _eight_bit(k: int, ds, signed: bool = False) -> None:
+    values = np.frombuffer(ds.PixelData, dtype="<i2").astype(np.int32)
+    stored = (
+        np.clip(values // 8, -128, 127).astype(np.int8)
+        if signed
+        else np.clip(values // 8, 0, 255).astype(np.uint8)
+    )
+    _set_pixels(ds, stored, bits_allocated=8, bits_stored=8, signed=signed)
+
+
+def _intercept_per_slice(k: int, ds) -> None:
+    ds.RescaleIntercept = str(-1024 + 3 * k)
+
+
+CASES = {
+    "ct_int16_intercept": {},
+    "mr_int16_no_intercept": {"modality": "MR"},
+    "ct_signed_12_bits_garbage": {"per_instance": lambda k, ds: _with_garbage_bits(k, ds, signed=True)},
+    "mr_unsigned_12_bits_garbage": {
+        "modality": "MR",
+        "per_instance": lambda k, ds: _with_garbage_bits(k, ds, signed=False),
+    },
+    "ct_unsigned_16_intercept": {"per_instance": _unsigned16},  # uint16 stored, int16 written
+    "mr_unsigned_16": {"modality": "MR", "per_instance": _unsigned16},
+    "mr_uint8": {"modality": "MR", "per_instance": _eight_bit},
+    "ct_uint8_intercept": {"per_instance": _eight_bit},
+    "ct_int8_intercept": {"per_instance": lambda k, ds: _eight_bit(k, ds, signed=True)},
+    "ct_intercept_per_slice": {"per_instance": _intercept_per_slice},
+    "ct_intercept_beyond_int16": {  # the intercept itself does not fit int16, the values do
+        "per_instance": lambda k, ds: (
+            _set_pixels(
+                ds,
+                np.full((ds.Rows, ds.Columns), 40000 + k, dtype="<u2"),
+                bits_allocated=16,
+                bits_stored=16,
+                signed=False,
+            ),
+            setattr(ds, "RescaleIntercept", "-40000"),
+        )
+    },
+    "tall_more_rows_than_iov_max": {"rows": 1100, "columns": 3, "slices": 3},
+    "oblique_non_square": {"rows": 20, "columns": 28, "pixel_spacing": (0.6, 0.9), "orientation": "oblique"},
+}
+
+
+def _general(monkeypatch) -> None:
+    monkeypatch.setattr(convert, "streaming_dtype", lambda slices: None)
+
+
+def _convert_both(series_dir: Path, tmp_path: Path, monkeypatch, compress: bool = False):
+    (streamed,) = convert.convert_series(series_dir, tmp_path / "stream", name="v", compress=compress)
+    with monkeypatch.context() as m:
+        _general(m)
+        (general,) = convert.convert_series(series_dir, tmp_path / "general", name="v", compress=compress)
+    return streamed, general
+
+
+def _payload(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+
+
+def _sidecar_without_file(path: Path) -> str:
+    return path.read_text()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streamed_nii_has_the_bytes_of_the_general_path(case, synthetic_series, tmp_path, monkeypatch):
+    series = synthetic_series(**{"slices": 6, **CASES[case]})
+    assert pixels.streaming_dtype(scan.scan_series(series.series_dir)[0]) is not None  # it does stream
+    streamed, general = _convert_both(series.series_dir, tmp_path, monkeypatch)
+    assert streamed.nifti_path.read_bytes() == general.nifti_path.read_bytes()
+    assert streamed.sidecar_path.read_text() == general.sidecar_path.read_text()
+    assert streamed.dtype == general.dtype
+    assert sorted(p.name for p in streamed.nifti_path.parent.iterdir()) == ["v.json", "v.nii"]
+
+
+@pytest.mark.parametrize("case", ["ct_int16_intercept", "ct_signed_12_bits_garbage", "ct_uint8_intercept"])
+def test_streamed_nii_gz_has_the_bytes_of_the_general_path(case, synthetic_series, tmp_path, monkeypatch):
+    series = synthetic_series(**{"slices": 5, **CASES[case]})
+    streamed, general = _convert_both(series.series_dir, tmp_path, monkeypatch, compress=True)
+    assert _payload(streamed.nifti_path) == _payload(general.nifti_path)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_any_number_of_workers_writes_the_same_file(threads, synthetic_series, tmp_path, monkeypatch):
+    series = synthetic_series(slices=7)
+    monkeypatch.setattr(convert, "_STREAM_THREADS", 1)
+    (one,) = convert.convert_series(series.series_dir, tmp_path / "one", name="v", compress=False)
+    monkeypatch.setattr(convert, "_STREAM_THREADS", threads)
+    (many,) = convert.convert_series(series.series_dir, tmp_path / "many", name="v", compress=False)
+    assert many.nifti_path.read_bytes() == one.nifti_path.read_bytes()
+
+
+def test_short_writes_are_completed(synthetic_series, tmp_path, monkeypatch):
+    series = synthetic_series(slices=4)
+    (before,) = convert.convert_series(series.series_dir, tmp_path / "a", name="v", compress=False)
+    real = os.pwritev
+    monkeypatch.setattr(pixels.os, "pwritev", lambda fd, views, offset: real(fd, views[:3], offset))
+    (after,) = convert.convert_series(series.series_dir, tmp_path / "b", name="v", compress=False)
+    assert after.nifti_path.read_bytes() == before.nifti_path.read_bytes()
+
+
+def test_values_below_int16_take_the_general_path(synthetic_series, tmp_path):
+    # int16 stored values plus an intercept of -1024 can go below int16: that slice stops the stream and
+    # the volume is written as int32 the general way, as before
+    def low_corner(k, ds):
+        stored = np.frombuffer(ds.PixelData, dtype="<i2").copy()
+        if k == 2:
+            stored[0] = -32000
+        ds.PixelData = stored.tobytes()
+
+    series = synthetic_series(slices=4, per_instance=low_corner)
+    (volume,) = convert.convert_series(series.series_dir, tmp_path / "out", compress=False, name="v")
+    assert volume.dtype == "int32"
+    data = np.asanyarray(nib.load(volume.nifti_path).dataobj)
+    stored = series.volume.astype(np.int64)
+    stored[2, 0, 0] = -32000
+    np.testing.assert_array_equal(data, (stored - 1024).transpose(2, 1, 0)[:, ::-1, :])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v.json", "v.nii"]
+
+
+def test_unknown_pixel_offset_takes_the_general_path(synthetic_series, tmp_path, monkeypatch):
+    # headers read by pydicom carry no pixel offset; the frame is then found from the end of the file, and
+    # where PixelData is not the last element (trailing padding) the general path decodes the file
+    def trailing_padding(k, ds):
+        ds.DataSetTrailingPadding = b"\x00" * 8
+
+    series = synthetic_series(slices=4, per_instance=trailing_padding)
+    (reference,) = convert.convert_series(series.series_dir, tmp_path / "ref", compress=False, name="v")
+    monkeypatch.setattr(scan, "_fast_header", lambda path, chunk=0: None)
+    called = []
+    real_read_stored = convert.read_stored
+    monkeypatch.setattr(convert, "read_stored", lambda slices: called.append(1) or real_read_stored(slices))
+    (volume,) = convert.convert_series(series.series_dir, tmp_path / "out", compress=False, name="v")
+    assert called, "the general path was not taken"
+    assert volume.nifti_path.read_bytes() == reference.nifti_path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v.json", "v.nii"]
+
+
+def test_compressed_and_multiframe_slices_do_not_stream(synthetic_series):
+    series = synthetic_series(slices=3)
+    slices, _ = scan.scan_series(series.series_dir)
+    assert pixels.streaming_dtype(slices) is not None
+    for change in (
+        {"transfer_syntax_uid": "1.2.840.10008.1.2.5"},  # RLE
+        {"transfer_syntax_uid": "1.2.840.10008.1.2.4.70"},  # JPEG lossless
+        {"transfer_syntax_uid": "1.2.840.10008.1.2.2"},  # big endian
+        {"frame_number": 1},
+        {"slope": 2.0},
+        {"intercept": 0.5},
+        {"bits_stored": 0},
+        {"bits_stored": 17},
+        {"rows": slices[0].rows + 1},
+        {"pixel_representation": 1 - slices[0].pixel_representation},
+    ):
+        changed = [slices[0], scan.SliceInfo(**{**slices[1].__dict__, **change}), slices[2]]
+        assert pixels.streaming_dtype(changed) is None, change
+
+
+def test_a_file_truncated_after_the_scan_fails_without_leaving_a_file(
+    synthetic_series, tmp_path, monkeypatch
+):
+    # the read happens in a worker thread: its error reaches the caller, and no partial .nii is left
+    series = synthetic_series(slices=6)
+    real_scan = convert.scan_series
+
+    def scan_then_truncate(series_dir):
+        result = real_scan(series_dir)
+        victim = series.files[3]
+        os.truncate(victim, victim.stat().st_size - 100)
+        return result
+
+    monkeypatch.setattr(convert, "scan_series", scan_then_truncate)
+    with pytest.raises(InvalidDicomError, match=series.files[3].name):
+        convert.convert_series(series.series_dir, tmp_path / "out", compress=False, name="v")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_write_nifti_frames_refuses_a_wrong_size_and_leaves_nothing(tmp_path):
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="bytes written"):
+        write_nifti_frames(tmp_path / "v.nii", (2, 2, 2), np.dtype(np.int16), affine, lambda fd, offset: None)
+    assert list(tmp_path.iterdir()) == []
+
+    def fail(fd, offset):
+        os.pwrite(fd, b"\x00" * 8, offset)
+        raise pixels.NotStreamable("stop")
+
+    with pytest.raises(pixels.NotStreamable):
+        write_nifti_frames(tmp_path / "v.nii", (2, 2, 2), np.dtype(np.int16), affine, fail)
+    assert list(tmp_path.iterdir()) == []
