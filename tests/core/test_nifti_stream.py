@@ -233,3 +233,22 @@ def test_write_nifti_frames_refuses_a_wrong_size_and_leaves_nothing(tmp_path):
     with pytest.raises(pixels.NotStreamable):
         write_nifti_frames(tmp_path / "v.nii", (2, 2, 2), np.dtype(np.int16), affine, fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_header_chunk_ending_between_two_elements_is_read_on(synthetic_series):
+    # the first read of a header may end exactly where an element ends: the walk is then clean but
+    # incomplete, and the rest (RescaleIntercept, PixelData...) must still be read
+    from airflow_provider_kaapana.core.dicom.elements import ElementWalker, read_file_meta
+
+    series = synthetic_series(slices=1)
+    path = series.files[0]
+    data = path.read_bytes()
+    _meta, start = read_file_meta(data)
+    boundaries = [
+        begin for _tag, _vr, begin, _value, _end, _undefined in ElementWalker(data, False).spans(start)
+    ]
+    whole = scan._fast_header(path)
+    assert whole is not None and whole.pixel_offset is not None and "RescaleIntercept" in whole
+    for boundary in boundaries[1:]:
+        head = scan._fast_header(path, chunk=boundary)
+        assert head == whole and head.pixel_offset == whole.pixel_offset, boundary

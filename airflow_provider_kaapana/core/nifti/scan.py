@@ -215,14 +215,16 @@ class _FastHeader(dict):
     file_size: int = 0
 
 
-def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
+def _fast_header(path: Path, chunk: int = 1 << 14) -> _FastHeader | None:
     """Parse a Part-10 file's header up to PixelData without pydicom (~20x faster for a series).
 
     Handles implicit and explicit VR little endian datasets (also those of encapsulated transfer syntaxes)
     with the shared :class:`~airflow_provider_kaapana.core.dicom.elements.ElementWalker`; returns None for
     anything else (no preamble, big endian, deflated, functional groups), which then goes to pydicom.
     """
-    with open(path, "rb") as fh:
+    # unbuffered, and 16 KiB first (most headers end well before; a longer one is read whole below):
+    # 300 CT headers in 1.6 ms against 4.4 ms buffered with 64 KiB
+    with open(path, "rb", buffering=0) as fh:
         file_size = os.fstat(fh.fileno()).st_size
         head = read_walkable_start(fh, chunk)
         if head is None:
@@ -232,9 +234,14 @@ def _fast_header(path: Path, chunk: int = 1 << 16) -> _FastHeader | None:
         walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
         try:
             walker.dataset(start)
+            # a chunk that ends exactly between two elements walks cleanly: only a stop tag or the end
+            # of the file proves that nothing was left unread
+            complete = walker.stopped is not None or len(data) >= file_size
         except TruncatedDatasetError:
+            complete = False
+        if not complete:
             # the header goes on past the first chunk: walk again over the whole file
-            data += fh.read()
+            data += fh.readall()
             walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
             walker.dataset(start)
     out = _FastHeader()
