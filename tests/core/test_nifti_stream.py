@@ -252,3 +252,36 @@ def test_header_chunk_ending_between_two_elements_is_read_on(synthetic_series):
     for boundary in boundaries[1:]:
         head = scan._fast_header(path, chunk=boundary)
         assert head == whole and head.pixel_offset == whole.pixel_offset, boundary
+
+
+def test_a_nii_conversion_imports_only_what_it_needs(ct_series, tmp_path):
+    # start-up is a third of a .nii conversion's wall time (docs/guides/benchmarks_nifti.rst): the
+    # streaming path needs neither pydicom nor nibabel nor the gzip writer nor logging (no file skipped),
+    # and none of NumPy's lazily imported numpy.ma (np.median and np.unique would import it)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from airflow_provider_kaapana.core.nifti.convert import convert_series\n"
+        "convert_series(sys.argv[1], sys.argv[2], compress=False)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ct_series.series_dir), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert not loaded & {"pydicom", "nibabel", "isal", "logging", "numpy.ma", "gzip"}
+
+
+def test_median_is_numpys():
+    from airflow_provider_kaapana.core.nifti.geometry import _median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 5, 16, 299, 300):
+        for values in (rng.normal(size=n) * 700, np.round(rng.uniform(0.5, 3.0, size=n), 3), np.full(n, 0.7)):
+            assert _median(values) == float(np.median(values))
