@@ -197,7 +197,7 @@ def test_compressed_and_multiframe_slices_do_not_stream(synthetic_series):
         {"rows": slices[0].rows + 1},
         {"pixel_representation": 1 - slices[0].pixel_representation},
     ):
-        changed = [slices[0], scan.SliceInfo(**{**slices[1].__dict__, **change}), slices[2]]
+        changed = [slices[0], slices[1]._replace(**change), slices[2]]
         assert pixels.streaming_dtype(changed) is None, change
 
 

@@ -62,9 +62,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -116,8 +115,7 @@ VOXEL_AXES = {
 }
 
 
-@dataclass
-class ConvertedVolume:
+class ConvertedVolume(NamedTuple):
     """One NIfTI volume written by :func:`convert_series` and its sidecar."""
 
     nifti_path: Path
