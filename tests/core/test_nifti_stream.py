@@ -285,3 +285,46 @@ def test_median_is_numpys():
     for n in (1, 2, 3, 4, 5, 16, 299, 300):
         for values in (rng.normal(size=n) * 700, np.round(rng.uniform(0.5, 3.0, size=n), 3), np.full(n, 0.7)):
             assert _median(values) == float(np.median(values))
+
+
+def test_walker_inline_path_walks_as_header_does(pydicom_test_files):
+    # the walker decodes short explicit VR element headers inline; on every bundled file, cut short and
+    # with bytes flipped, it must find, stop and fail exactly as the plain header() path does
+    import random
+
+    from airflow_provider_kaapana.core.dicom.elements import ElementWalker, read_walkable_start
+
+    class Plain(ElementWalker):
+        inline_explicit = False
+
+    def outcome(cls, data, start, implicit):
+        walker = cls(data, implicit, wanted=scan._WANTED, stop=scan._STOP_TAGS)
+        try:
+            end = walker.dataset(start)
+        except InvalidDicomError as exc:
+            return type(exc).__name__, str(exc), walker.found
+        return end, walker.stopped, walker.found
+
+    rng = random.Random(7)
+    checked = 0
+    for path in pydicom_test_files:
+        with open(path, "rb") as fh:
+            try:
+                head = read_walkable_start(fh, 1 << 30)
+            except (InvalidDicomError, UnicodeDecodeError, KeyError):
+                continue
+        if head is None:
+            continue
+        data, start, syntax = head
+        implicit = syntax == "1.2.840.10008.1.2"
+        variants = [data, data[: max(start, len(data) // 3)]]
+        for _ in range(6):
+            damaged = bytearray(data[: min(len(data), 4096)])
+            damaged[rng.randrange(start, len(damaged))] ^= 1 << rng.randrange(8)
+            variants.append(bytes(damaged))
+        for variant in variants:
+            assert outcome(ElementWalker, variant, start, implicit) == outcome(
+                Plain, variant, start, implicit
+            )
+            checked += 1
+    assert checked > 100
