@@ -328,3 +328,11 @@ def test_walker_inline_path_walks_as_header_does(pydicom_test_files):
             )
             checked += 1
     assert checked > 100
+
+
+def test_without_pwritev_the_slices_stream_through_one_writer(synthetic_series, tmp_path, monkeypatch):
+    series = synthetic_series(slices=4)
+    (reference,) = convert.convert_series(series.series_dir, tmp_path / "a", name="v", compress=False)
+    monkeypatch.delattr(os, "pwritev")
+    (volume,) = convert.convert_series(series.series_dir, tmp_path / "b", name="v", compress=False)
+    assert volume.nifti_path.read_bytes() == reference.nifti_path.read_bytes()

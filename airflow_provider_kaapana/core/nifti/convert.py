@@ -238,7 +238,7 @@ def _write_volume(
     dtype = streaming_dtype(volume.slices)
     if dtype is not None:
         try:
-            if compress:
+            if compress or not hasattr(os, "pwritev"):
                 parts = iter_rescaled(volume.slices, dtype)
                 write_nifti_slices(
                     nifti_path, shape, dtype, volume.affine_ras, parts, compress, compression_level

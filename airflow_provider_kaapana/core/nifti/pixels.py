@@ -153,7 +153,7 @@ def streaming_dtype(slices: list[SliceInfo]) -> np.dtype | None:
     hold, and the volume goes the general way).
     """
     first = slices[0]
-    if first.bits_allocated not in (8, 16):
+    if first.bits_allocated not in (8, 16) or not hasattr(os, "preadv"):  # preadv: POSIX, not Windows
         return None
     dtype = _stored_dtype(first)
     for s in slices:
