@@ -1,5 +1,8 @@
 """Pixel data of a volume's slices: uncompressed frames read straight into the volume, others decoded by
-pydicom, then rescale slope/intercept applied in the smallest exact dtype."""
+pydicom, then rescale slope/intercept applied in the smallest exact dtype. Volumes of uncompressed CT/MR
+slices stream instead, one frame at a time (:func:`streaming_dtype`): into the ``.nii`` file by several
+workers with positioned writes (:func:`write_rescaled_frames`), or into the gzip writer
+(:func:`iter_rescaled`)."""
 
 from __future__ import annotations
 

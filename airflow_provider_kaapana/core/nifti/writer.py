@@ -1,5 +1,6 @@
-"""Writing a volume: the NIfTI-1 header built directly (qform = sform), the voxels without a transpose,
-gzip by ISA-L on several threads, and the sidecar JSON; every file replaced atomically."""
+"""Writing a volume: the NIfTI-1 header built directly (qform = sform), the voxels without a transpose (or
+by positioned writes into a preallocated file), gzip by ISA-L on several threads, and the sidecar JSON;
+every file replaced atomically."""
 
 from __future__ import annotations
 
