@@ -336,3 +336,20 @@ def test_without_pwritev_the_slices_stream_through_one_writer(synthetic_series, 
     monkeypatch.delattr(os, "pwritev")
     (volume,) = convert.convert_series(series.series_dir, tmp_path / "b", name="v", compress=False)
     assert volume.nifti_path.read_bytes() == reference.nifti_path.read_bytes()
+
+
+@pytest.mark.parametrize("header_bytes", [100, 20_000, 70_000])
+def test_long_headers_are_read_on_in_steps(header_bytes, synthetic_series, tmp_path):
+    # headers longer than the first 16 KiB (and than 64 KiB) are read on: the same header and the same
+    # voxels as a series whose header fits
+    def padded(k, ds):
+        ds.add_new(0x00091010, "LO", "kaapana")  # private creator of the padding below
+        ds.add_new(0x00091011, "OB", b"\x00" * header_bytes)
+
+    series = synthetic_series(slices=3, per_instance=padded)
+    whole = scan._fast_header(series.files[0], chunk=1 << 30)
+    head = scan._fast_header(series.files[0])
+    assert head == whole and head.pixel_offset == whole.pixel_offset > header_bytes
+    (volume,) = convert.convert_series(series.series_dir, tmp_path / "out", compress=False, name="v")
+    expected = (series.volume.astype(np.int64) - 1024).transpose(2, 1, 0)[:, ::-1, :]
+    np.testing.assert_array_equal(np.asanyarray(nib.load(volume.nifti_path).dataobj), expected)

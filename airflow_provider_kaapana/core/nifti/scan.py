@@ -235,7 +235,7 @@ def _fast_header(path: Path, chunk: int = 1 << 14) -> _FastHeader | None:
     with the shared :class:`~airflow_provider_kaapana.core.dicom.elements.ElementWalker`; returns None for
     anything else (no preamble, big endian, deflated, functional groups), which then goes to pydicom.
     """
-    # unbuffered, and 16 KiB first (most headers end well before; a longer one is read whole below):
+    # unbuffered, and 16 KiB first (most headers end well before; longer ones are read on below):
     # 300 CT headers in 1.6 ms against 4.4 ms buffered with 64 KiB
     with open(path, "rb", buffering=0) as fh:
         file_size = os.fstat(fh.fileno()).st_size
@@ -244,19 +244,22 @@ def _fast_header(path: Path, chunk: int = 1 << 14) -> _FastHeader | None:
             return None
         data, start, transfer_syntax = head
         implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
-        walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
-        try:
-            walker.dataset(start)
-            # a chunk that ends exactly between two elements walks cleanly: only a stop tag or the end
-            # of the file proves that nothing was left unread
-            complete = walker.stopped is not None or len(data) >= file_size
-        except TruncatedDatasetError:
-            complete = False
-        if not complete:
-            # the header goes on past the first chunk: walk again over the whole file
-            data += fh.readall()
+        # a header longer than the first chunk is walked again over 64 KiB, then over the whole file
+        reads = [n for n in ((1 << 16) - len(data),) if n > 0] + [-1]
+        while True:
             walker = ElementWalker(data, implicit, wanted=_WANTED, stop=_STOP_TAGS)
-            walker.dataset(start)
+            try:
+                walker.dataset(start)
+                # a chunk that ends exactly between two elements walks cleanly: only a stop tag or the
+                # end of the file proves that nothing was left unread
+                if walker.stopped is not None or len(data) >= file_size:
+                    break
+            except TruncatedDatasetError:
+                if not reads:
+                    raise
+            if not reads:
+                break
+            data += fh.read(reads.pop(0))
     out = _FastHeader()
     out.transfer_syntax_uid = transfer_syntax
     out.file_size = file_size
