@@ -31,3 +31,27 @@ def test_cli_reports_geometry_error(synthetic_series, tmp_path):
     assert proc.returncode == 1
     assert "uneven slice spacing" in proc.stderr and series.series_instance_uid in proc.stderr
     assert proc.stdout == ""
+
+
+def test_building_the_command_imports_no_heavy_library():
+    # every subcommand builds the whole parser first: `kaapana nifti` must not pay for the search
+    # clients, pydicom or importlib.metadata that other subcommands use (they import them when run)
+    code = (
+        "import sys\n"
+        "from airflow_provider_kaapana.cli import build_parser\n"
+        "build_parser()\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    heavy = {
+        "pydicom",
+        "requests",
+        "importlib.metadata",
+        "numpy",
+        "elasticsearch",
+        "opensearchpy",
+        "tenacity",
+    }
+    assert not loaded & heavy

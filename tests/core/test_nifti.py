@@ -368,7 +368,7 @@ def _slice_fields(slices) -> list[dict]:
     keep = ("pixel_offset",)
     out = []
     for s in slices:
-        fields = {k: v for k, v in vars(s).items() if k not in keep}
+        fields = {k: v for k, v in s._asdict().items() if k not in keep}
         fields["orientation"] = list(fields["orientation"])
         fields["position"] = list(fields["position"])
         out.append(fields)

@@ -53,6 +53,8 @@ class ElementWalker:
     value_offset)`` of the top-level tag in ``stop`` that ended the walk (``None`` if none did).
     """
 
+    inline_explicit = True  # False: every element through header() (the tests compare both)
+
     def __init__(
         self,
         data: bytes | memoryview,
@@ -110,9 +112,20 @@ class ElementWalker:
         wanted = self.wanted if depth == 0 else _NOTHING
         stop = self.stop if depth == 0 else _NOTHING
         header = self.header
+        # explicit VR with a short length (most elements) decoded inline; everything else through header():
+        # 300 CT headers walked in 10 instead of 13 ms
+        explicit_header = self.explicit_header if self.inline_explicit and not self.implicit else None
+        data, data_end = self.data, self.end
         last_tag = -1
         while pos < limit:
-            tag, vr, length, value = header(pos)
+            if explicit_header is not None and pos + 8 <= data_end:
+                group, elem, vr, length = explicit_header(data, pos)
+                if group == 0xFFFE or vr in LONG_VRS or vr not in _VR_LIKE:
+                    tag, vr, length, value = header(pos)
+                else:
+                    tag, value = (group << 16) | elem, pos + 8
+            else:
+                tag, vr, length, value = header(pos)
             if tag == ITEM_DELIMITER:
                 if not until_item_delim:
                     raise InvalidDicomError(f"not DICOM: unexpected item delimiter at byte {pos}")

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
+from airflow_provider_kaapana.core.index import DEFAULT_INDEX
 from airflow_provider_kaapana.core.index.document import BINARY_VRS, DEFAULT_PRIVATE_KEY, SEGMENT_NUMBER_KEYS
 
 TEMPLATE_VERSION = 4  # 3: kaapana.segments (nested per-segment statistics); 4: viewer_url, thumbnail
-DEFAULT_INDEX = "kaapana-dicom"
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
 _TEXTUAL_KEYWORD = {"type": "keyword", "ignore_above": 2048, "fields": {"text": {"type": "text"}}}

@@ -57,6 +57,17 @@ def positions_along_normal(slices: list[SliceInfo]) -> np.ndarray:
     return np.array([float(np.dot(s.position, normal)) for s in slices])
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D array of finite floats, with the same arithmetic (the middle value, or the
+    mean ``(a + b) / 2`` of the middle two): ``np.median`` imports ``numpy.ma`` on first use, 18 ms of
+    every conversion's start-up with NumPy 2.4."""
+    ordered = np.sort(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[mid])
+    return float((ordered[mid - 1] + ordered[mid]) / 2)
+
+
 def order_and_check(volume: Volume, series_uid: str, spacing_rtol: float, shear_tolerance: float) -> None:
     """Sort along the normal, check duplicates/spacing/shear, and compute the affine (dcm2niix layout)."""
     slices = volume.slices
@@ -71,7 +82,7 @@ def order_and_check(volume: Volume, series_uid: str, spacing_rtol: float, shear_
     dr, dc = first.pixel_spacing
     if n > 1:
         gaps = np.diff(d)
-        dup = np.flatnonzero(gaps < 1e-3 * max(float(np.median(gaps)), 1e-3) + 1e-4)
+        dup = np.flatnonzero(gaps < 1e-3 * max(_median(gaps), 1e-3) + 1e-4)
         if dup.size:
             a, b = slices[dup[0]], slices[dup[0] + 1]
             raise GeometryError(
@@ -80,7 +91,7 @@ def order_and_check(volume: Volume, series_uid: str, spacing_rtol: float, shear_
                 "not split because EchoNumbers/TemporalPositionIdentifier/AcquisitionNumber are equal"
             )
         spacing = (d[-1] - d[0]) / (n - 1)
-        typical = float(np.median(gaps))
+        typical = _median(gaps)
         deviation = np.abs(gaps - typical)
         bad = np.flatnonzero(deviation > spacing_rtol * typical)
         if bad.size:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -34,8 +33,7 @@ TAG_PRIVATE_CREATOR_0019_10 = 0x00190010  # its private creator: other vendors u
 SIEMENS_MR_HEADER = "SIEMENS MR HEADER"
 
 
-@dataclass(frozen=True)
-class MosaicTile:
+class MosaicTile(NamedTuple):
     """Where one tile of a mosaic lies: its index in the grid and its patient position (LPS mm)."""
 
     index: int  # 0-based, row by row through the grid; also its order along the CSA slice normal
@@ -45,8 +43,7 @@ class MosaicTile:
     position: np.ndarray
 
 
-@dataclass(frozen=True)
-class Diffusion:
+class Diffusion(NamedTuple):
     """Diffusion weighting of a mosaic volume, from the CSA header."""
 
     b_value: float

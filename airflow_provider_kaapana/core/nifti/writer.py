@@ -1,15 +1,16 @@
-"""Writing a volume: the NIfTI-1 header built directly (qform = sform), the voxels without a transpose,
-gzip by ISA-L on several threads, and the sidecar JSON; every file replaced atomically."""
+"""Writing a volume: the NIfTI-1 header built directly (qform = sform), the voxels without a transpose (or
+by positioned writes into a preallocated file), gzip by ISA-L on several threads, and the sidecar JSON;
+every file replaced atomically."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from isal import igzip_threaded
 
 _NIFTI_DTYPES = {
     np.dtype(np.uint8): 2,
@@ -146,6 +147,8 @@ def write_gzip(
     block-parallel deflate it replaces (150 MiB CT, 2 threads, 12 alternating runs): 0.250-0.297 s
     against 0.271-0.384 s, same size.
     """
+    from isal import igzip_threaded  # on use: 2.4 ms of every conversion's start-up, .nii needs none
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with igzip_threaded.open(
@@ -202,6 +205,66 @@ def write_nifti_slices(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_nifti_frames(
+    path: Path,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    affine: np.ndarray,
+    write_voxels: Callable[[int, int], None],
+) -> None:
+    """An uncompressed single-file NIfTI-1 of ``shape`` (i, j, k) at ``path``, replaced atomically, whose
+    voxels ``write_voxels(fd, offset)`` writes into the open file (positioned writes from ``offset``, the
+    end of the header; e.g. :func:`~.pixels.write_rescaled_frames`).
+
+    If ``write_voxels`` raises, no file is left behind (the temporary is removed) and the exception
+    propagates; so does a :class:`ValueError` when it wrote less or more than ``shape`` and ``dtype`` say.
+    """
+    header = _nifti_header(shape, dtype, affine)
+    size = len(header) + shape[0] * shape[1] * shape[2] * np.dtype(dtype).itemsize
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            _preallocate(fd, size)
+            view = memoryview(header)
+            while view:
+                view = view[os.write(fd, view) :]
+            write_voxels(fd, len(header))
+            written = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if written != size:
+            raise ValueError(f"{path.name}: {written} bytes written, a {shape} {dtype} NIfTI file has {size}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for the file being written, without changing its length (Linux
+    ``fallocate(2)`` with ``FALLOC_FL_KEEP_SIZE``); nothing where the call or the file system lacks it.
+
+    The file system then allocates the extents once instead of on every write: writing 150 MiB in 512 KiB
+    pieces to ext4 took 23-28 ms against 33-47 ms without (7 runs each). ``os.posix_fallocate`` would set
+    the length (and glibc emulates it by writing into every block where the file system cannot), hence
+    the system call through ctypes, which NumPy has imported already.
+    """
+    if size <= 0 or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # pragma: no cover - a libc without fallocate
+        return
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size)  # a failure (EOPNOTSUPP, ENOSPC) only loses the hint
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,14 @@ log = logging.getLogger(__name__)
 LABELS_FILE = "labels.json"
 PROVENANCE_FILE = "prediction.json"
 DEVICES = ("cuda", "cpu", "mps", "auto")
+
+
+def _nnunet_version() -> str:
+    # importlib.metadata on use: the `kaapana` command imports this module to build its parser, and
+    # importlib.metadata was the largest part of that (tens of ms) for every subcommand
+    from importlib import metadata
+
+    return metadata.version("nnunetv2")
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,7 @@ def predict(
         "network_evaluations": evaluations[0],
         "cases": {case.case_id: str(path) for case, path in zip(cases, label_maps)},
         "seconds": round(time.perf_counter() - started, 3),
-        "nnunetv2": metadata.version("nnunetv2"),
+        "nnunetv2": _nnunet_version(),
     }
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     log.info("predicted %d case(s) with %s into %s", len(cases), info.path, out)
