@@ -185,3 +185,29 @@ def test_export_seg_binary_takes_the_fast_path_and_others_fall_back(synthetic_se
     assert pydicom.dcmread(implicit.seg_path).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert applies("BINARY", ExplicitVRLittleEndian, None)
     assert not applies("BINARY", ExplicitVRLittleEndian, [1, 2, 3])  # a multi-frame source
+
+
+def test_what_highdicom_refuses_is_refused(synthetic_series, tmp_path):
+    # an orientation differing in the 6th decimal passes the loader's tolerance; highdicom refuses it
+    # (exact equality across source images), and so does the direct path, which sees all source images
+    def tilt(k, ds):
+        if k == 3:
+            ds.ImageOrientationPatient = [1, 0.000001, 0, 0, 1, 0]
+
+    series = synthetic_series(shapes=SHAPES, per_instance=tilt)
+    source = load_source_series(series.series_dir)
+    labels = sorted_truth(series, source)
+    with pytest.raises(ValueError, match="shared orientation"):
+        build_segmentation(
+            source.datasets,
+            labels,
+            [segment_spec_for_name(n, f"label {n}") for n in (1, 2, 3)],
+            segmentation_type="BINARY",
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            max_fractional_value=255,
+            series_description=None,
+            **NAMES,
+        )
+    with pytest.raises(ValueError, match="shared orientation"):
+        write_both(tmp_path, series.series_dir, labels, 3)
+    assert not (tmp_path / "fast.dcm").exists()

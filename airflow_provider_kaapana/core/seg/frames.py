@@ -82,6 +82,7 @@ def write_binary_segmentation(
     n_segments = len(specs)
     if n_segments > rows * columns or len(source_images) != n_slices:
         raise ValueError("segment_numbers does not match the source images or the segments")
+    _check_like_highdicom(source_images)
     plane = np.zeros((1, rows, columns), dtype=segment_numbers.dtype)
     plane.reshape(-1)[:n_segments] = np.arange(1, n_segments + 1)  # every segment once: no empty frame
     template = build_segmentation(
@@ -135,6 +136,21 @@ def write_binary_segmentation(
     tail = [b"0"] if n_bytes % 2 else []  # highdicom pads odd pixel data with "0"
     write_atomic(out_path, _chain([_dataset_bytes(header), pixel_header], chunks, tail), fsync=False)
     return len(frames)
+
+
+def _check_like_highdicom(source_images: Sequence[Dataset]) -> None:
+    """The checks highdicom makes across all source images (the template sees only the first)."""
+    first = source_images[0]
+    key = ("StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns", "FrameOfReferenceUID")
+    expected = tuple(first.get(k) for k in key)
+    for ds in source_images:
+        if tuple(ds.get(k) for k in key) != expected:
+            raise ValueError(
+                "Source images must all be part of the same series and must have the same image dimensions "
+                f"(number of rows/columns): {ds.SOPInstanceUID} differs from {first.SOPInstanceUID}"
+            )
+        if ds.ImageOrientationPatient != first.ImageOrientationPatient:
+            raise ValueError(f"Source images must have a shared orientation: {ds.SOPInstanceUID}")
 
 
 def _header(
