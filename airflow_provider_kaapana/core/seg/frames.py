@@ -34,6 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from airflow_provider_kaapana.core.files import write_atomic
 from airflow_provider_kaapana.core.seg.codes import AlgorithmInfo, SegmentSpec
+from airflow_provider_kaapana.core.seg.geometry import stored_value
 from airflow_provider_kaapana.core.seg.writer import _encoded_element, build_segmentation
 
 _ITEM = b"\xfe\xff\x00\xe0"
@@ -141,6 +142,7 @@ def write_binary_segmentation(
 def _check_like_highdicom(source_images: Sequence[Dataset]) -> None:
     """The checks highdicom makes across all source images (the template sees only the first)."""
     first = source_images[0]
+    raw_orientation = stored_value(first, 0x00200037)
     key = ("StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns", "FrameOfReferenceUID")
     expected = tuple(first.get(k) for k in key)
     for ds in source_images:
@@ -149,7 +151,8 @@ def _check_like_highdicom(source_images: Sequence[Dataset]) -> None:
                 "Source images must all be part of the same series and must have the same image dimensions "
                 f"(number of rows/columns): {ds.SOPInstanceUID} differs from {first.SOPInstanceUID}"
             )
-        if ds.ImageOrientationPatient != first.ImageOrientationPatient:
+        same_bytes = raw_orientation is not None and stored_value(ds, 0x00200037) == raw_orientation
+        if not same_bytes and ds.ImageOrientationPatient != first.ImageOrientationPatient:
             raise ValueError(f"Source images must have a shared orientation: {ds.SOPInstanceUID}")
 
 
