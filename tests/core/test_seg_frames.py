@@ -12,6 +12,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from airflow_provider_kaapana.core.seg import export as export_module
+from airflow_provider_kaapana.core.seg import frames as frames_module
 from airflow_provider_kaapana.core.seg.codes import AlgorithmInfo, segment_spec_for_name
 from airflow_provider_kaapana.core.seg.export import export_seg
 from airflow_provider_kaapana.core.seg.frames import applies, write_binary_segmentation
@@ -103,7 +104,8 @@ def sorted_truth(series, source) -> np.ndarray:
         ("Spacing Between Slices in the source", dict(extra={"SpacingBetweenSlices": "2.0"})),
     ],
 )
-def test_fast_seg_is_highdicom_seg_byte_for_byte(synthetic_series, tmp_path, case, kwargs):
+def test_fast_seg_is_highdicom_seg_byte_for_byte(synthetic_series, tmp_path, monkeypatch, case, kwargs):
+    monkeypatch.setattr(frames_module, "_PIXELS_PER_CHUNK", 1)  # chunks of 8 frames: several per object
     series = synthetic_series(shapes=SHAPES, **kwargs)
     source = load_source_series(series.series_dir)
     labels = sorted_truth(series, source)

@@ -45,7 +45,7 @@ _SOURCE_IMAGES = 0x00082112
 _REFERENCED_SERIES = 0x00081115
 _PER_FRAME_GROUPS = 0x52009230
 _PIXEL_DATA = 0x7FE00010
-_FRAMES_PER_CHUNK = 64  # a multiple of 8: every chunk of 1-bit frames ends on a byte boundary
+_PIXELS_PER_CHUNK = 1 << 24  # 16 MB of masks at a time (64 frames of 512 x 512)
 
 
 def applies(segmentation_type: str, transfer_syntax_uid: str, source_frame_numbers: Any) -> bool:
@@ -247,8 +247,10 @@ def _per_frame_groups(
 
 def _pixel_chunks(segment_numbers: np.ndarray, frames: list[tuple[int, int, int]]) -> Iterator[bytes]:
     """The 1-bit frames, packed least significant bit first across frame boundaries, a few at a time."""
-    for start in range(0, len(frames), _FRAMES_PER_CHUNK):
-        batch = frames[start : start + _FRAMES_PER_CHUNK]
+    pixels = segment_numbers.shape[1] * segment_numbers.shape[2]
+    per_chunk = max(1, _PIXELS_PER_CHUNK // (8 * pixels)) * 8  # 8 frames of 1 bit end on a byte boundary
+    for start in range(0, len(frames), per_chunk):
+        batch = frames[start : start + per_chunk]
         slices = np.fromiter((k for _, k, _ in batch), dtype=np.intp, count=len(batch))
         numbers = np.fromiter((s + 1 for s, _, _ in batch), dtype=segment_numbers.dtype, count=len(batch))
         masks = segment_numbers[slices] == numbers[:, None, None]
