@@ -249,12 +249,12 @@ def _pixel_chunks(segment_numbers: np.ndarray, frames: list[tuple[int, int, int]
     """The 1-bit frames, packed least significant bit first across frame boundaries, a few at a time."""
     pixels = segment_numbers.shape[1] * segment_numbers.shape[2]
     per_chunk = max(1, _PIXELS_PER_CHUNK // (8 * pixels)) * 8  # 8 frames of 1 bit end on a byte boundary
+    masks = np.empty((min(per_chunk, len(frames)), *segment_numbers.shape[1:]), dtype=bool)
     for start in range(0, len(frames), per_chunk):
         batch = frames[start : start + per_chunk]
-        slices = np.fromiter((k for _, k, _ in batch), dtype=np.intp, count=len(batch))
-        numbers = np.fromiter((s + 1 for s, _, _ in batch), dtype=segment_numbers.dtype, count=len(batch))
-        masks = segment_numbers[slices] == numbers[:, None, None]
-        yield np.packbits(masks.reshape(-1), bitorder="little").tobytes()
+        for i, (s, k, _) in enumerate(batch):
+            np.equal(segment_numbers[k], s + 1, out=masks[i])
+        yield np.packbits(masks[: len(batch)].reshape(-1), bitorder="little").tobytes()
 
 
 def _chain(*parts: Any) -> Iterator[bytes]:
