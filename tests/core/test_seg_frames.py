@@ -213,3 +213,25 @@ def test_what_highdicom_refuses_is_refused(synthetic_series, tmp_path):
     with pytest.raises(ValueError, match="shared orientation"):
         write_both(tmp_path, series.series_dir, labels, 3)
     assert not (tmp_path / "fast.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+)
+def test_fast_seg_of_real_headers_is_highdicom_seg(tmp_path, name):
+    # pydicom's bundled real-world instances (a GE CT, an MR in three encodings): the patient, study and
+    # equipment attributes highdicom copies from them come out the same
+    import shutil
+
+    import pydicom.data
+
+    series_dir = tmp_path / "series"
+    series_dir.mkdir()
+    shutil.copy(Path(pydicom.data.__file__).parent / "test_files" / name, series_dir / name)
+    ds = pydicom.dcmread(series_dir / name, stop_before_pixels=True)
+    labels = np.zeros((1, ds.Rows, ds.Columns), dtype=np.uint8)
+    labels[0, 10:30, 5:25] = 1
+    labels[0, 40:50, 40:63] = 2
+    _, frames, ours, theirs = write_both(tmp_path, series_dir, labels, 2)
+    assert frames == 2
+    assert ours == theirs
