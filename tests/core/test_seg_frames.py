@@ -235,3 +235,27 @@ def test_fast_seg_of_real_headers_is_highdicom_seg(tmp_path, name):
     _, frames, ours, theirs = write_both(tmp_path, series_dir, labels, 2)
     assert frames == 2
     assert ours == theirs
+
+
+@pytest.mark.parametrize("kind", ["nifti1", "nifti2", "scaled", "int16", "plain .nii"])
+def test_label_map_reader_is_nibabel(tmp_path, kind):
+    # .nii.gz label maps are inflated by isal into nibabel's reader: the same voxels and affine as nib.load
+    import nibabel as nib
+
+    from airflow_provider_kaapana.core.seg.labels import _read_nifti
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 6, size=(7, 5, 3)).astype(np.int16 if kind == "int16" else np.uint8)
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-3.0, 4.0, 5.5]
+    klass = nib.Nifti2Image if kind == "nifti2" else nib.Nifti1Image
+    img = klass(data, affine)
+    if kind == "scaled":
+        img.header.set_slope_inter(2.0, 1.0)
+    path = tmp_path / ("l.nii" if kind == "plain .nii" else "l.nii.gz")
+    nib.save(img, path)
+    voxels, got_affine = _read_nifti(path)
+    expected = nib.load(path)
+    np.testing.assert_array_equal(voxels, np.asanyarray(expected.dataobj))
+    assert voxels.dtype == np.asanyarray(expected.dataobj).dtype
+    np.testing.assert_array_equal(got_affine, expected.affine)
