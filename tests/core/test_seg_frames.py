@@ -259,3 +259,20 @@ def test_label_map_reader_is_nibabel(tmp_path, kind):
     np.testing.assert_array_equal(voxels, np.asanyarray(expected.dataobj))
     assert voxels.dtype == np.asanyarray(expected.dataobj).dtype
     np.testing.assert_array_equal(got_affine, expected.affine)
+
+
+def test_label_presence_compares_or_counts():
+    from airflow_provider_kaapana.core.seg.export import _label_presence
+
+    rng = np.random.default_rng(1)
+    volume = np.zeros((6, 9, 11), dtype=np.uint16)
+    volume[1, :3, :4] = rng.integers(0, 4, size=(3, 4))  # few values: compared one by one
+    volume[2, 2:, 5:] = rng.integers(0, 300, size=(7, 6))  # many: counted
+    volume[4, 8, 10] = 9
+    expected = np.zeros((6, 300), dtype=bool)
+    for k in range(6):
+        if volume[k].any():
+            expected[k, np.unique(volume[k])] = True
+    presence = _label_presence(volume)
+    np.testing.assert_array_equal(presence, expected[:, : presence.shape[1]])
+    assert presence.shape[1] == int(volume.max()) + 1
