@@ -39,6 +39,7 @@ from airflow_provider_kaapana.core.seg.codes import (
     lookup_structure,
     segment_spec_for_name,
 )
+from airflow_provider_kaapana.core.seg.frames import applies, write_binary_segmentation
 from airflow_provider_kaapana.core.seg.geometry import (
     SourceSeries,
     check_sidecar,
@@ -190,7 +191,8 @@ class _SegExport:
             labels, affine, self.source, out_dtype=labels.dtype.type
         )
         del labels
-        self.frames_of = _frames_per_label_value(self.on_grid)
+        self.presence = _label_presence(self.on_grid)
+        self.frames_of = self.presence.sum(axis=0)
         self.specs = self._with_unlisted_label_values(dict(self.config.segments))
         self._check_findings()
         self.kept = self._kept_label_values()
@@ -251,6 +253,14 @@ class _SegExport:
             return []
         return [self.specs[v].name for v in self.specs if self.frames(v) == 0]
 
+    def _segment_presence(self) -> np.ndarray:
+        """Entry ``[k, n - 1]``: whether segment ``n`` occurs in slice ``k``."""
+        out = np.zeros((self.presence.shape[0], len(self.kept)), dtype=bool)
+        for i, value in enumerate(self.kept):
+            if value < self.presence.shape[1]:
+                out[:, i] = self.presence[:, value]
+        return out
+
     def _as_segment_numbers(self, on_grid: np.ndarray) -> np.ndarray:
         """Label values -> consecutive segment numbers 1..n (0 stays background), unless they already are."""
         kept = self.kept
@@ -275,32 +285,51 @@ class _SegExport:
     ) -> SegExportResult:
         """Build the SEG with highdicom and save it atomically at ``out_path``."""
         seg_series_uid, seg_sop_uid = seg_uids(self.source.series_instance_uid, model_id, configuration)
-        source_images, pixels = _in_source_order(self.source, self.on_grid)
-        seg = build_segmentation(
-            source_images,
-            pixels,
-            [self.specs[v] for v in self.kept],
-            segmentation_type=self.segmentation_type,
-            algorithm=self.algorithm,
-            model_id=model_id,
-            configuration=configuration,
-            series_instance_uid=seg_series_uid,
-            sop_instance_uid=seg_sop_uid,
-            series_number=series_number,
-            series_description=series_description,
-            transfer_syntax_uid=transfer_syntax_uid,
-            max_fractional_value=max_fractional_value,
-        )
-        self.on_grid = None  # highdicom holds the encoded frames now
-        del pixels
-        write_atomically(seg, out_path)
+        specs = [self.specs[v] for v in self.kept]
+        if applies(self.segmentation_type, transfer_syntax_uid, self.source.frame_numbers):
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            number_of_frames = write_binary_segmentation(
+                out_path,
+                self.source.datasets,
+                self.on_grid,
+                self._segment_presence(),
+                specs,
+                algorithm=self.algorithm,
+                model_id=model_id,
+                configuration=configuration,
+                series_instance_uid=seg_series_uid,
+                sop_instance_uid=seg_sop_uid,
+                series_number=series_number,
+                series_description=series_description,
+            )
+        else:  # FRACTIONAL, LABELMAP, another transfer syntax, a multi-frame source: highdicom alone
+            source_images, pixels = _in_source_order(self.source, self.on_grid)
+            seg = build_segmentation(
+                source_images,
+                pixels,
+                specs,
+                segmentation_type=self.segmentation_type,
+                algorithm=self.algorithm,
+                model_id=model_id,
+                configuration=configuration,
+                series_instance_uid=seg_series_uid,
+                sop_instance_uid=seg_sop_uid,
+                series_number=series_number,
+                series_description=series_description,
+                transfer_syntax_uid=transfer_syntax_uid,
+                max_fractional_value=max_fractional_value,
+            )
+            self.on_grid = None  # highdicom holds the encoded frames now
+            del pixels
+            write_atomically(seg, out_path)
+            number_of_frames = int(getattr(seg, "NumberOfFrames", 0))
         return SegExportResult(
             seg_path=out_path,
             series_instance_uid=self.source.series_instance_uid,
             seg_series_instance_uid=seg_series_uid,
             seg_sop_instance_uid=seg_sop_uid,
             segmentation_type=self.segmentation_type,
-            number_of_frames=int(getattr(seg, "NumberOfFrames", 0)),
+            number_of_frames=number_of_frames,
             segments=[
                 ExportedSegment(n, v, self.specs[v].name, self.frames(v), self.specs[v].coded_from)
                 for n, v in enumerate(self.kept, start=1)
@@ -407,14 +436,25 @@ def _with_shared_plane_groups(ds: Any) -> Any:
     return out
 
 
-def _frames_per_label_value(on_grid: np.ndarray) -> np.ndarray:
-    """Entry ``v``: the number of slices in which label value ``v`` occurs at least once."""
-    per_slice = [np.bincount(on_grid[k].ravel()) for k in range(on_grid.shape[0])]
-    max_value = max((len(c) - 1 for c in per_slice), default=0)
-    frames_of = np.zeros(max(max_value + 1, 1), dtype=np.int64)
-    for counts in per_slice:
-        frames_of[: len(counts)] += counts > 0
-    return frames_of
+_COMPARE_UP_TO = 8  # slices whose largest label is at most this: one comparison per value, not bincount
+
+
+def _label_presence(on_grid: np.ndarray) -> np.ndarray:
+    """Entry ``[k, v]``: whether label value ``v`` occurs in labelled slice ``k`` (all False for a slice
+    without labels). A slice with few label values is compared value by value (512x512x300, 5 labels:
+    0.017 instead of 0.065 s with ``bincount`` on every slice, median of 5)."""
+    n = on_grid.shape[0]
+    flat = on_grid.reshape(n, -1)
+    top = flat.max(axis=1, initial=0)  # empty slices are skipped by their maximum
+    presence = np.zeros((n, int(top.max(initial=0)) + 1), dtype=bool)
+    for k in np.nonzero(top)[0]:
+        if top[k] <= _COMPARE_UP_TO:
+            for value in range(int(top[k]) + 1):
+                presence[k, value] = (flat[k] == value).any()
+        else:
+            counts = np.bincount(flat[k])
+            presence[k, : len(counts)] = counts > 0
+    return presence
 
 
 __all__ = [

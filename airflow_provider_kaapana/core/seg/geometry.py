@@ -107,14 +107,24 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
         values = {str(ds.get(key)) for _, ds in datasets}
         if len(values) > 1:
             raise InvalidDicomError(f"{source_dir}: source instances differ in {key}: {sorted(values)}")
-    iop0 = np.asarray(first.ImageOrientationPatient, dtype=float)
-    spacing0 = np.asarray(first.PixelSpacing, dtype=float)
+    raw_iop0, raw_spacing0 = stored_value(first, _IOP), stored_value(first, _PIXEL_SPACING)
+    iop0 = (
+        _floats(raw_iop0) if raw_iop0 is not None else np.asarray(first.ImageOrientationPatient, dtype=float)
+    )
+    spacing0 = (
+        _floats(raw_spacing0) if raw_spacing0 is not None else np.asarray(first.PixelSpacing, dtype=float)
+    )
     for path, ds in datasets[1:]:
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop0, atol=1e-4):
+        # the same stored bytes are the same values: no conversion (a third of the checks' time)
+        if (raw_iop0 is None or stored_value(ds, _IOP) != raw_iop0) and not np.allclose(
+            np.asarray(ds.ImageOrientationPatient, dtype=float), iop0, atol=1e-4
+        ):
             raise GeometryError(f"{path}: ImageOrientationPatient differs from {first_path.name}")
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise GeometryError(f"{path}: matrix size differs from {first_path.name}")
-        if not np.allclose(np.asarray(ds.PixelSpacing, dtype=float), spacing0, atol=1e-5):
+        if (raw_spacing0 is None or stored_value(ds, _PIXEL_SPACING) != raw_spacing0) and not np.allclose(
+            np.asarray(ds.PixelSpacing, dtype=float), spacing0, atol=1e-5
+        ):
             raise GeometryError(f"{path}: PixelSpacing differs from {first_path.name}")
     row_dir, col_dir = iop0[:3], iop0[3:]
     normal = np.cross(row_dir, col_dir)
@@ -137,6 +147,21 @@ def load_source_series(source_dir: str | Path) -> SourceSeries:
         rows=int(first.Rows),
         columns=int(first.Columns),
     )
+
+
+_IOP, _PIXEL_SPACING = 0x00200037, 0x00280030
+
+
+def stored_value(ds: Dataset, tag: int) -> bytes | None:
+    """The element's value bytes as read from the file while pydicom has not converted it yet, else None."""
+    element = ds._dict.get(tag)  # type: ignore[attr-defined]
+    return element.value if element is not None and getattr(element, "is_raw", False) else None
+
+
+def _floats(stored: bytes) -> np.ndarray:
+    """A stored DS value (``b"1.0\\0.0 "``) as floats, as pydicom converts it (leaves the element raw for
+    the byte comparisons of :func:`stored_value`)."""
+    return np.asarray([float(v) for v in stored.split(b"\\")], dtype=float)
 
 
 def _multi_frame_source(
