@@ -17,6 +17,7 @@ import logging
 import queue
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,8 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from airflow_provider_kaapana.core.net.tcp import no_delay
 
@@ -59,6 +61,90 @@ class ConnectionLimits:
     max_associations: int = 10
 
 
+def _element(element: int, value: bytes) -> bytes:
+    """One group-0000 element, implicit VR little endian (as every DIMSE command set)."""
+    return struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def encode_store_response(
+    message_id: int, status: int, sop_class_uid: str | None, sop_instance_uid: str | None
+) -> bytes:
+    """The command set of a C-STORE-RSP without Offending Element or Error Comment, encoded (implicit
+    VR little endian) as pynetdicom's ``C_STORE_RSP`` encodes it: the same bytes, without building and
+    encoding a pydicom dataset twice (0.31 ms of CPU per response, measured; this takes ~5 us). The
+    tests compare both encodings."""
+    body = b"".join(
+        [
+            _element(0x0002, _uid_value(sop_class_uid)) if sop_class_uid is not None else b"",
+            _element(0x0100, struct.pack("<H", 0x8001)),  # CommandField: C-STORE-RSP
+            _element(0x0120, struct.pack("<H", message_id)),
+            _element(0x0800, struct.pack("<H", 0x0101)),  # CommandDataSetType: no data set
+            _element(0x0900, struct.pack("<H", status)),
+            _element(0x1000, _uid_value(sop_instance_uid)) if sop_instance_uid is not None else b"",
+        ]
+    )
+    return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def _plain_store_response(primitive: Any) -> bool:
+    """A C-STORE response :func:`encode_store_response` encodes exactly (else pynetdicom does)."""
+    return (
+        type(primitive) is C_STORE
+        and isinstance(primitive.MessageIDBeingRespondedTo, int)
+        and isinstance(primitive.Status, int)
+        and 0 <= primitive.MessageIDBeingRespondedTo <= 0xFFFF
+        and 0 <= primitive.Status <= 0xFFFF
+        and primitive.ErrorComment is None
+        and primitive.OffendingElement is None
+        and all(
+            uid is None or (isinstance(uid, str) and uid.isascii())
+            for uid in (primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID)
+        )
+    )
+
+
+def fast_store_response_pdata(primitive: Any, context_id: int, max_pdu: int) -> P_DATA | None:
+    """The one P-DATA primitive carrying a plain C-STORE response (see :func:`encode_store_response`),
+    or ``None`` where pynetdicom must encode it (other fields, a command set over the peer's maximum
+    PDU length)."""
+    if not _plain_store_response(primitive):
+        return None
+    encoded = encode_store_response(
+        primitive.MessageIDBeingRespondedTo,
+        primitive.Status,
+        primitive.AffectedSOPClassUID,
+        primitive.AffectedSOPInstanceUID,
+    )
+    if max_pdu and len(encoded) > max_pdu - 6:  # pynetdicom would fragment it
+        return None
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))  # last command fragment
+    return pdata
+
+
+def read_exactly(association_socket: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv`` with the same result, read into one buffer with ``recv_into``
+    instead of 4 KiB ``recv`` calls each appended to a bytearray: 20 instead of 60 us per 128 KiB
+    (measured on a socket pair), ~130 fewer system calls per 0.5 MB instance. Fewer bytes than asked
+    only when the peer closed the connection."""
+    buffer = bytearray(nr_bytes)
+    done = 0
+    with memoryview(buffer) as view:
+        while done < nr_bytes:
+            count = association_socket.socket.recv_into(view[done:])  # type: ignore[union-attr]
+            if not count:
+                break
+            done += count
+    if done < nr_bytes:
+        del buffer[done:]
+    return buffer
+
+
 def _peer(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
@@ -84,6 +170,8 @@ class GuardedRequestHandler(RequestHandler):
             original_serve(msg, context_id)
 
         assoc._serve_request = serve
+        association_socket = assoc.dul.socket
+        association_socket.recv = lambda nr_bytes: read_exactly(association_socket, nr_bytes)
         idle_check = assoc.dul.idle_timer_expired
         idle_expired: list[bool] = []
 
@@ -100,14 +188,46 @@ class GuardedRequestHandler(RequestHandler):
         receive_lock = threading.Lock()
         last_pdata = [time.monotonic()]
 
+        msg_queue = dimse.msg_queue
+        inline: list[tuple[int, Any]] = []
+        queue_put = msg_queue.put
+
+        def put(item: tuple[int, Any], block: bool = True, timeout: float | None = None) -> None:
+            # A complete C-STORE request is served on the network thread that decoded it, right
+            # after the decoding, instead of being queued for the association's own thread: that
+            # saves two thread hand-overs per instance (to the association thread, and of the
+            # response back to the network thread, which picks it up in its next loop without a
+            # nap). The sender waits for the response anyway, so the network thread has nothing
+            # else to do meanwhile. Only requests pynetdicom would serve without aborting (an
+            # accepted context, no release under way: an abort from this thread would wait for
+            # itself); everything else goes the usual way.
+            context_id, primitive = item
+            if (
+                type(primitive) is C_STORE
+                and primitive.MessageIDBeingRespondedTo is None
+                and threading.current_thread() is assoc.dul
+                and context_id in assoc._accepted_cx
+                and not assoc._sent_release
+            ):
+                inline.append(item)
+                return
+            queue_put(item, block, timeout)
+
+        msg_queue.put = put  # type: ignore[method-assign]
+
         def receive(primitive: Any) -> None:
             with receive_lock:
                 last_pdata[0] = time.monotonic()
                 original_receive(primitive)
+            while inline:
+                context_id, request = inline.pop(0)
+                try:
+                    serve(request, context_id)
+                except Exception:  # noqa: BLE001 - as the association thread would: keep the network thread
+                    log.exception("serving a C-STORE request from %s failed", _peer(self.client_address))
 
         dimse.receive_primitive = receive
         original_get_msg = dimse.get_msg
-        msg_queue = dimse.msg_queue
 
         def get_msg(block: bool = False) -> Any:
             # pynetdicom's acceptor reactor sleeps 1 ms and then looks at the DIMSE queue without
@@ -123,6 +243,18 @@ class GuardedRequestHandler(RequestHandler):
                 return None, None
 
         dimse.get_msg = get_msg
+        original_send_msg = dimse.send_msg
+
+        def send_msg(primitive: Any, context_id: int) -> None:
+            # a plain C-STORE response (every success) encoded directly, see encode_store_response
+            if not assoc.get_handlers(evt.EVT_DIMSE_SENT):
+                pdata = fast_store_response_pdata(primitive, context_id, dimse.maximum_pdu_size)
+                if pdata is not None:
+                    assoc.dul.send_pdu(pdata)
+                    return
+            original_send_msg(primitive, context_id)
+
+        dimse.send_msg = send_msg
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         stall = self.server.limits.dimse_timeout
