@@ -1,16 +1,22 @@
-"""The listener transport's fast paths give exactly what pynetdicom's own code gives: the C-STORE
-response command set and P-DATA, and the PDU reads."""
+"""The listener's fast paths give exactly what the plain paths give: the C-STORE response command set
+and P-DATA as pynetdicom encodes them, the PDU reads as pynetdicom reads them, the files written into
+spares as those written into new temporaries."""
 
 from __future__ import annotations
 
 import socket
+import stat
 import threading
+import time
 
 import pytest
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket
 
+from airflow_provider_kaapana.core import files
+from airflow_provider_kaapana.core.dicom.elements import read_file_meta
+from airflow_provider_kaapana.core.listener.server import DicomListener
 from airflow_provider_kaapana.core.listener.transport import (
     encode_store_response,
     fast_store_response_pdata,
@@ -119,3 +125,42 @@ def test_read_exactly_returns_what_came_before_the_peer_closed():
             assert reader(_FakeAssociationSocket(b), 10_000) == bytearray(b"x" * 5000)
         finally:
             b.close()
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_instances_written_into_spares_are_the_same_files(tmp_path, synthetic_series, monkeypatch):
+    """A started listener writes each instance of a series after the first into a spare file made
+    ahead; the files are byte for byte those of the path without spares, and no spare is left."""
+    opened = []
+    original = files._open_spare
+
+    def counting(spare, tmp):
+        opened.append(spare)
+        return original(spare, tmp)
+
+    monkeypatch.setattr(files, "_open_spare", counting)
+    series = synthetic_series(slices=6, rows=32, columns=32)
+    datasets = []
+    for path in series.files:
+        raw = path.read_bytes()
+        datasets.append(raw[read_file_meta(raw)[1] :])
+    plain = DicomListener(tmp_path / "plain", port=0, quiet_seconds=60)  # never started: no spares
+    plain.landing_dir.mkdir()
+    with DicomListener(tmp_path / "spares", port=0, quiet_seconds=60) as lst:
+        for data in datasets:
+            outcome = lst.store_instance(data, "1.2.840.10008.1.2.1", "MOD", "KAAPANA")
+            assert outcome.status == 0
+            series_dir = outcome.path.parent
+            _wait_for(lambda d=series_dir: any(p.name.startswith(".spare.") for p in d.iterdir()))
+            reference = plain.store_instance(data, "1.2.840.10008.1.2.1", "MOD", "KAAPANA")
+            assert outcome.path.read_bytes() == reference.path.read_bytes()
+            assert stat.S_IMODE(outcome.path.stat().st_mode) == stat.S_IMODE(reference.path.stat().st_mode)
+    assert len(opened) == len(datasets) - 1  # every instance after the first
+    assert not list((tmp_path / "spares").rglob("*.part"))
+    assert not list((tmp_path / "plain").rglob("*.part"))
