@@ -8,16 +8,18 @@ import socket
 import stat
 import threading
 import time
+from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.transport import AssociationSocket
 
 from airflow_provider_kaapana.core import files
 from airflow_provider_kaapana.core.dicom.elements import read_file_meta
 from airflow_provider_kaapana.core.listener.server import DicomListener
 from airflow_provider_kaapana.core.listener.transport import (
+    StoreRequestReader,
     encode_store_response,
     fast_store_response_pdata,
     read_exactly,
@@ -164,3 +166,141 @@ def test_instances_written_into_spares_are_the_same_files(tmp_path, synthetic_se
     assert len(opened) == len(datasets) - 1  # every instance after the first
     assert not list((tmp_path / "spares").rglob("*.part"))
     assert not list((tmp_path / "plain").rglob("*.part"))
+
+
+# --- C-STORE requests: StoreRequestReader against pynetdicom's DIMSEMessage ------------------------
+
+
+def _store_request(
+    message_id=7, sop_class_uid=UIDS[0], sop_instance_uid=UIDS[1], priority=2, data=b"", **extra
+):
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = sop_class_uid
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = priority
+    for name, value in extra.items():
+        setattr(request, name, value)
+    request.DataSet = BytesIO(data)
+    return request
+
+
+def _encoded(primitive, context_id=1, max_pdu=16382):
+    message = (C_STORE_RQ if isinstance(primitive, C_STORE) else C_ECHO_RQ)()
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(context_id, max_pdu))
+
+
+_FIELDS = (
+    "MessageID",
+    "AffectedSOPClassUID",
+    "AffectedSOPInstanceUID",
+    "Priority",
+    "MoveOriginatorApplicationEntityTitle",
+    "MoveOriginatorMessageID",
+)
+
+
+def _summary(context_id, primitive):
+    data = getattr(primitive, "DataSet", None)
+    fields = {f: (getattr(primitive, f, None), type(getattr(primitive, f, None))) for f in _FIELDS}
+    return context_id, type(primitive).__name__, fields, data.getvalue() if data is not None else None
+
+
+def _decoded(message):
+    try:  # pynetdicom's DIMSE provider turns an error here into an abort (Evt19)
+        return _summary(message.context_id, message.message_to_primitive())
+    except Exception as exc:  # noqa: BLE001
+        return "invalid message", type(exc).__name__
+
+
+def _pynetdicom_messages(pdatas):
+    """What pynetdicom's DIMSE provider queues for these P-DATA primitives."""
+    out, message = [], None
+    for pdata in pdatas:
+        message = message or DIMSEMessage()
+        if message.decode_msg(pdata):
+            out.append(_decoded(message))
+            message = None
+    return out
+
+
+def _reader_messages(pdatas):
+    """The same through the listener's glue: the reader first, pynetdicom for what it hands over."""
+    out, message = [], None
+
+    def deliver(context_id, request):
+        reader.delivered += 1
+        out.append(_summary(context_id, request))
+
+    reader = StoreRequestReader(deliver)
+    reader.delivered = 0
+    for pdata in pdatas:
+        if reader.busy or message is None:
+            pdata = reader.feed(pdata)
+        if pdata is not None:
+            message = message or DIMSEMessage()
+            if message.decode_msg(pdata):
+                out.append(_decoded(message))
+                message = None
+    return out, reader
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64, 20])  # 64 and 20: the command set in fragments
+@pytest.mark.parametrize("priority", [0, 1, 2])
+@pytest.mark.parametrize("uids", [(UIDS[0], UIDS[1]), (UIDS[1], UIDS[2]), (UIDS[3], UIDS[3])])
+def test_store_requests_read_as_pynetdicom_reads_them(max_pdu, priority, uids):
+    data = bytes(range(256)) * 300 + b"odd"
+    pdatas = []
+    for message_id in (0, 1, 0xFFFF):
+        request = _store_request(message_id, *uids, priority=priority, data=data)
+        pdatas += _encoded(request, context_id=3, max_pdu=max_pdu)
+    expected = _pynetdicom_messages(pdatas)
+    got, reader = _reader_messages(pdatas)
+    assert len(expected) == 3 and got == expected
+    assert reader.delivered == 3 and not reader.busy  # all three read by the reader
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _store_request(MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=5, data=b"ab"),
+        C_ECHO(),
+    ],
+    ids=["move-originator", "echo"],
+)
+@pytest.mark.parametrize("max_pdu", [0, 20])
+def test_other_messages_are_handed_to_pynetdicom_unchanged(other, max_pdu):
+    if isinstance(other, C_ECHO):
+        other.MessageID = 3
+    plain = _store_request(data=b"xy" * 1000)
+    pdatas = (
+        _encoded(plain, max_pdu=max_pdu) + _encoded(other, max_pdu=max_pdu) + _encoded(plain, max_pdu=max_pdu)
+    )
+    expected = _pynetdicom_messages(pdatas)
+    got, reader = _reader_messages(pdatas)
+    assert len(expected) == 3 and got == expected
+    assert reader.delivered == 2 and not reader.busy  # the other one by pynetdicom
+
+
+def test_a_command_fragment_inside_a_data_set_is_replayed_to_pynetdicom():
+    first = _encoded(_store_request(data=b"d" * 300), max_pdu=100)  # command, then data fragments
+    second = _encoded(_store_request(message_id=8, data=b"e" * 50))
+    # the sender breaks off the first data set and starts another message
+    pdatas = first[:-1] + second
+    expected = _pynetdicom_messages(pdatas)
+    got, reader = _reader_messages(pdatas)
+    assert got == expected
+    # and a data fragment with no command before it
+    stray = _encoded(_store_request(data=b"z" * 10))[1:]
+    assert _reader_messages(stray + second)[0] == _pynetdicom_messages(stray + second)
+
+
+def test_the_reader_hands_out_a_request_still_waiting_for_its_data_set():
+    delivered = []
+    reader = StoreRequestReader(lambda c, r: delivered.append(r))
+    command, *data = _encoded(_store_request(data=b"q" * 100), context_id=5)
+    assert reader.feed(command) is None and reader.busy and not reader.has_data
+    request = reader.empty()
+    assert reader.context_id == 5 and request.MessageID == 7 and not reader.busy
+    assert reader.empty() is None and not delivered
