@@ -10,6 +10,7 @@ import threading
 import time
 from io import BytesIO
 
+import pydicom
 import pytest
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -304,3 +305,42 @@ def test_the_reader_hands_out_a_request_still_waiting_for_its_data_set():
     request = reader.empty()
     assert reader.context_id == 5 and request.MessageID == 7 and not reader.busy
     assert reader.empty() is None and not delivered
+
+
+def test_stores_echoes_and_a_move_originator_store_on_one_association(tmp_path, synthetic_series):
+    """Over one real association: C-STOREs served on the network thread, a C-ECHO and a C-STORE with
+    a Move Originator (pynetdicom's way) in between, all answered; the stored files are the sent ones."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, Verification
+
+    series = synthetic_series(slices=3, rows=16, columns=16)
+    threads = []
+    with DicomListener(tmp_path / "landing", port=0, quiet_seconds=60) as lst:
+        original = lst.store_instance
+
+        def recording(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        lst.store_instance = recording
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="KAAPANA")
+        assert assoc.is_established
+        try:
+            statuses = [assoc.send_c_store(series.files[0]).Status, assoc.send_c_echo().Status]
+            statuses.append(
+                assoc.send_c_store(series.files[1], originator_aet="MOVER", originator_id=9).Status
+            )
+            statuses += [assoc.send_c_echo().Status, assoc.send_c_store(series.files[2]).Status]
+        finally:
+            assoc.release()
+    assert statuses == [0, 0, 0, 0, 0]
+    assert len(threads) == 3 and all(name == threads[0] for name in threads)
+    assert not threads[0].startswith("AcceptorThread")  # the network thread, not the association's
+    for path in series.files:
+        raw = path.read_bytes()
+        [stored] = (tmp_path / "landing").rglob(f"{pydicom.dcmread(path).SOPInstanceUID}.dcm")
+        written = stored.read_bytes()
+        assert written[read_file_meta(written)[1] :] == raw[read_file_meta(raw)[1] :]

@@ -9,6 +9,12 @@ expires. :class:`GuardedAssociationServer` accepts only: it checks the per-peer 
 limits, and hands the socket to a per-connection thread which does the TLS handshake under
 ``tls_handshake_timeout`` and then runs the association. The association limit proper (counting only
 associations that asked to be established) is checked by the listener in ``EVT_REQUESTED``.
+
+The receive path is pynetdicom's with four shortcuts, each measured (see the listener benchmark page)
+and each falling back to pynetdicom's own code for anything but the plain case: PDUs are read into one
+buffer (:func:`read_exactly`), C-STORE requests are reassembled by :class:`StoreRequestReader` and
+served on the connection's network thread right after their last fragment, and plain C-STORE
+responses are encoded directly (:func:`encode_store_response`).
 """
 
 from __future__ import annotations
@@ -381,7 +387,8 @@ class GuardedRequestHandler(RequestHandler):
             # waiting (Association._run_reactor): a completely received instance waited up to 1 ms
             # (more on a busy CPU) before its handler ran, on every instance. Its look now waits up to
             # REACTOR_WAIT_SECONDS on the queue, which returns the moment the message is complete; the
-            # reactor's 1 ms sleep then falls while the sender is sending the next instance
+            # reactor's 1 ms sleep then falls while the sender is sending the next instance. (C-STORE
+            # requests no longer come this way: see put above)
             if block:
                 return original_get_msg(block)
             try:
