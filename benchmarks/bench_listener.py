@@ -178,15 +178,22 @@ def main() -> int:
             f"generated {args.count} CT instances 512x512 ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s"
         )
         results: dict[str, float] = {}
-        results["kaapana listen (fsync)"] = bench_kaapana(series.series_dir, work)
-        results["kaapana listen (no fsync)"] = bench_kaapana(series.series_dir, work, fsync=False)
-        results["pynetdicom bare SCP (fsync)"] = bench_bare(series.series_dir, work, fsync=True)
-        results["pynetdicom bare SCP (no fsync)"] = bench_bare(series.series_dir, work, fsync=False)
-        results["disk floor: write + fdatasync loop"] = bench_disk_floor(series.series_dir, work)
+        runs = [
+            ("kaapana listen (fsync)", lambda: bench_kaapana(series.series_dir, work)),
+            ("kaapana listen (no fsync)", lambda: bench_kaapana(series.series_dir, work, fsync=False)),
+            ("pynetdicom bare SCP (fsync)", lambda: bench_bare(series.series_dir, work, fsync=True)),
+            ("pynetdicom bare SCP (no fsync)", lambda: bench_bare(series.series_dir, work, fsync=False)),
+            ("disk floor: write + fdatasync loop", lambda: bench_disk_floor(series.series_dir, work)),
+        ]
         if not args.skip_storescp:
-            results["dcmtk storescp"] = bench_storescp(series.series_dir, work)
+            runs.append(("dcmtk storescp", lambda: bench_storescp(series.series_dir, work)))
         if not args.skip_orthanc:
-            results["Orthanc"] = bench_orthanc(series.series_dir, work)
+            runs.append(("Orthanc", lambda: bench_orthanc(series.series_dir, work)))
+        for name, run in runs:
+            # the generated input and the previous receiver's unsynced files are written back first
+            # (not timed): that writeback would otherwise compete with this receiver's syncs
+            os.sync()
+            results[name] = run()
         received = count_files(work / "kaapana")
         if received != args.count:
             raise RuntimeError(f"kaapana listen stored {received} of {args.count} instances")

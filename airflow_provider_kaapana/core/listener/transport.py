@@ -19,6 +19,7 @@ responses are encoded directly (:func:`encode_store_response`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -43,6 +44,7 @@ from airflow_provider_kaapana.core.net.tcp import no_delay
 log = logging.getLogger(__name__)
 
 REACTOR_WAIT_SECONDS = 0.002
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 
 @dataclass(frozen=True)
@@ -138,15 +140,26 @@ def read_exactly(association_socket: AssociationSocket, nr_bytes: int) -> bytear
     """``AssociationSocket.recv`` with the same result, read into one buffer with ``recv_into``
     instead of 4 KiB ``recv`` calls each appended to a bytearray: 20 instead of 60 us per 128 KiB
     (measured on a socket pair), ~130 fewer system calls per 0.5 MB instance. Fewer bytes than asked
-    only when the peer closed the connection."""
+    only when the peer closed the connection.
+
+    After each read the socket is put back into quick-ACK mode (Linux ``TCP_QUICKACK``, which the
+    kernel leaves again by itself): a sender with Nagle's algorithm on (``storescu`` here) holds the
+    last small segment of a message until its data so far is acknowledged, and our delayed ACK made
+    it wait ~40 ms. That happened on 10-20 % of the instances and took 56 % of the time of a
+    300-instance run (cycle p99 52 ms, mean 4.9 ms, median 2.9 ms); with quick ACKs p99 8-9 ms, mean
+    2.7-3.1 ms."""
     buffer = bytearray(nr_bytes)
     done = 0
+    sock = association_socket.socket
     with memoryview(buffer) as view:
         while done < nr_bytes:
-            count = association_socket.socket.recv_into(view[done:])  # type: ignore[union-attr]
+            count = sock.recv_into(view[done:])  # type: ignore[union-attr]
             if not count:
                 break
             done += count
+            if _QUICKACK is not None:
+                with contextlib.suppress(OSError, AttributeError, ValueError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[union-attr]
     if done < nr_bytes:
         del buffer[done:]
     return buffer
