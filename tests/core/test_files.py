@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import stat
+from pathlib import Path
 
 from airflow_provider_kaapana.core.files import write_atomic
 
@@ -37,3 +38,36 @@ def test_write_atomic_replaces_and_leaves_no_temporary_on_failure(tmp_path):
         raise AssertionError("the error of a chunk must reach the caller")
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.dcm"]
+
+
+def test_write_atomic_into_a_spare_gives_the_same_file(tmp_path):
+    from airflow_provider_kaapana.core.dicom.raw import recover_partial_files
+    from airflow_provider_kaapana.core.files import make_spare
+
+    chunks = [b"header", memoryview(bytearray(b"\x01\x02" * 200_000))]
+    (tmp_path / "plain").mkdir()
+    plain = write_atomic(tmp_path / "plain" / "a.dcm", chunks)
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    spare = make_spare(spare_dir)
+    assert stat.S_IMODE(Path(spare).stat().st_mode) == 0o644 and Path(spare).stat().st_size == 0
+    out = write_atomic(spare_dir / "a.dcm", chunks, spare=spare)
+    assert out.read_bytes() == plain.read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in spare_dir.iterdir()] == ["a.dcm"]  # the spare became the file
+    # a spare left over after a crash is removed on recovery, never promoted
+    leftover = make_spare(spare_dir)
+    assert recover_partial_files(tmp_path) == (0, 1)
+    assert not Path(leftover).exists()
+
+
+def test_write_atomic_without_its_spare_creates_the_file(tmp_path):
+    from airflow_provider_kaapana.core.files import make_spare
+
+    gone = make_spare(tmp_path)
+    Path(gone).unlink()
+    assert write_atomic(tmp_path / "a.dcm", [b"data"], spare=gone).read_bytes() == b"data"
+    written = make_spare(tmp_path)
+    Path(written).write_bytes(b"someone else's")  # never reused: the data goes to a new file
+    assert write_atomic(tmp_path / "b.dcm", [b"data"], spare=written).read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm", "b.dcm"]

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import ssl
 import threading
@@ -50,7 +51,7 @@ from airflow_provider_kaapana.core.dicom.discovery import dicom_files
 from airflow_provider_kaapana.core.dicom.elements import DEFLATED_TRANSFER_SYNTAXES, read_file_meta
 from airflow_provider_kaapana.core.dicom.raw import file_header, inflated_size, recover_partial_files
 from airflow_provider_kaapana.core.dicom.uids import is_valid_uid, validate_uid
-from airflow_provider_kaapana.core.files import fsync_dir, write_atomic
+from airflow_provider_kaapana.core.files import fsync_dir, make_spare, write_atomic
 from airflow_provider_kaapana.core.listener.stow import StowServer
 from airflow_provider_kaapana.core.listener.transport import ConnectionLimits, GuardedAssociationServer
 from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
@@ -177,6 +178,71 @@ class _Series:
     last_arrival: float = 0.0
     calling_ae: str = ""
     called_ae: str = ""
+
+
+class _SpareFiles:
+    """Empty files made ahead by a thread of their own, one per series directory being received, for
+    :func:`~airflow_provider_kaapana.core.files.write_atomic`'s ``spare``: creating a file took ~0.4 ms
+    of kernel CPU on the development VM's ext4, renaming one 20 us. The first instance of a series
+    creates its temporary itself; each later one takes the spare made meanwhile."""
+
+    def __init__(self) -> None:
+        self._ready: dict[Path, str] = {}
+        self._lock = threading.Lock()
+        self._wanted: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._make, name="kaapana-listener-spares", daemon=True)
+        self._thread.start()
+
+    def take(self, directory: Path) -> str | None:
+        """The spare of ``directory`` (``None`` if none is ready yet); the next one is made."""
+        if self._thread is None:
+            return None
+        with self._lock:
+            spare = self._ready.pop(directory, None)
+        self._wanted.put(directory)
+        return spare
+
+    def discard(self, directory: Path) -> None:
+        """Remove the spare of a directory no longer received into."""
+        with self._lock:
+            spare = self._ready.pop(directory, None)
+        if spare is not None:
+            _unlink_quietly(spare)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._wanted.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self._lock:
+            spares, self._ready = list(self._ready.values()), {}
+        for spare in spares:
+            _unlink_quietly(spare)
+
+    def _make(self) -> None:
+        while (directory := self._wanted.get()) is not None:
+            with self._lock:
+                if directory in self._ready:
+                    continue
+            try:
+                spare = make_spare(directory)
+            except OSError:  # the directory is gone (or the disk full): the writer creates its own
+                continue
+            with self._lock:
+                if directory in self._ready:  # pragma: no cover - only one maker thread
+                    _unlink_quietly(spare)
+                else:
+                    self._ready[directory] = spare
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class AirflowTrigger:
@@ -364,6 +430,7 @@ class DicomListener:
         self._series: dict[tuple[str, str], _Series] = {}  # (study uid, series uid) -> series
         self._last_batch: dict[str, int] = {}  # series uid -> last batch number handed out
         self._known_dirs: set[Path] = set()
+        self._spares = _SpareFiles()
         self._path_locks: dict[Path, threading.Lock] = {}
         self._retry: dict[str, tuple[float, float]] = {}  # manifest -> (next attempt, delay)
         self._stop = threading.Event()
@@ -386,6 +453,7 @@ class DicomListener:
                 removed,
             )
         self._recover()
+        self._spares.start()
         configure_pynetdicom()
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
@@ -452,6 +520,7 @@ class DicomListener:
             server.shutdown()
             for assoc in server.active_associations:  # and those still open, idle ones included
                 assoc.abort()
+        self._spares.stop()
         self._stop.set()
         if self._checker is not None:
             self._checker.join(timeout=30)
@@ -660,7 +729,8 @@ class DicomListener:
                 # The file's data is fsynced before success is answered. Its directory entry is
                 # made durable per batch (see check()): until then a crash leaves at worst the
                 # complete hidden temporary, which start() promotes (recover_partial_files).
-                write_atomic(path, chunks, fsync=self.fsync, fsync_directory=False)
+                spare = self._spares.take(series_dir)
+                write_atomic(path, chunks, fsync=self.fsync, fsync_directory=False, spare=spare)
         except (InvalidDicomError, InvalidUIDError) as exc:
             log.error("refused instance %s from %s: %s", what, calling_ae, exc)
             return self._refusal(STATUS_CANNOT_UNDERSTAND, str(exc))
@@ -807,7 +877,9 @@ class DicomListener:
                 if not series.pending and now - series.last_arrival > max(60.0, 3 * self.quiet_seconds)
             ]
             for key in idle:
-                self._known_dirs.discard(self._series.pop(key).series_dir)
+                series_dir = self._series.pop(key).series_dir
+                self._known_dirs.discard(series_dir)
+                self._spares.discard(series_dir)
             for series in self._series.values():
                 if series.pending and (force or now - series.last_arrival >= self.quiet_seconds):
                     batch = SeriesBatch(
@@ -821,6 +893,7 @@ class DicomListener:
                         created=time.time(),
                     )
                     series.pending = {}
+                    self._spares.discard(series.series_dir)  # quiet: no instance is on its way
                     cut.append(batch)
         announced: list[SeriesBatch] = []
         if self.fsync:
