@@ -119,6 +119,9 @@ def create_ingest_dag(
             pacs_conn_id=s.pacs_conn_id,  # its viewer_url template: kaapana.viewer_url, the Viewer link
             thumbnails=True,
             workspace_base=s.workspace_base,
+            # searchable when the run ends (a segmentation may select it next) without waiting up to a
+            # refresh_interval: one small refresh per run, a few runs a minute even under a burst
+            refresh=True,
         )
 
         @task

@@ -165,6 +165,7 @@ def seg_send_index(
         search_conn_id=s.search_conn_id,
         pacs_conn_id=s.pacs_conn_id,
         workspace_base=s.workspace_base,
+        refresh=True,  # searchable when the run ends, as in the ingest DAG
     )
     seg >> [send, stats]
     stats >> [send_sr, index]

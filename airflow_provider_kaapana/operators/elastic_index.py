@@ -77,6 +77,10 @@ class ElasticIndexOperator(KaapanaBaseOperator):
     :param thumbnails: write each series' thumbnail (middle slice, windowed PNG) into the run workspace
         (``<workspace_base>/<dag>/<run>/batch/<series>/index/thumbnail.png``) and into its document as
         ``kaapana.thumbnail``; a series that is no image (SEG, SR...) or cannot be decoded gets none.
+    :param refresh: ``"wait_for"`` (default): the task ends once the documents are searchable, waiting
+        for the index's next periodic refresh (``refresh_interval``, 1 s by default: up to a second per
+        task); ``True``: refresh now (searchable at once; a small segment per request, fine for a few
+        requests a minute, as the pipeline DAGs make, not for a bulk re-index); ``False``: don't wait.
 
     Returns ``{"index", "indexed": [series UIDs], "failed": {uid: reason}, "file_errors": [...],
     "problems": [...], "instances", "thumbnails": {uid: png path}, "no_thumbnail": {uid: why},
