@@ -280,3 +280,19 @@ def test_worker_processes_stream_smaller_requests_with_the_same_documents(synthe
         return out
 
     assert documents(payloads[1]) == documents(payloads[2])
+
+
+def test_read_raw_header_reads_on_when_its_first_chunk_ends_between_two_elements(synthetic_series):
+    """A first chunk that ends exactly at an element boundary walks without error; the reader must not
+    take that for the end of the header (later attributes would be silently missing)."""
+    from airflow_provider_kaapana.core.index import document
+
+    path = synthetic_series(slices=1, rows=8, columns=8).files[0]
+    whole = document.read_raw_header(path)
+    assert whole is not None and 0x0020000E in whole.values
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        _data, start, _syntax = read_walkable_start(fh, size)
+    for chunk in range(start, size + 2):  # the file meta must be in the first chunk; the dataset may not
+        got = document.read_raw_header(path, chunk=chunk)
+        assert got is not None and got.values == whole.values, f"first chunk of {chunk} bytes"

@@ -462,15 +462,18 @@ def read_raw_header(path: Path, chunk: int = 1 << 16) -> RawHeader | None:
                 return None
             data, start, syntax = head
             implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+            walker = ElementWalker(data, implicit, stop=_PIXEL_TAGS)
             try:  # pydicom never defers undefined-length values: the walker keeps them whole
-                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
-                    start, _DEFER_SIZE
-                )
+                values, undefined = walker.top_level_values(start, _DEFER_SIZE)
+                # a first chunk that ends exactly between two elements walks cleanly: only a stop tag
+                # or the end of the file proves that nothing was left unread
+                complete = walker.stopped is not None or len(data) < chunk
             except TruncatedDatasetError:
+                complete = False
+            if not complete:
                 data += fh.read()  # the header goes on past the first chunk: the whole file
-                values, undefined = ElementWalker(data, implicit, stop=_PIXEL_TAGS).top_level_values(
-                    start, _DEFER_SIZE
-                )
+                walker = ElementWalker(data, implicit, stop=_PIXEL_TAGS)
+                values, undefined = walker.top_level_values(start, _DEFER_SIZE)
     except (OSError, ValueError, UnicodeDecodeError, InvalidDicomError):
         return None
     if 0x0020000E not in values or not _LABEL_SEQUENCES.isdisjoint(values):
