@@ -165,17 +165,22 @@ def test_batch_confs_refuses_two_batches_of_one_series():
         batch_confs({"batches": [{"series_dir": "/x"}]})
 
 
-def test_with_nothing_arriving_a_lone_series_does_not_wait_for_the_linger(tmp_path, synthetic_series, tool):
-    series = synthetic_series(slices=2, rows=8, columns=8)
-    runs: list[list[SeriesBatch]] = []
-    with DicomListener(
+def lingering_listener(tmp_path, runs: list) -> DicomListener:
+    """A listener whose completed series would wait 120 s for others, unless nothing is arriving."""
+    return DicomListener(
         tmp_path / "landing",
         port=0,
         quiet_seconds=0.3,
         on_batches_complete=runs.append,
         run_linger_seconds=120,
         min_run_interval_seconds=300,  # the first run: not held back by it, nor released by its wait
-    ) as lst:
+    )
+
+
+def test_with_nothing_arriving_a_lone_series_does_not_wait_for_the_linger(tmp_path, synthetic_series, tool):
+    series = synthetic_series(slices=2, rows=8, columns=8)
+    runs: list[list[SeriesBatch]] = []
+    with lingering_listener(tmp_path, runs) as lst:
         assert storescu(tool, lst.port, series.files).returncode == 0
         # no association open, no series waiting for its quiet period: nothing could join the run
         wait_for(lambda: runs, timeout=60, what="the lone series announced before its 120 s linger")
@@ -185,14 +190,7 @@ def test_with_nothing_arriving_a_lone_series_does_not_wait_for_the_linger(tmp_pa
 def test_an_open_association_keeps_the_linger(tmp_path, synthetic_series, tool):
     series = synthetic_series(slices=2, rows=8, columns=8)
     runs: list[list[SeriesBatch]] = []
-    with DicomListener(
-        tmp_path / "landing",
-        port=0,
-        quiet_seconds=0.3,
-        on_batches_complete=runs.append,
-        run_linger_seconds=120,
-        min_run_interval_seconds=300,  # the first run: not held back by it, nor released by its wait
-    ) as lst:
+    with lingering_listener(tmp_path, runs) as lst:
         held = sender("HOLDER").associate("127.0.0.1", lst.port, ae_title="KAAPANA")
         assert held.is_established  # another series may still come on it
         try:
