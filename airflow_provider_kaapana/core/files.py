@@ -39,6 +39,21 @@ def _write_all(fd: int, chunks: Iterable[bytes | memoryview]) -> None:
                     views[0], written = views[0][written:], 0
 
 
+def _create_temporary(directory: str, stem: str) -> tuple[str, int]:
+    """Create ``<directory>/.<stem>.<random>.part`` exclusively (mode 0600); return its path and fd.
+
+    os.open + writev instead of mkstemp + a buffered file: measured ~80 us less CPU per 512 KiB file
+    (mkstemp's name handling, fdopen's buffer); the name keeps mkstemp's form (random, O_EXCL)."""
+    for attempt in range(3):
+        path = os.path.join(directory, f".{stem}.{os.urandom(6).hex()}.part")
+        try:
+            return path, os.open(path, _CREATE_FLAGS, 0o600)
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def make_spare(directory: str | Path) -> str:
     """Create an empty file in ``directory`` for :func:`write_atomic`'s ``spare`` and return its path.
 
@@ -48,14 +63,7 @@ def make_spare(directory: str | Path) -> str:
     critical path. Named like a temporary (``.spare.<random>.part``): :func:`remove_partial_files`
     and the listener's recovery delete leftovers.
     """
-    for attempt in range(3):
-        path = os.path.join(directory, f".spare.{os.urandom(6).hex()}.part")
-        try:
-            fd = os.open(path, _CREATE_FLAGS, 0o600)
-            break
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            if attempt == 2:
-                raise
+    path, fd = _create_temporary(str(directory), "spare")
     try:
         os.fchmod(fd, 0o644)  # not the umask: workers running as another user must read the file
     finally:
@@ -105,16 +113,8 @@ def write_atomic(
         tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.part")
         fd = _open_spare(spare, tmp)
     fresh = fd is None
-    # os.open + writev instead of mkstemp + a buffered file: measured ~80 us less CPU per 512 KiB file
-    # (mkstemp's name handling, fdopen's buffer); the name keeps mkstemp's form (random, O_EXCL)
-    for attempt in range(3 if fresh else 0):
-        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}.part")
-        try:
-            fd = os.open(tmp, _CREATE_FLAGS, 0o600)
-            break
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            if attempt == 2:
-                raise
+    if fresh:
+        tmp, fd = _create_temporary(str(path.parent), path.name)
     assert fd is not None
     try:
         try:
