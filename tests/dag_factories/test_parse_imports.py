@@ -23,11 +23,14 @@ NEVER_AT_PARSE = ("torch", "nnunetv2", "SimpleITK", "highdicom", "nibabel", "sci
 KUBERNETES = ("kubernetes", "kubernetes_asyncio", "airflow.providers.cncf.kubernetes.operators.pod")
 SEGMENTATION = DAGS_FOLDER / "kaapana_nnunet_segmentation.py"
 
-# Like a LocalExecutor worker: Airflow's task runner imported once, then a fork per parse, in which the
-# parsing context is set as the task runner sets it; each child reports its modules and tasks.
+# Like a LocalExecutor worker: Airflow's task runner imported once (the preamble), then a fork per parse,
+# in which the parsing context is set as the task runner sets it; each child reports its modules, those
+# it imported itself ("new") and its tasks.
+TASK_RUNNER = "import airflow.sdk.execution_time.task_runner"
 PROBE = """
 import json, os, runpy, sys
-import airflow.sdk.execution_time.task_runner
+exec(sys.argv[2])
+base = set(sys.modules)
 jobs = json.loads(sys.argv[1])
 for path, task_id in jobs:
     read, write = os.pipe()
@@ -40,7 +43,8 @@ for path, task_id in jobs:
         found = runpy.run_path(path, run_name="dag_file")
         tasks = {t.task_id: type(t).__name__ for v in found.values() if hasattr(v, "task_dict") for t in v.tasks}
         with os.fdopen(write, "w") as out:
-            json.dump({"modules": sorted(sys.modules), "tasks": tasks}, out)
+            new = sorted(set(sys.modules) - base)
+            json.dump({"modules": sorted(sys.modules), "new": new, "tasks": tasks}, out)
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as inp:
@@ -52,13 +56,13 @@ for path, task_id in jobs:
 """
 
 
-def parse_all(jobs: list[tuple[Path, str | None]]) -> list[dict]:
+def parse_all(jobs: list[tuple[Path, str | None]], preamble: str = TASK_RUNNER) -> list[dict]:
     """Parse each ``(DAG file, task id)`` as the task runner does for that task (``None``: as the
-    dag-processor does); one fresh interpreter, a fork per parse."""
+    dag-processor does); one fresh interpreter that runs ``preamble`` first, a fork per parse."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("_AIRFLOW_PARSING_CONTEXT")}
     arg = json.dumps([[str(path), task_id] for path, task_id in jobs])
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, arg], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", PROBE, arg, preamble], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

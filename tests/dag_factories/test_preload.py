@@ -8,52 +8,16 @@ the preload list or made lazy).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from tests.dag_factories.test_parse_imports import DAG_FILES
-
-PROBE = """
-import json, os, runpy, sys
-import airflow_provider_kaapana.preload as preload
-base = set(sys.modules)
-print(json.dumps({"missing": preload.MISSING, "skipped": preload.SKIPPED_TABLES}))
-for path in json.loads(sys.argv[1]):
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        found = runpy.run_path(path, run_name="dag_file")
-        dags = [v.dag_id for v in found.values() if hasattr(v, "task_dict")]
-        with os.fdopen(write, "w") as out:
-            json.dump({"path": path, "dags": dags, "new": sorted(set(sys.modules) - base)}, out)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as inp:
-        text = inp.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        sys.exit(f"parsing {path} failed (status {status})")
-    print(text)
-"""
+from tests.dag_factories.test_parse_imports import DAG_FILES, parse_all
 
 
 def test_after_the_preload_parsing_any_shipped_dag_file_imports_nothing_more():
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps([str(p) for p in DAG_FILES])],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    reports = parse_all(
+        [(path, None) for path in DAG_FILES], preamble="import airflow_provider_kaapana.preload"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    first, *reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert first["missing"] == []  # every extra is installed in the test environment
-    assert first["skipped"] == []  # the highdicom release we pin has every table
-    assert len(reports) == len(DAG_FILES)
-    for report in reports:
-        assert report["dags"], f"{report['path']} built no DAG"
-        assert report["new"] == [], f"{report['path']} imported after the preload: {report['new']}"
+    for path, report in zip(DAG_FILES, reports, strict=True):
+        assert report["tasks"], f"{path.name} built no DAG"
+        assert report["new"] == [], f"{path.name} imported after the preload: {report['new']}"
 
 
 def test_the_local_harness_starts_local_executor_workers_from_the_preloaded_forkserver(tmp_path):
@@ -72,7 +36,8 @@ def test_the_preloaded_highdicom_tables_are_the_ones_highdicom_uses():
 
     import airflow_provider_kaapana.preload as preload
 
-    assert preload.warm_tables() == []
+    assert preload.MISSING == []  # every extra is installed in the test environment
+    assert preload.warm_tables() == []  # the highdicom release we pin has every table
     for name in preload.HIGHDICOM_TABLES:
         table = getattr(_standard_utils, name)
         assert table.cache_info().currsize == 1 and table() is table()
