@@ -13,10 +13,11 @@ This module starts processes and talks HTTP/DIMSE; it never imports Airflow itse
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class DemoResult:
     viewer_links: dict[str, str | None] = field(default_factory=dict)  # "dag/task" -> its Viewer link (REST)
     # dag id -> the run's task phases (testing.task_timeline.TaskPhases), with run_demo(timeline=True)
     timelines: dict[str, list[Any]] = field(default_factory=dict)
+    # (PatientID, PatientName) of every study in the PACS at the end
+    pacs_patients: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
@@ -108,6 +111,8 @@ def run_demo(
     scale_out: Mapping[str, Any] | None = None,
     timeline: bool = False,
     preload: bool = True,
+    deidentify: Sequence[str] | None = None,
+    deid_key: bytes | None = None,
 ) -> DemoResult:
     """Run the demo end to end; returns where the SEG is. ``out`` receives one line per step.
 
@@ -119,6 +124,10 @@ def run_demo(
     (:func:`~airflow_provider_kaapana.testing.task_timeline.run_timeline`) into ``timelines``.
     ``preload`` ``False`` starts the LocalExecutor's workers without the forkserver preload
     (:mod:`airflow_provider_kaapana.preload`), to measure what it saves.
+    ``deidentify`` (Table E.1-1 option names; ``[]``: the basic profile alone) makes the listener
+    de-identify on intake (:class:`~airflow_provider_kaapana.core.listener.server.IntakeDeidentification`,
+    with ``deid_key`` or a key made for this run): no original reaches the landing zone, and ingest and segmentation run on
+    the pseudonymised study; the result's UIDs are the pseudonyms.
     """
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
@@ -221,6 +230,14 @@ def run_demo(
         )
 
         landing = root / "landing"
+        intake = None
+        if deidentify is not None:
+            from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+            from airflow_provider_kaapana.core.listener.server import IntakeDeidentification
+
+            intake = IntakeDeidentification(
+                DeidentificationProfile.from_names(list(deidentify)), deid_key or os.urandom(32)
+            )
         trigger = AirflowTrigger(airflow.url, INGEST_DAG, username=DEMO_USER[0], password=DEMO_USER[1])
         listener = DicomListener(  # as `kaapana listen` does: series completing together share a run
             landing,
@@ -228,11 +245,18 @@ def run_demo(
             ae_title="KAAPANA",
             quiet_seconds=2.0,
             on_batches_complete=trigger.trigger_batches,
+            deidentification=intake,
         )
         steps.run("start DICOM listener (kaapana listen)", listener.start)
         stack.callback(listener.stop)
 
         series = steps.run("generate synthetic CT study", lambda: _demo_series(root / "synthetic"))
+        # the UIDs the pipeline sees: the sender's, or their keyed pseudonyms after intake de-identification
+        study_uid, series_uid = series.study_instance_uid, series.series_instance_uid
+        if intake is not None:
+            from airflow_provider_kaapana.core.deid.pseudonyms import pseudonym_uid
+
+            study_uid, series_uid = (pseudonym_uid(intake.key, uid) for uid in (study_uid, series_uid))
         peer = dimse.DimsePeer("127.0.0.1", listener.port, called_ae="KAAPANA", calling_ae="DEMO_CT")
         steps.run(
             f"C-STORE {len(series.files)} instances to the listener", lambda: dimse.store(peer, series.files)
@@ -277,7 +301,7 @@ def run_demo(
 
         def segment() -> str:
             run_id = airflow.trigger(
-                SEGMENTATION_DAG, {"identifiers": [series.series_instance_uid], "model": TINY_DATASET_NAME}
+                SEGMENTATION_DAG, {"identifiers": [series_uid], "model": TINY_DATASET_NAME}
             )
             state = airflow.wait_for_run(SEGMENTATION_DAG, run_id, timeout=900)
             if state != "success":
@@ -302,7 +326,7 @@ def run_demo(
             import requests
 
             r = requests.get(
-                f"{orthanc.dicomweb_url}/studies/{series.study_instance_uid}/series",
+                f"{orthanc.dicomweb_url}/studies/{study_uid}/series",
                 params={"Modality": "SEG"},
                 headers={"Accept": "application/dicom+json"},
                 timeout=30,
@@ -310,10 +334,10 @@ def run_demo(
             r.raise_for_status()
             seg_series = [s for s in r.json() if s.get("00080060", {}).get("Value") == ["SEG"]]
             if not seg_series:
-                raise RuntimeError(f"no SEG series in the PACS for study {series.study_instance_uid}")
+                raise RuntimeError(f"no SEG series in the PACS for study {study_uid}")
             seg_uid = seg_series[0]["0020000E"]["Value"][0]
             r = requests.get(
-                f"{orthanc.dicomweb_url}/studies/{series.study_instance_uid}/series/{seg_uid}/instances",
+                f"{orthanc.dicomweb_url}/studies/{study_uid}/series/{seg_uid}/instances",
                 headers={"Accept": "application/dicom+json"},
                 timeout=30,
             )
@@ -322,13 +346,20 @@ def run_demo(
             client = make_search_client(osmem.url, flavor="opensearch")
             client.refresh(settings["index"])
             doc = client.get(settings["index"], seg_uid) or {}
-            source_doc = client.get(settings["index"], series.series_instance_uid) or {}
-            return seg_uid, sop_uid, doc, source_doc
+            source_doc = client.get(settings["index"], series_uid) or {}
+            r = requests.get(
+                f"{orthanc.dicomweb_url}/studies", headers={"Accept": "application/dicom+json"}, timeout=30
+            )
+            r.raise_for_status()
+            patients = [(_qido_text(s, "00100020"), _qido_text(s, "00100010")) for s in r.json()]
+            return seg_uid, sop_uid, doc, source_doc, patients
 
-        seg_uid, sop_uid, doc, source_doc = steps.run("locate the SEG in the PACS and the index", locate)
+        seg_uid, sop_uid, doc, source_doc, patients = steps.run(
+            "locate the SEG in the PACS and the index", locate
+        )
         sr_uid, volumes = steps.run(
             "read the measured volume from the index and the SR in the PACS",
-            lambda: _volumes(orthanc, series, doc, root / "sr"),
+            lambda: _volumes(orthanc, series, study_uid, doc, root / "sr"),
         )
         timelines: dict[str, list[Any]] = {}
         if timeline:
@@ -336,8 +367,8 @@ def run_demo(
 
             timelines = {dag_id: run_timeline(airflow, dag_id, run_id) for dag_id, run_id in run_ids.items()}
         result = DemoResult(
-            series.study_instance_uid,
-            series.series_instance_uid,
+            study_uid,
+            series_uid,
             seg_uid,
             sop_uid,
             doc,
@@ -351,13 +382,14 @@ def run_demo(
             queues,
             viewer_links,
             timelines,
+            patients,
         )
         if out is not None:
             labels = (doc.get("kaapana") or {}).get("segment_labels")
             print(
                 f"\nSEG stored in Orthanc ({orthanc.dicomweb_url})\n"
-                f"  StudyInstanceUID   {series.study_instance_uid}\n"
-                f"  source series      {series.series_instance_uid}\n"
+                f"  StudyInstanceUID   {study_uid}\n"
+                f"  source series      {series_uid}\n"
                 f"  SEG series         {seg_uid}\n"
                 f"  SEG SOP instance   {sop_uid}\n"
                 f"Index document {settings['index']}/{seg_uid}: Modality={doc.get('Modality')} segment labels={labels}\n"
@@ -380,7 +412,9 @@ def run_demo(
     return result
 
 
-def _volumes(orthanc: Any, series: Any, seg_document: dict[str, Any], sr_dir: Path) -> tuple[str, dict]:
+def _volumes(
+    orthanc: Any, series: Any, study_uid: str, seg_document: dict[str, Any], sr_dir: Path
+) -> tuple[str, dict]:
     """The sphere's volume as measured (index ``kaapana.segments``, the SR's TID 1500 report) and true.
 
     ``true_ml``: the analytic 4/3 pi r^3; ``voxel_truth_ml``: the synthetic label voxels (the best a
@@ -394,11 +428,11 @@ def _volumes(orthanc: Any, series: Any, seg_document: dict[str, Any], sr_dir: Pa
     from airflow_provider_kaapana.core.quant.sr import read_measurement_report
 
     web = DicomWebClient(orthanc.dicomweb_url, auth=orthanc.auth)
-    found = web.qido("series", {"Modality": "SR"}, study_instance_uid=series.study_instance_uid)
+    found = web.qido("series", {"Modality": "SR"}, study_instance_uid=study_uid)
     if not found:
-        raise RuntimeError(f"no SR series in the PACS for study {series.study_instance_uid}")
+        raise RuntimeError(f"no SR series in the PACS for study {study_uid}")
     sr_series = found[0]["0020000E"]["Value"][0]
-    [sr_path] = web.retrieve_series(series.study_instance_uid, sr_series, sr_dir).files
+    [sr_path] = web.retrieve_series(study_uid, sr_series, sr_dir).files
     report = read_measurement_report(sr_path)
     indexed = {s["segment_number"]: s for s in (seg_document.get("kaapana") or {}).get("segments") or []}
     voxel_mm3 = float(np.prod(series.spec.pixel_spacing)) * series.spec.slice_spacing
@@ -423,6 +457,12 @@ def _volume_lines(volumes: dict[str, float | None], sr_uid: str | None) -> str:
         f"  from the index (kaapana.segments) {ml(volumes.get('index_ml'))}; "
         f"from the SR {sr_uid} in the PACS {ml(segmented)}"
     )
+
+
+def _qido_text(attributes: dict[str, Any], tag: str) -> str:
+    """A QIDO-RS JSON attribute's first value as text (a PN's Alphabetic group), ``""`` when absent."""
+    value = (attributes.get(tag, {}).get("Value") or [""])[0]
+    return value.get("Alphabetic", "") if isinstance(value, dict) else str(value)
 
 
 def _wait_for_first_run(airflow: Any, dag_id: str, timeout: float) -> str:

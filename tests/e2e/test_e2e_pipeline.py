@@ -1,7 +1,8 @@
 """The whole chain in a real Airflow: listener -> ingest DAG (REST v2, token auth) -> segmentation DAG.
 
 Runs :func:`airflow_provider_kaapana.testing.demo.run_demo` (the README's demo) once on PostgreSQL with the
-LocalExecutor and once through the ``kaapana demo`` command on SQLite, and checks what ended where.
+LocalExecutor, the listener de-identifying on intake (the whole pipeline then runs on pseudonymised
+data), and once through the ``kaapana demo`` command on SQLite, and checks what ended where.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _seg_mask(seg_path, source) -> np.ndarray:
     return np.asarray(frames)[..., 0]
 
 
-def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
+def test_listener_to_seg_in_real_airflow_on_postgres_on_deidentified_data(tmp_path):
+    from airflow_provider_kaapana.core.deid.pseudonyms import pseudonym_uid
     from airflow_provider_kaapana.testing.demo import DEMO_USER, _demo_series, run_demo
     from airflow_provider_kaapana.testing.local_airflow import (
         create_postgres_database,
@@ -34,15 +36,29 @@ def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
     )
     from airflow_provider_kaapana.testing.tiny_model import dice_score
 
+    key = b"e2e-site-secret-".ljust(32, b"k")
+    truth_series = _demo_series(tmp_path / "truth")  # what the modality sends
     try:
         db_url = create_postgres_database()
     except Exception as exc:
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (user postgres) is needed: {exc}", pytrace=False)
     try:
-        result = run_demo(tmp_path / "demo", db_url=db_url)
+        result = run_demo(
+            tmp_path / "demo", db_url=db_url, deidentify=["retain-longitudinal-modified-dates"], deid_key=key
+        )
     finally:
         drop_postgres_database(db_url)
 
+    # the pipeline ran on the pseudonymised study: the keyed UIDs, no original patient in the PACS or index
+    assert result.study_instance_uid == pseudonym_uid(key, truth_series.study_instance_uid)
+    assert result.series_instance_uid == pseudonym_uid(key, truth_series.series_instance_uid)
+    assert result.pacs_patients and all(
+        pid != "DEMO0001" and "Demo" not in name for pid, name in result.pacs_patients
+    ), result.pacs_patients
+    assert len({pid for pid, _ in result.pacs_patients}) == 1  # source, SEG and SR under one pseudonym
+    assert result.source_document["PatientID"] != "DEMO0001"
+    assert result.source_document["PatientIdentityRemoved"] == "YES"
+    assert "DEMO0001" not in str(result.source_document) and "Demo^Patient" not in str(result.seg_document)
     # the listener's own Airflow user triggered the ingest run over REST v2
     assert result.ingest_triggered_by == DEMO_USER[0]
     # both documents are in the index: the CT (all 32 instances) and the SEG with its label
@@ -56,9 +72,9 @@ def test_listener_to_seg_in_real_airflow_on_postgres(tmp_path):
     assert result.seg_series_instance_uid != result.series_instance_uid
     # the landing zone was cleared only after store + index succeeded
     assert result.landing_files_left == []
-    # the segmentation is right: Dice against the synthetic truth on the source grid
-    truth_series = _demo_series(tmp_path / "truth")
-    assert truth_series.series_instance_uid == result.series_instance_uid
+    # the segmentation is right: Dice against the synthetic truth on the source grid (the SEG references
+    # the de-identified instances: the truth's SOP Instance UIDs under the key)
+    truth_series.sop_instance_uids = [pseudonym_uid(key, uid) for uid in truth_series.sop_instance_uids]
     seg_files = list((tmp_path / "demo" / "workspace" / "kaapana_nnunet_segmentation").rglob("seg.dcm"))
     assert len(seg_files) == 1
     mask = _seg_mask(seg_files[0], truth_series)
