@@ -50,7 +50,8 @@ def parse_safe_private(
     entries: Iterable[Mapping[str, Any]], what: str = "safe private list"
 ) -> frozenset[SafePrivate]:
     """Entries ``{"creator": "GEMS_ACQU_01", "group": "0019", "element": "23"}`` (hex strings, ``0x`` or
-    ``xx`` prefix allowed, or integers; ``element`` is the low byte, or the full element ``1023``) as
+    ``xx`` prefix allowed, or integers; ``element`` is the low byte (``23``, ``xx23``), or the full element
+    (``1023``, four digits) whose low byte it takes) as
     ``(creator, group, element byte)``. A bad entry raises ValueError naming ``what`` and its index."""
     if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
         raise ValueError(f"{what}: expected a list of {{creator, group, element}} entries")
@@ -69,7 +70,10 @@ def parse_safe_private(
         if not group & 1 or group <= 0x0007:
             raise ValueError(f"{where}: group {group:04X} is not a private group")
         element = _hex(entry["element"], "element", where, 16)
-        if element > 0xFF:
+        written = str(entry["element"]).strip().lower()
+        digits = written.removeprefix("0x").removeprefix("xx")
+        full = element > 0xFF or (isinstance(entry["element"], str) and len(digits) > 2)
+        if full:
             if element < 0x1000:
                 raise ValueError(f"{where}: element {element:04X} is not a private data element")
             element &= 0xFF
