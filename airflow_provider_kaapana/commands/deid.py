@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "out_dir", metavar="OUT_DIR", nargs="?", help="output: <SeriesInstanceUID>/<SOPInstanceUID>.dcm"
     )
-    parser.add_argument("--key-file", help="file holding the site key (at least 32 bytes; never printed)")
+    parser.add_argument(
+        "--key-file",
+        help="file holding the site key (at least 32 bytes; never printed); in production the key lives "
+        "in an Airflow connection (the operator's key_conn_id)",
+    )
     parser.add_argument(
         "--reid-map",
         metavar="DIR",
@@ -52,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[o.value for o in Option],
         metavar="NAME",
         help="a Table E.1-1 option, repeatable: " + ", ".join(o.value for o in Option),
+    )
+    parser.add_argument(
+        "--safe-private",
+        metavar="FILE",
+        help="with --option retain-safe-private: JSON list of the private attributes to keep, "
+        '[{"creator": "GEMS_ACQU_01", "group": "0019", "element": "23"}, ...] '
+        "(default: PS3.15 Table E.3.10-1)",
     )
     parser.add_argument(
         "--quarantine",
@@ -86,6 +97,7 @@ def _reidentify(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from airflow_provider_kaapana.core.deid.files import deidentify_folder
     from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+    from airflow_provider_kaapana.core.deid.safe_private import read_safe_private
 
     if args.reidentify:
         return _reidentify(args)
@@ -96,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         key = Path(args.key_file).read_bytes().strip()
         public = Path(args.reid_public_key).read_text() if args.reid_public_key else None
         profile = DeidentificationProfile.from_names(
-            args.option, allow_burned_in_annotation=args.allow_burned_in_annotation
+            args.option,
+            allow_burned_in_annotation=args.allow_burned_in_annotation,
+            safe_private=read_safe_private(args.safe_private) if args.safe_private else frozenset(),
         )
         result = deidentify_folder(
             args.in_dir,

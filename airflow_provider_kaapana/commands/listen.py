@@ -6,6 +6,12 @@ import argparse
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
+
+from airflow_provider_kaapana.exceptions import KaapanaError
+
+if TYPE_CHECKING:
+    from airflow_provider_kaapana.core.listener.server import IntakeDeidentification
 
 NAME = "listen"
 HELP = "receive DICOM by C-STORE into a landing zone and trigger a DAG run per completed series"
@@ -84,20 +90,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the accepted STOW-RS bearer tokens, comma-separated "
         "(never on the command line); without it STOW-RS needs no authentication",
     )
-    parser.add_argument(
+    deid = parser.add_argument_group(
+        "de-identification on intake",
+        "instances of an association that matches a route are de-identified (PS3.15 basic profile + the "
+        "route's options) before anything is written: their originals never reach the landing zone; "
+        "associations that match no route are stored as received",
+    )
+    deid.add_argument(
+        "--deid-route",
+        action="append",
+        default=[],
+        metavar="CALLED_AE[:CALLING_AE]=OPTION[,OPTION...]",
+        help="an intake route (repeatable; the first match wins; * for any AE title; no OPTION: the basic "
+        "profile alone), e.g. RESEARCH=retain-longitudinal-modified-dates or STUDY2:CT01=",
+    )
+    deid.add_argument(
+        "--deid-key-conn",
+        default=None,
+        metavar="CONN_ID",
+        help="Airflow connection whose password (or extra 'key') is the site key, resolved by Airflow's "
+        "secrets backends (AIRFLOW_CONN_<CONN_ID>, [secrets] backend); needs Airflow installed",
+    )
+    deid.add_argument(
         "--deid-key-file",
         default=None,
-        help="de-identify on intake with this site key (PS3.15 basic profile): originals are never written",
+        help="file holding the site key: for development only (production: --deid-key-conn)",
     )
-    parser.add_argument(
-        "--deid-option", action="append", default=[], metavar="NAME", help="a Table E.1-1 option (repeatable)"
+    deid.add_argument(
+        "--deid-safe-private",
+        default=None,
+        metavar="FILE",
+        help="JSON list of the private attributes routes with retain-safe-private keep "
+        "(default: PS3.15 Table E.3.10-1)",
     )
-    parser.add_argument(
+    deid.add_argument(
+        "--deid-option",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="older form of one route: a Table E.1-1 option (repeatable), for --deid-called-ae",
+    )
+    deid.add_argument(
         "--deid-called-ae",
         action="append",
         default=[],
         metavar="AET",
-        help="de-identify only what is addressed to this called AE title (repeatable; default: all)",
+        help="older form of one route: de-identify only what is addressed to this called AE title "
+        "(repeatable; default: all)",
     )
     parser.add_argument("--tls-cert", default=None, help="PEM certificate: accept DIMSE over TLS")
     parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
@@ -147,6 +186,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _site_key(args: argparse.Namespace) -> bytes:
+    """The site key from ``--deid-key-conn`` (Airflow's secrets backends) or ``--deid-key-file``."""
+    from airflow_provider_kaapana.core.deid.pseudonyms import check_key
+
+    if args.deid_key_conn and args.deid_key_file:
+        raise ValueError("give --deid-key-conn or --deid-key-file, not both")
+    if args.deid_key_conn:
+        try:
+            # the one helper the DicomDeidentifyOperator uses too (an allowed exception to the
+            # commands-no-airflow contract: only this option needs Airflow)
+            from airflow_provider_kaapana.hooks.deid import site_key
+        except ImportError as exc:
+            raise ValueError(f"--deid-key-conn needs Airflow installed ({exc.name} is missing)") from None
+        return site_key(args.deid_key_conn)
+    from pathlib import Path
+
+    return check_key(Path(args.deid_key_file).read_bytes().strip())
+
+
+def _intake_deidentification(args: argparse.Namespace) -> IntakeDeidentification | None:
+    """The intake routes of ``--deid-route`` (or the older ``--deid-option``/``--deid-called-ae``)."""
+    from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+    from airflow_provider_kaapana.core.deid.safe_private import read_safe_private
+    from airflow_provider_kaapana.core.listener.server import IntakeDeidentification, IntakeRoute
+
+    keyed = bool(args.deid_key_conn or args.deid_key_file)
+    legacy = bool(args.deid_option or args.deid_called_ae)
+    if not keyed:
+        if args.deid_route or legacy or args.deid_safe_private:
+            raise ValueError(
+                "intake de-identification needs the site key: --deid-key-conn (or --deid-key-file)"
+            )
+        return None
+    if args.deid_route and legacy:
+        raise ValueError(
+            "give --deid-route, or the older --deid-option/--deid-called-ae (one route), not both"
+        )
+    safe = read_safe_private(args.deid_safe_private) if args.deid_safe_private else frozenset()
+
+    def safe_for(names: list[str]) -> frozenset[tuple[str, int, int]]:
+        # the list applies to the routes that retain safe private attributes
+        return safe if "retain-safe-private" in names else frozenset()
+
+    if args.deid_route:
+        routes = []
+        for text in args.deid_route:
+            names = [n.strip() for n in text.partition("=")[2].split(",") if n.strip()]
+            routes.append(IntakeRoute.parse(text, safe_private=safe_for(names)))
+        return IntakeDeidentification(_site_key(args), tuple(routes))
+    profile = DeidentificationProfile.from_names(args.deid_option, safe_private=safe_for(args.deid_option))
+    return IntakeDeidentification.for_called_aes(profile, _site_key(args), args.deid_called_ae)
+
+
 def run(args: argparse.Namespace) -> int:
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
     from airflow_provider_kaapana.core.net.dimse import configure_pynetdicom
@@ -176,22 +268,15 @@ def run(args: argparse.Namespace) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=args.tls_ca)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
         ssl_context.verify_mode = ssl.CERT_REQUIRED if args.tls_ca else ssl.CERT_NONE
-    deidentification = None
-    if args.deid_key_file:
-        from pathlib import Path
-
-        from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
-        from airflow_provider_kaapana.core.listener.server import IntakeDeidentification
-
-        try:
-            deidentification = IntakeDeidentification(
-                DeidentificationProfile.from_names(args.deid_option),
-                Path(args.deid_key_file).read_bytes().strip(),
-                frozenset(args.deid_called_ae),
-            )
-        except (OSError, ValueError) as exc:
-            print(f"kaapana listen: {exc}")
-            return 2
+    try:
+        deidentification = _intake_deidentification(args)
+    except (OSError, ValueError, KaapanaError) as exc:
+        # messages name files, connections and AE titles, never the key
+        print(f"kaapana listen: {exc}")
+        return 2
+    if deidentification is not None:
+        for route in deidentification.routes:
+            log.info("intake route %s (first match wins; other associations keep their originals)", route)
     listener = DicomListener(
         args.landing,
         port=args.port,

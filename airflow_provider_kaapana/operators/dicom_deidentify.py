@@ -6,16 +6,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_kaapana.core.deid.files import deidentify_folder
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+from airflow_provider_kaapana.core.deid.safe_private import parse_safe_private, read_safe_private
 from airflow_provider_kaapana.core.params import as_native, parse_bool
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import KaapanaError
+from airflow_provider_kaapana.hooks import deid as deid_hook
+from airflow_provider_kaapana.hooks.deid import DEFAULT_KEY_CONN_ID
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
-
-DEFAULT_KEY_CONN_ID = "kaapana_deid_key"
 
 
 class DicomDeidentifyOperator(KaapanaBaseOperator):
@@ -25,8 +24,13 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         dict works too.
     :param options: Table E.1-1 option names (``retain-longitudinal-modified-dates``,
         ``clean-descriptors``...), see :class:`~airflow_provider_kaapana.core.deid.profile.Option`.
-    :param key_conn_id: Airflow connection whose *password* is the site key (at least 32 bytes); it comes
-        from the secret backend, is read at run time and never logged.
+    :param key_conn_id: Airflow connection whose *password* (or extra ``key``) is the site key (at least
+        32 bytes); it comes from the secret backend, is read at run time and never logged
+        (:mod:`~airflow_provider_kaapana.hooks.deid`, shared with ``kaapana listen --deid-key-conn``).
+    :param safe_private: with the ``retain-safe-private`` option, the private attributes to keep: a list
+        of ``{"creator", "group", "element"}`` dicts or the path of a JSON file holding one
+        (:func:`~airflow_provider_kaapana.core.deid.safe_private.parse_safe_private`); default: PS3.15
+        Table E.3.10-1.
     :param output_dir: default: the run workspace's ``deid`` step of the input series.
     :param quarantine_dir: where refused originals go (they hold PHI; default: not copied).
     :param allow_burned_in_annotation: write images that may show burned-in text (pixels unchanged).
@@ -39,6 +43,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
     template_fields: Sequence[str] = (
         "input_dir",
         "options",
+        "safe_private",
         "output_dir",
         "quarantine_dir",
         "reid_map_dir",
@@ -52,6 +57,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         input_dir: str | Mapping[str, Any],
         options: Sequence[str] = (),
         key_conn_id: str = DEFAULT_KEY_CONN_ID,
+        safe_private: str | Sequence[Mapping[str, Any]] | None = None,
         output_dir: str | None = None,
         quarantine_dir: str | None = None,
         allow_burned_in_annotation: bool | str = False,
@@ -63,6 +69,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         self.input_dir = input_dir
         self.options = options
         self.key_conn_id = key_conn_id
+        self.safe_private = safe_private
         self.output_dir = output_dir
         self.quarantine_dir = quarantine_dir
         self.allow_burned_in_annotation = allow_burned_in_annotation
@@ -70,13 +77,17 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         self.workspace_base = workspace_base
 
     def site_key(self) -> bytes:
-        """The key: the password of ``key_conn_id`` (the one place it is read; never logged)."""
-        password = BaseHook.get_connection(self.key_conn_id).password
-        if not password:
-            raise KaapanaError(
-                f"connection {self.key_conn_id!r} holds no password (the de-identification key)"
-            )
-        return password.encode("utf-8")
+        """The key: the password of ``key_conn_id`` (read by the hook; never logged)."""
+        return deid_hook.site_key(self.key_conn_id)
+
+    def safe_private_list(self) -> frozenset[tuple[str, int, int]]:
+        """``safe_private`` as ``(creator, group, element byte)`` (empty: none given)."""
+        safe = as_native(self.safe_private)
+        if not safe:
+            return frozenset()
+        if isinstance(safe, str):
+            return read_safe_private(safe)
+        return parse_safe_private(safe, what=f"{self.task_id} safe_private")
 
     def execute(self, context: Mapping[str, Any]) -> dict[str, Any]:
         source = as_native(self.input_dir)
@@ -88,6 +99,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
         profile = DeidentificationProfile.from_names(
             [options] if isinstance(options, str) else list(options),
             allow_burned_in_annotation=parse_bool(self.allow_burned_in_annotation),
+            safe_private=self.safe_private_list(),
         )
         if self.output_dir:
             out = Path(self.output_dir)
@@ -97,7 +109,7 @@ class DicomDeidentifyOperator(KaapanaBaseOperator):
             raise KaapanaError("give output_dir, or an input dict that names its series_instance_uid")
         public = None
         if self.reid_map_dir:
-            public = BaseHook.get_connection(self.key_conn_id).extra_dejson.get("reid_public_key")
+            public = deid_hook.reid_public_key(self.key_conn_id)
             if not public:
                 raise KaapanaError(
                     f"reid_map_dir needs reid_public_key in the extras of connection {self.key_conn_id!r}"

@@ -122,3 +122,78 @@ def test_reidentification_map_round_trip_only_with_the_private_key(tmp_path):
     assert denied.returncode == 1
     assert "cannot be opened with this key" in denied.stderr and maps[0].name in denied.stderr
     assert "ZQXPID42" not in denied.stdout + denied.stderr
+
+
+def add_private_elements(files):
+    """A site-listed, an unlisted and a Table E.3.10-1 private attribute in every file."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        site = ds.private_block(0x0029, "ZQX SITE PRIVATE", create=True)
+        site.add_new(0x11, "DS", "1.5")  # the site's list names this one
+        site.add_new(0x12, "LO", "ZQXUNLISTED")  # and not this one
+        gems = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        gems.add_new(0x23, "DS", "0.75")  # (0019,xx23) GEMS_ACQU_01 in Table E.3.10-1
+        ds.save_as(path, enforce_file_format=True)
+
+
+def private_values(ds):
+    return {
+        (e.private_creator, e.tag.group, e.tag.element & 0xFF): e.value
+        for e in ds
+        if e.tag.is_private and e.tag.element >= 0x1000
+    }
+
+
+def test_safe_private_list_from_a_file(tmp_path):
+    series = generate_series(tmp_path / "in", slices=2)
+    add_private_elements(series.files)
+    key_file = tmp_path / "site.key"
+    key_file.write_text(KEY)
+    safe = tmp_path / "safe.json"
+    safe.write_text(json.dumps([{"creator": "ZQX SITE PRIVATE", "group": "0029", "element": "xx11"}]))
+    base = ("deid", str(series.series_dir), "--key-file", str(key_file), "--json")
+
+    listed = kaapana(
+        *base[:2],
+        str(tmp_path / "listed"),
+        *base[2:],
+        "--option",
+        "retain-safe-private",
+        "--safe-private",
+        str(safe),
+    )
+    assert listed.returncode == 0, listed.stderr
+    out = pydicom.dcmread(json.loads(listed.stdout)["written"][0])
+    assert private_values(out) == {("ZQX SITE PRIVATE", 0x0029, 0x11): "1.5"}  # with its creator
+    codes = [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113111"]
+
+    # without a list: PS3.15 Table E.3.10-1
+    default = kaapana(*base[:2], str(tmp_path / "default"), *base[2:], "--option", "retain-safe-private")
+    assert default.returncode == 0, default.stderr
+    out = pydicom.dcmread(json.loads(default.stdout)["written"][0])
+    assert private_values(out) == {("GEMS_ACQU_01", 0x0019, 0x23): "0.75"}
+
+    # without the option: no private attribute, no Retain Safe Private code
+    plain = kaapana(*base[:2], str(tmp_path / "plain"), *base[2:])
+    out = pydicom.dcmread(json.loads(plain.stdout)["written"][0])
+    assert private_values(out) == {} and "113111" not in [
+        i.CodeValue for i in out.DeidentificationMethodCodeSequence
+    ]
+    for written in (tmp_path / "listed").rglob("*.dcm"):
+        assert b"ZQXUNLISTED" not in written.read_bytes()
+
+    # a list without the option, or a bad list, is refused naming what is wrong
+    alone = kaapana(*base[:2], str(tmp_path / "alone"), *base[2:], "--safe-private", str(safe))
+    assert alone.returncode == 1 and "retain-safe-private" in alone.stderr
+    safe.write_text(json.dumps([{"creator": "X", "group": "0028", "element": "10"}]))
+    bad = kaapana(
+        *base[:2],
+        str(tmp_path / "bad"),
+        *base[2:],
+        "--option",
+        "retain-safe-private",
+        "--safe-private",
+        str(safe),
+    )
+    assert bad.returncode == 1 and str(safe) in bad.stderr and "not a private group" in bad.stderr

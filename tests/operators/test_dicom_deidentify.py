@@ -89,3 +89,28 @@ def test_operator_writes_a_sealed_map_with_the_connections_public_key(monkeypatc
     op.key_conn_id = "no_pub"
     with pytest.raises(KaapanaError, match="reid_public_key"):
         op.execute({})
+
+
+def test_operator_keeps_only_the_safe_listed_private_attributes(key_connection, tmp_path):
+    from tests.cli.test_deid_cli import add_private_elements, private_values
+
+    series = generate_series(tmp_path / "in", slices=1)
+    add_private_elements(series.files)
+    listed = [{"creator": "ZQX SITE PRIVATE", "group": "0x0029", "element": 0x11}]
+    (tmp_path / "safe.json").write_text(json.dumps(listed))
+    for name, safe_private in (("list", listed), ("file", str(tmp_path / "safe.json"))):
+        op = DicomDeidentifyOperator(
+            task_id="deid",
+            input_dir=str(series.series_dir),
+            options=["retain-safe-private"],
+            safe_private=safe_private,
+            key_conn_id=key_connection,
+            output_dir=str(tmp_path / name),
+        )
+        out = pydicom.dcmread(op.execute({})["written"][0])
+        assert private_values(out) == {("ZQX SITE PRIVATE", 0x0029, 0x11): "1.5"}, name
+        assert out[0x00290010].value == "ZQX SITE PRIVATE"  # its private creator came along
+        assert "113111" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+    op.options = []  # a list without the option would be ignored: refused instead
+    with pytest.raises(ValueError, match="retain-safe-private"):
+        op.execute({})

@@ -75,8 +75,10 @@ class DeidentificationProfile:
     """Basic profile + ``options``.
 
     ``safe_private``: private attributes kept under Retain Safe Private, as
-    ``(private creator, group, element low byte)``, e.g. ``("SIEMENS CT VA0  COAD", 0x0019, 0x23)``;
-    every other private attribute is removed, with or without the option.
+    ``(private creator, group, element low byte)``, e.g. ``("GEMS_ACQU_01", 0x0019, 0x23)``
+    (:mod:`~airflow_provider_kaapana.core.deid.safe_private` reads them from JSON); with the option and
+    no list, PS3.15 Table E.3.10-1. Every other private attribute is removed, with or without the
+    option; a list without the option raises ValueError (it would be silently ignored).
     ``allow_burned_in_annotation``: pass images that may show burned-in text (``BurnedInAnnotation``
     YES, ultrasound, secondary capture) unchanged instead of refusing them; the pixels are not cleaned,
     so the caller vouches for them and no Clean Pixel Data code is recorded.
@@ -88,6 +90,16 @@ class DeidentificationProfile:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", frozenset(Option(o) for o in self.options))
+        safe = frozenset((str(c).strip(), int(g), int(e)) for c, g, e in self.safe_private)
+        if Option.RETAIN_SAFE_PRIVATE in self.options and not safe:
+            from airflow_provider_kaapana.core.deid.safe_private import standard_safe_private
+
+            safe = standard_safe_private()
+        elif safe and Option.RETAIN_SAFE_PRIVATE not in self.options:
+            raise ValueError(
+                f"a safe private list ({len(safe)} attributes) needs the option {Option.RETAIN_SAFE_PRIVATE.value}"
+            )
+        object.__setattr__(self, "safe_private", safe)
         both = {Option.RETAIN_LONGITUDINAL_FULL_DATES, Option.RETAIN_LONGITUDINAL_MODIFIED_DATES}
         if both <= self.options:
             raise ValueError(

@@ -74,6 +74,7 @@ LISTENER_POLL_SECONDS = 0.0001
 FAST_POLL_ASSOCIATIONS = 4
 DEFAULT_MAX_INFLATED_BYTES = 256 << 20
 CONFLICTS_DIR = "conflicts"
+ANY_AE = "*"  # an intake route's wildcard AE title
 # C-STORE statuses the listener answers besides those of core.net.dimse (PS3.4 B.2.3, PS3.7 C)
 STATUS_DUPLICATE_KEPT_APART = 0xB000  # warning: stored, but not where the first copy is (see docs)
 
@@ -304,22 +305,77 @@ class AirflowTrigger:
 
 
 @dataclass(frozen=True)
-class IntakeDeidentification:
-    """De-identify on intake: what a sender addresses to one of ``called_aes`` (empty: any called AE
-    title) is de-identified (:func:`~airflow_provider_kaapana.core.deid.deidentify.deidentify_part10`)
-    before anything is written, so the original never reaches the landing zone; an instance the profile
-    refuses (burned-in text) is answered with a failure status and not written at all."""
+class IntakeRoute:
+    """One intake profile: what a sender addresses to ``called_ae`` (``*``: any) from ``calling_ae``
+    (``*``: any) is de-identified under ``profile``."""
 
     profile: DeidentificationProfile
+    called_ae: str = ANY_AE
+    calling_ae: str = ANY_AE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "called_ae", self.called_ae.strip() or ANY_AE)
+        object.__setattr__(self, "calling_ae", self.calling_ae.strip() or ANY_AE)
+
+    def matches(self, called_ae: str, calling_ae: str) -> bool:
+        return self.called_ae in (ANY_AE, called_ae.strip()) and self.calling_ae in (
+            ANY_AE,
+            calling_ae.strip(),
+        )
+
+    def __str__(self) -> str:
+        options = ",".join(sorted(o.value for o in self.profile.options)) or "basic profile"
+        return f"{self.called_ae}:{self.calling_ae}={options}"
+
+    @classmethod
+    def parse(cls, text: str, **profile_kwargs: Any) -> IntakeRoute:
+        """``CALLED_AE[:CALLING_AE]=OPTION[,OPTION...]`` (``*`` for any AE title; no option: the basic
+        profile alone). ``profile_kwargs`` go to the profile (``safe_private``...). ValueError if bad."""
+        aes, sep, options = text.partition("=")
+        called, _, calling = aes.partition(":")
+        if not sep or not called.strip():
+            raise ValueError(
+                f"intake route {text!r}: expected CALLED_AE[:CALLING_AE]=OPTION[,OPTION...] (* for any AE)"
+            )
+        for title in (called, calling):
+            if len(title.strip()) > 16:
+                raise ValueError(f"intake route {text!r}: AE title {title.strip()!r} is longer than 16")
+        names = [n.strip() for n in options.split(",") if n.strip()]
+        return cls(DeidentificationProfile.from_names(names, **profile_kwargs), called, calling or ANY_AE)
+
+
+@dataclass(frozen=True)
+class IntakeDeidentification:
+    """De-identify on intake, by route: an instance whose association (called AE title, calling AE
+    title) matches a route is de-identified under that route's profile with the site ``key``
+    (:func:`~airflow_provider_kaapana.core.deid.deidentify.deidentify_part10`) before anything is
+    written, so its original never reaches the landing zone; an instance the profile refuses (burned-in
+    text) is answered with a failure status and not written at all. Routes are tried in order, the
+    first match wins; an association that matches no route is stored as received (originals)."""
+
     key: bytes = field(repr=False)
-    called_aes: frozenset[str] = frozenset()
+    routes: tuple[IntakeRoute, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", check_key(self.key))
-        object.__setattr__(self, "called_aes", frozenset(a.strip() for a in self.called_aes if a.strip()))
+        object.__setattr__(self, "routes", tuple(self.routes))
+        if not self.routes:
+            raise ValueError("intake de-identification needs at least one route")
 
-    def applies(self, called_ae: str) -> bool:
-        return not self.called_aes or called_ae.strip() in self.called_aes
+    @classmethod
+    def for_called_aes(
+        cls, profile: DeidentificationProfile, key: bytes, called_aes: Iterable[str] = ()
+    ) -> IntakeDeidentification:
+        """One profile for what is addressed to ``called_aes`` (none: every association)."""
+        titles = [a.strip() for a in called_aes if a.strip()] or [ANY_AE]
+        return cls(key, tuple(IntakeRoute(profile, called) for called in titles))
+
+    def route(self, called_ae: str, calling_ae: str) -> IntakeRoute | None:
+        """The first route the association matches; None: keep the originals."""
+        for route in self.routes:
+            if route.matches(called_ae, calling_ae):
+                return route
+        return None
 
 
 class DicomListener:
@@ -330,8 +386,8 @@ class DicomListener:
     connection limits: see :class:`~.transport.ConnectionLimits` (``max_associations`` and
     ``network_timeout`` here are the same fields). A deflated dataset that inflates past
     ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory. With
-    ``deidentification`` (:class:`IntakeDeidentification`) instances addressed to its called AE titles
-    are de-identified before they are written. With ``stow_port`` the listener also takes DICOMweb
+    ``deidentification`` (:class:`IntakeDeidentification`) instances whose called/calling AE titles
+    match one of its routes are de-identified under that route's profile before they are written. With ``stow_port`` the listener also takes DICOMweb
     STOW-RS (:mod:`~.stow`; ``stow_tokens``: the bearer tokens it accepts, none: no authentication)
     through the same store path.
     ``on_series_complete`` may return a dict that is stored in the manifest (e.g. the DAG run id); if it
@@ -696,16 +752,18 @@ class DicomListener:
                 data,
             )
             deid = self.deidentification
-            if deid is not None and deid.applies(called_ae):
+            route = deid.route(called_ae, calling_ae) if deid is not None else None
+            if route is not None and deid is not None:
                 try:
-                    clean = deidentify_part10(b"".join(chunks), deid.profile, deid.key)
+                    clean = deidentify_part10(b"".join(chunks), route.profile, deid.key)
                 except DeidentificationError as exc:
                     log.warning(
-                        "refused instance %s from %s to %s: the intake de-identification profile refuses "
-                        "it (%s); nothing was written",
+                        "refused instance %s from %s to %s: the intake de-identification profile of route "
+                        "%s refuses it (%s); nothing was written",
                         what,
                         calling_ae,
                         called_ae,
+                        route,
                         exc,
                     )
                     return self._refusal(STATUS_CANNOT_UNDERSTAND, "refused by intake de-identification")
