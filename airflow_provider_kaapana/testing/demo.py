@@ -125,9 +125,10 @@ def run_demo(
     ``preload`` ``False`` starts the LocalExecutor's workers without the forkserver preload
     (:mod:`airflow_provider_kaapana.preload`), to measure what it saves.
     ``deidentify`` (Table E.1-1 option names; ``[]``: the basic profile alone) makes the listener
-    de-identify on intake (:class:`~airflow_provider_kaapana.core.listener.server.IntakeDeidentification`,
-    with ``deid_key`` or a key made for this run): no original reaches the landing zone, and ingest and segmentation run on
-    the pseudonymised study; the result's UIDs are the pseudonyms.
+    de-identify what is sent to its AE title on intake
+    (:class:`~airflow_provider_kaapana.core.listener.server.IntakeDeidentification`, with ``deid_key`` or
+    a key made for this run): no original reaches the landing zone, ingest and segmentation run on the
+    pseudonymised study, and the result's UIDs are the pseudonyms.
     """
     from airflow_provider_kaapana.core.index.client import make_search_client
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
@@ -235,8 +236,8 @@ def run_demo(
             from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
             from airflow_provider_kaapana.core.listener.server import IntakeDeidentification
 
-            intake = IntakeDeidentification(
-                DeidentificationProfile.from_names(list(deidentify)), deid_key or os.urandom(32)
+            intake = IntakeDeidentification.for_called_aes(  # a research AE: what is sent to it
+                DeidentificationProfile.from_names(list(deidentify)), deid_key or os.urandom(32), ["KAAPANA"]
             )
         trigger = AirflowTrigger(airflow.url, INGEST_DAG, username=DEMO_USER[0], password=DEMO_USER[1])
         listener = DicomListener(  # as `kaapana listen` does: series completing together share a run

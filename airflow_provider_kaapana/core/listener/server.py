@@ -387,9 +387,9 @@ class DicomListener:
     ``network_timeout`` here are the same fields). A deflated dataset that inflates past
     ``max_inflated_bytes`` is refused (``0xA700``) without being inflated in memory. With
     ``deidentification`` (:class:`IntakeDeidentification`) instances whose called/calling AE titles
-    match one of its routes are de-identified under that route's profile before they are written. With ``stow_port`` the listener also takes DICOMweb
-    STOW-RS (:mod:`~.stow`; ``stow_tokens``: the bearer tokens it accepts, none: no authentication)
-    through the same store path.
+    match one of its routes are de-identified under that route's profile before they are written.
+    With ``stow_port`` the listener also takes DICOMweb STOW-RS (:mod:`~.stow`; ``stow_tokens``: the
+    bearer tokens it accepts, none: no authentication) through the same store path.
     ``on_series_complete`` may return a dict that is stored in the manifest (e.g. the DAG run id); if it
     raises, the batch stays pending and is retried with backoff (``retry_seconds``, doubling, capped at
     ``max_retry_seconds``). Use :meth:`start` / :meth:`stop` or as a context manager, or
