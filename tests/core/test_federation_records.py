@@ -176,8 +176,12 @@ def test_small_quasi_identifier_groups_are_suppressed():
     assert len(rows) == 8 and result.document["suppressed"] is True
     assert {(r["age_band"], r["sex"]) for r in rows} == {("40-49", "F"), ("40-49", "M")}
     assert result.suppressed_cells == 2
-    # without quasi-identifiers the same rows form one group of 10 patients: nothing suppressed
-    assert len(guarded(documents).document["records"]) == 10
+    # the groups are over every offered quasi-identifier, whichever the job asked for: rows of two jobs
+    # join on the pseudonym, so "sex" in one job and "age_band" in another must not single anyone out
+    for asked in ([], ["sex"], ["age_band"]):
+        other = guarded(documents, job(quasi_identifiers=asked)).document
+        assert other["suppressed"] is True
+        assert [r["patient"] for r in other["records"]] == [r["patient"] for r in rows]
 
 
 def test_k_counts_patients_not_rows_and_refuses_below_k():

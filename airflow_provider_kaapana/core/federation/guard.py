@@ -474,9 +474,12 @@ def release_records(
     """The egress rule of ``records/v1``: de-identify every record, then k-anonymity by suppression.
 
     Each record goes through :func:`.records.deidentify_record` (the de-identification core, the schema's
-    fixed profile, the site's ``key``) with only the columns the job may have: the non-quasi columns and
-    the quasi-identifiers it names. Records whose quasi-identifier group holds fewer than ``k`` distinct
-    patients are dropped (``suppressed``); when fewer than ``k`` patients remain, nothing is released.
+    fixed profile, the site's ``key``). Records whose group over *every* quasi-identifier the analysis
+    offers (age band and sex, whichever the job asked for) holds fewer than ``k`` distinct patients are
+    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so one job asking for the
+    age band and another for the sex must not add up to a smaller group. The released rows carry only
+    the non-quasi columns and the quasi-identifiers the job names; when fewer than ``k`` patients remain,
+    nothing is released.
     """
     try:
         columns = released_columns(analysis, job.parameters)
@@ -486,16 +489,17 @@ def release_records(
     rows: list[dict[str, Any]] = []
     for i, record in enumerate(document[RECORDS]):
         try:
-            rows.append(deidentify_record(record, columns, profile, key))
+            # every offered column, released or not: k-anonymity below is over all of them
+            rows.append(deidentify_record(record, analysis.columns, profile, key))
         except DeidentificationError as exc:  # names the attribute, never the value
             raise EgressRefused("deidentification", f"records[{i}]: {exc}") from None
     patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
-    small = small_groups(rows, quasi_columns(columns), patient, k)
+    small = small_groups(rows, quasi_columns(analysis.columns), patient, k)
     actions = [
         GuardAction(RECORDS, "suppressed", i, f"quasi-identifier group of fewer than k={k} individuals")
         for i in sorted(small)
     ]
-    kept = [row for i, row in enumerate(rows) if i not in small]
+    kept = [{c.name: row[c.name] for c in columns} for i, row in enumerate(rows) if i not in small]
     if len({row[patient] for row in kept}) < k:
         raise EgressRefused("k", f"fewer than k={k} individuals in the released records")
     released = {key_: document[key_] for key_ in ("schema", "job_id", "analysis", "analysis_version", "site")}
