@@ -355,3 +355,42 @@ def test_the_analysis_is_registered_with_its_columns():
     spec = get_analysis("segment_measurements", "1")
     assert spec.payload_schema == SCHEMA_RECORDS_V1 and not spec.statistics
     assert {c.name for c in spec.columns if c.role.value == "quasi"} == {"age_band", "sex"}
+
+
+def test_sealed_round_trip_from_the_sites_audit_log_to_the_coordinators_report(tmp_path):
+    import datetime as dt
+
+    from airflow_provider_kaapana.core.federation.coordinator import aggregate_answers
+    from airflow_provider_kaapana.core.federation.crypto import generate_keypair
+    from airflow_provider_kaapana.core.federation.exchange import record_sealed_egress, sealed_answer
+    from airflow_provider_kaapana.core.federation.guard import GuardResult
+
+    private, public = generate_keypair()
+    the_job = job(quasi_identifiers=["age_band"])
+    # what the site's analyse task returns (an XCom) and its respond task re-checks, logs and seals
+    outcome = analyse(the_job, POLICY, site_documents(), deid_key=KEY)
+    verify_received(outcome.document, job=the_job, site="alpha")
+    result = GuardResult(document=outcome.document, k=outcome.k, actions=())
+    answer = sealed_answer(result.payload, job_id=the_job.job_id, site="alpha", coordinator_public_key=public)
+    record_sealed_egress(
+        tmp_path / "audit.jsonl",
+        result,
+        recipient="https://coord.example.org",
+        sealed_sha256=answer.sealed_sha256,
+    )
+    [line] = read_audit_log(tmp_path / "audit.jsonl")
+    assert len(line.record_sha256) == 8
+    xcom = {
+        "chosen_options": [answer.chosen],
+        "params_input": answer.params_input,
+        "responded_by_user": {"id": "alpha", "name": "alpha"},
+        "responded_at": dt.datetime.now(dt.timezone.utc),
+    }
+    report = aggregate_answers(the_job, ["alpha"], [xcom], private)
+    assert report["sites"][0]["status"] == "ok"
+    assert report["sites"][0]["payload_sha256"] == line.sha256
+    rows = report["records"]["rows"]
+    assert [
+        hashlib.sha256(canonical_json_bytes({k: v for k, v in r.items() if k != "site"})).hexdigest()
+        for r in rows
+    ] == list(line.record_sha256)
