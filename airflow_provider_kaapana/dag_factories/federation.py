@@ -30,6 +30,7 @@ from airflow_provider_kaapana.core.federation.exchange import (
 )
 from airflow_provider_kaapana.core.federation.jobs import DEFAULT_K_MIN, MAX_K, SITE_NAME_RE
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.hooks.federation import DEID_KEY_CONN_ID
 from airflow_provider_kaapana.operators.federation import (
     SEARCH_CONN_ID,
     SEARCH_INDEX,
@@ -57,6 +58,8 @@ class FederationSettings:
     federation_conn_id: str = "kaapana_federation_default"
     search_conn_id: str = SEARCH_CONN_ID
     index: str = SEARCH_INDEX
+    # the site's de-identification key (record-level analyses only)
+    deid_key_conn_id: str = DEID_KEY_CONN_ID
     poll_interval_seconds: float = 10.0
     # > 0: each poll run keeps looking (every poll_look_seconds) for this long before it ends
     poll_window_seconds: float = 0.0
@@ -74,6 +77,15 @@ COHORT_PARAMS: dict[str, Any] = {
         maxLength=64,
         title="Segment label",
         description="The label (or code meaning) of the segments to summarise, e.g. liver, spleen.",
+        section="Analysis",
+    ),
+    "quasi_identifiers": lambda: Param(
+        [],
+        type="array",
+        items={"type": "string", "enum": ["age_band", "sex"]},
+        uniqueItems=True,
+        title="Quasi-identifiers",
+        description="Columns to add to each row, coarsened (age band, sex); every site applies k-anonymity to them.",
         section="Analysis",
     ),
     "modality": lambda: Param(
@@ -311,7 +323,7 @@ def federated_site_dag(
                 "Job `{{ params.job.job_id }}` asks for **{{ params.job.analysis }}** "
                 "v{{ params.job.analysis_version }} with k = {{ params.job.k }} and parameters "
                 "`{{ params.job.parameters }}`. Approve to compute it on this site's index and send the "
-                "guarded aggregate; reject to answer refused."
+                "guarded result; reject to answer refused."
             ),
         )
         no_approval = EmptyOperator(task_id="no_approval_needed")
@@ -321,6 +333,7 @@ def federated_site_dag(
             federation_conn_id=s.federation_conn_id,
             search_conn_id=s.search_conn_id,
             index=s.index,
+            key_conn_id=s.deid_key_conn_id,
         )
         respond = FederatedRespondOperator(task_id="respond", federation_conn_id=s.federation_conn_id)
         approval_needed() >> [approve, no_approval]

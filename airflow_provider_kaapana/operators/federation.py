@@ -23,7 +23,12 @@ from airflow_provider_kaapana.core.federation.guard import GuardResult, verify_r
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import InvalidJobError
-from airflow_provider_kaapana.hooks.federation import FederationCoordinatorHook, FederationHook
+from airflow_provider_kaapana.hooks.federation import (
+    DEID_KEY_CONN_ID,
+    FederationCoordinatorHook,
+    FederationHook,
+    site_deid_key,
+)
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 # Every task process parses its DAG file, so this module keeps its import cost small: the search
@@ -178,7 +183,9 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
     """Run the job's analysis on the site's index and pass the egress guard (nothing is sent here).
 
     The job comes from the run's conf (``params.job``), the policy from the federation connection,
-    read now (it may have changed since the poll). Returns
+    read now (it may have changed since the poll). For a record-level analysis the site's
+    de-identification key is read from ``key_conn_id`` (its password) and handed to the guard, which
+    pseudonymises every record with it; the key is never taken from the job. Returns
     :meth:`~airflow_provider_kaapana.core.federation.site.SiteOutcome.as_dict`: the guarded document
     (status ok) or a refusal reason.
     """
@@ -192,16 +199,19 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
         federation_conn_id: str = FederationHook.default_conn_name,
         search_conn_id: str = SEARCH_CONN_ID,
         index: str = SEARCH_INDEX,
+        key_conn_id: str = DEID_KEY_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.federation_conn_id = federation_conn_id
         self.search_conn_id = search_conn_id
         self.index = index
+        self.key_conn_id = key_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_kaapana.core.federation.analyses import get_analysis
         from airflow_provider_kaapana.core.federation.site import analyse, site_documents
+        from airflow_provider_kaapana.core.federation.statistics import get_payload_schema
         from airflow_provider_kaapana.hooks.search import SearchHook
 
         job, _ = _job_and_request(context)
@@ -212,7 +222,9 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
         spec = get_analysis(job.analysis, job.analysis_version)
         client = SearchHook(self.search_conn_id).get_conn()
         documents = site_documents(job, spec.parameters, client, self.index)
-        outcome = analyse(job, policy, documents)
+        record_level = get_payload_schema(spec.payload_schema).record_level
+        key = site_deid_key(self.key_conn_id) if record_level else None
+        outcome = analyse(job, policy, documents, deid_key=key)
         self.log.info(
             "%s on %d series: %s (k=%s, %d cells suppressed, withheld: %s) %s",
             job.analysis,

@@ -182,3 +182,73 @@ def test_the_light_constants_follow_the_index_defaults():
     from airflow_provider_kaapana.operators.federation import SEARCH_CONN_ID, SEARCH_INDEX
 
     assert (SEARCH_INDEX, SEARCH_CONN_ID) == (DEFAULT_INDEX, SearchHook.default_conn_name)
+
+
+DEID_KEY = "site-alpha-deid-key-0123456789abcdef"
+
+
+def measurement_documents(n=6):
+    return [
+        {
+            "PatientID": f"ALPHA{p:04d}",
+            "StudyInstanceUID": f"1.2.826.0.1.3680043.10.1337.9.{p}.1",
+            "SeriesInstanceUID": f"1.2.826.0.1.3680043.10.1337.9.{p}.2",
+            "kaapana": {"segments": [{"label": "liver", "volume_ml": 1500.0 + p}]},
+        }
+        for p in range(n)
+    ]
+
+
+def run_analysis(monkeypatch, analysis_job, documents):
+    from airflow_provider_kaapana.core.federation import site as site_module
+    from airflow_provider_kaapana.hooks.search import SearchHook
+    from airflow_provider_kaapana.operators.federation import FederatedAnalysisOperator
+
+    site_connection(
+        monkeypatch,
+        extra={
+            "policy": {
+                "allowed_analyses": {"segment_measurements": "*", "cohort_statistics": "*"},
+                "require_approval": False,
+                "k_min": 3,
+            }
+        },
+    )
+    monkeypatch.setattr(site_module, "site_documents", lambda job, declared, client, index: documents)
+    monkeypatch.setattr(SearchHook, "get_conn", lambda self: None)
+    request = HitlRequest.from_detail(detail("alpha"), "alpha")
+    operator = FederatedAnalysisOperator(task_id="analyse", federation_conn_id="fed_test")
+    return operator.execute({"params": {"job": analysis_job.to_dict(), "request": request.to_dict()}})
+
+
+def test_a_record_level_analysis_is_pseudonymised_with_the_sites_own_key(monkeypatch):
+    from pydicom.dataset import Dataset
+
+    from airflow_provider_kaapana.core.deid.deidentify import deidentify
+    from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+    from airflow_provider_kaapana.core.federation.measurements import SEGMENT_MEASUREMENTS_V1
+
+    job = FederatedJob.for_run(
+        SEGMENT_MEASUREMENTS_V1,
+        "manual__1",
+        parameters={"label": "liver"},
+        k=3,
+        created="2026-12-01T10:00:00Z",
+    )
+    documents = measurement_documents()
+    # without the site's key connection the analysis fails (answered failed): nothing leaves
+    monkeypatch.delenv("AIRFLOW_CONN_KAAPANA_DEID_KEY", raising=False)
+    with pytest.raises(Exception, match="kaapana_deid_key"):
+        run_analysis(monkeypatch, job, documents)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAAPANA_DEID_KEY", json.dumps({"conn_type": "generic", "password": DEID_KEY})
+    )
+    outcome = run_analysis(monkeypatch, job, documents)
+    assert outcome["status"] == "ok", outcome["reason"]
+    rows = outcome["document"]["records"]
+    ds = Dataset()
+    ds.PatientID = "ALPHA0002"
+    expected = deidentify(ds, DeidentificationProfile(), DEID_KEY.encode()).PatientID
+    assert [r["patient"] for r in rows if r["volume_ml"] == 1502.0] == [expected]
+    text = json.dumps(outcome)
+    assert "ALPHA0" not in text and DEID_KEY not in text and "1.2.826.0.1.3680043" not in text

@@ -25,6 +25,7 @@ from airflow_provider_kaapana.core.federation.guard import (
     KnownIdentifiers,
     collect_known_identifiers,
     guard_egress,
+    register_record_egress_rule,
     verify_received,
 )
 from airflow_provider_kaapana.core.federation.hitl import (
@@ -41,6 +42,11 @@ from airflow_provider_kaapana.core.federation.jobs import (
     make_job_id,
     split_job_id,
 )
+from airflow_provider_kaapana.core.federation.measurements import (
+    SEGMENT_MEASUREMENTS_V1,
+    segment_measurements,
+)
+from airflow_provider_kaapana.core.federation.records import SCHEMA_RECORDS_V1
 from airflow_provider_kaapana.core.federation.report import build_report, render_html, report_for, report_json
 from airflow_provider_kaapana.core.federation.statistics import (
     SCHEMA_AGGREGATE_V1,
@@ -55,6 +61,8 @@ __all__ = [
     "COHORT_SOURCE_FIELDS",
     "COHORT_STATISTICS_V1",
     "SCHEMA_AGGREGATE_V1",
+    "SCHEMA_RECORDS_V1",
+    "SEGMENT_MEASUREMENTS_V1",
     "AggregateResult",
     "AnalysisSpec",
     "AuditRecord",
@@ -85,10 +93,12 @@ __all__ = [
     "record_egress",
     "record_result",
     "register_analysis",
+    "register_record_egress_rule",
     "render_html",
     "report_for",
     "report_json",
     "result_from_hitl",
+    "segment_measurements",
     "site_answer",
     "split_job_id",
     "timed_out",

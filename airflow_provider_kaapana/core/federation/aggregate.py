@@ -85,6 +85,8 @@ class AggregateResult:
 
 
 def _suppression_of(document: Mapping[str, Any]) -> tuple[int, tuple[str, ...]]:
+    if "records" in document:  # a records document says only whether rows were suppressed
+        return 0, ()
     cells = 0
     withheld = []
     for name, stat in sorted(document["statistics"].items()):
@@ -195,6 +197,14 @@ def _pool_moments(name: str, docs: list[tuple[str, Mapping[str, Any]]]) -> dict[
     }
 
 
+def _pool_records(docs: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The sites' released records in one table, each row with its site (pseudonyms are per site key)."""
+    columns = list(docs[0][1]["columns"]) if docs else []
+    rows = [{"site": site, **record} for site, doc in docs for record in doc["records"]]
+    incomplete = sorted(site for site, doc in docs if doc["suppressed"])
+    return {"kind": "records", "columns": ["site", *columns], "rows": rows, "incomplete": incomplete}
+
+
 def aggregate_results(
     job: FederatedJob,
     results: Mapping[str, SiteResult],
@@ -242,6 +252,8 @@ def aggregate_results(
         accepted.append((key, result.document))
 
     statistics: dict[str, dict[str, Any]] = {}
+    if analysis.columns:
+        statistics["records"] = _pool_records(accepted)
     for name, spec in analysis.by_name.items():
         if spec.kind is StatisticKind.COUNTS:
             statistics[name] = _pool_counts(name, accepted)

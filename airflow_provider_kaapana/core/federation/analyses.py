@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airflow_provider_kaapana.core.federation.cohort import COHORT_STATISTICS_V1
+from airflow_provider_kaapana.core.federation.measurements import SEGMENT_MEASUREMENTS_V1
 from airflow_provider_kaapana.core.federation.segmentation import SEGMENTATION_STATISTICS_V1
 from airflow_provider_kaapana.core.federation.statistics import AnalysisSpec
 from airflow_provider_kaapana.exceptions import UnknownAnalysisError
@@ -35,5 +36,6 @@ def list_analyses() -> list[AnalysisSpec]:
 
 register_analysis(COHORT_STATISTICS_V1)
 register_analysis(SEGMENTATION_STATISTICS_V1)
+register_analysis(SEGMENT_MEASUREMENTS_V1)
 
 __all__ = ["get_analysis", "list_analyses", "register_analysis"]

@@ -1,4 +1,5 @@
-"""The site's egress audit log: one JSON line per payload that left, with the SHA-256 of its exact bytes."""
+"""The site's egress audit log: one JSON line per payload that left, with the SHA-256 of its exact bytes
+(and, for a record-level payload, the SHA-256 of every record in it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from airflow_provider_kaapana.core.federation.guard import GuardResult
+from airflow_provider_kaapana.core.federation.records import record_hashes
 from airflow_provider_kaapana.exceptions import AuditLogError
 
 try:  # POSIX: serialise concurrent writers (two egress tasks at once)
@@ -25,7 +27,10 @@ MAX_RECIPIENT_CHARS = 512
 
 @dataclass(frozen=True)
 class AuditRecord:
-    """One egress: which job, when (UTC), to whom, the hash and size of the bytes, and the bytes."""
+    """One egress: which job, when (UTC), to whom, the hash and size of the bytes, and the bytes.
+
+    ``record_sha256``: for a record-level payload, the SHA-256 of each record's canonical JSON, in order.
+    """
 
     job_id: str
     analysis: str
@@ -36,6 +41,7 @@ class AuditRecord:
     sha256: str
     size: int
     payload: bytes
+    record_sha256: tuple[str, ...] = ()
 
 
 def _check_recipient(recipient: str) -> str:
@@ -100,6 +106,9 @@ def record_egress(
         "bytes": len(payload),
         "payload": payload.decode("ascii"),
     }
+    records = result.record_sha256
+    if records or "records" in document:
+        line["record_sha256"] = records
     if sealed_sha256 is not None:
         line["sealed_sha256"] = str(sealed_sha256)
     data = (json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
@@ -134,13 +143,19 @@ def read_audit_log(log_path: str | Path) -> list[AuditRecord]:
                     sha256=line["sha256"],
                     size=int(line["bytes"]),
                     payload=payload,
+                    record_sha256=tuple(str(h) for h in line.get("record_sha256") or ()),
                 )
+                expected = record_hashes(json.loads(payload)) if "record_sha256" in line else []
             except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
                 raise AuditLogError(
                     f"{path}: line {number} is not an audit record ({type(exc).__name__})"
                 ) from None
             if hashlib.sha256(payload).hexdigest() != record.sha256 or len(payload) != record.size:
                 raise AuditLogError(f"{path}: line {number}: the payload does not match its recorded SHA-256")
+            if list(record.record_sha256) != expected:
+                raise AuditLogError(
+                    f"{path}: line {number}: the records do not match their recorded SHA-256s"
+                )
             records.append(record)
     return records
 

@@ -2,7 +2,10 @@
 
 It refuses what is not on the allow-listed schema, suppresses small cells (k-threshold on distinct
 patients) with complementary suppression, withholds populations that are too small, refuses anything
-that looks like an identifier, and enforces the size limit. Refusals never echo the offending value.
+that looks like an identifier, and enforces the size limit. Record-level payloads leave only through a
+de-identifying rule: every record through the de-identification core with the site's key, the
+identifier scan over the result, k-anonymity on the kept quasi-identifiers. Refusals never echo the
+offending value.
 """
 
 from __future__ import annotations
@@ -14,16 +17,26 @@ from typing import Any, Literal
 
 from airflow_provider_kaapana.core.federation.analyses import get_analysis
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob, SitePolicy
+from airflow_provider_kaapana.core.federation.records import (
+    SCHEMA_RECORDS_V1,
+    deidentify_record,
+    quasi_columns,
+    record_hashes,
+    record_profile,
+    released_columns,
+    small_groups,
+)
 from airflow_provider_kaapana.core.federation.statistics import (
     SCHEMA_AGGREGATE_V1,
     AnalysisSpec,
+    ColumnRole,
     StatisticKind,
     canonical_json_bytes,
     get_payload_schema,
     identifier_kind,
     iter_strings,
 )
-from airflow_provider_kaapana.exceptions import EgressRefused, PayloadSchemaError
+from airflow_provider_kaapana.exceptions import DeidentificationError, EgressRefused, PayloadSchemaError
 
 # FLARE's histogram cleanser: no more bins than this fraction of the values counted.
 DEFAULT_MAX_BINS_FRACTION = 0.1
@@ -55,6 +68,7 @@ IDENTIFIER_FIELDS: tuple[str, ...] = (
 )
 
 Action = Literal["suppressed", "complementary", "withheld"]
+RECORDS = "records"
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,11 @@ class GuardResult:
     def payload(self) -> bytes:
         """The exact bytes to send (and to record in the audit log)."""
         return canonical_json_bytes(self.document)
+
+    @property
+    def record_sha256(self) -> list[str]:
+        """The SHA-256 of each released record (record-level payloads; empty for aggregates)."""
+        return record_hashes(self.document) if RECORDS in self.document else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,6 +148,10 @@ class KnownIdentifiers:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def extended(self, identifiers: Iterable[Any]) -> KnownIdentifiers:
+        """These identifiers and ``identifiers``."""
+        return KnownIdentifiers([*self._values, *identifiers])
 
     def found_in(self, text: str) -> bool:
         """Whether any known identifier occurs in ``text`` between token boundaries."""
@@ -372,8 +395,177 @@ _EGRESS_RULES: dict[str, EgressRule] = {SCHEMA_AGGREGATE_V1: release_aggregate}
 
 
 def register_egress_rule(schema_id: str, rule: EgressRule) -> None:
-    """The disclosure control for a new payload schema (e.g. model weights); without one it is refused."""
+    """The disclosure control for a new payload schema (e.g. model weights); without one it is refused.
+
+    Not for record-level schemas: they leave only through :func:`register_record_egress_rule`.
+    """
+    try:
+        record_level = get_payload_schema(schema_id).record_level
+    except PayloadSchemaError:
+        record_level = False
+    if record_level:
+        raise ValueError(f"{schema_id} is record-level: register a de-identifying record egress rule")
     _EGRESS_RULES[schema_id] = rule
+
+
+# --------------------------------------------------------------------------------------------------
+# record-level payloads: de-identification, identifier scan, k-anonymity
+
+
+def scan_records(records: Any, analysis: AnalysisSpec, known: KnownIdentifiers, *, released: bool) -> None:
+    """Raise :class:`EgressRefused` (code ``identifier``) naming ``records[i].<column>`` — never the value
+    — for a value that looks like an identifier or is one of the site's own.
+
+    At the site the patient and UID columns hold the originals by design and are not scanned; once
+    released they are pseudonyms (a ``2.25`` UID by construction) and are checked against the site's
+    identifiers only. Every other string is scanned for identifier patterns and the site's identifiers;
+    numbers are matched against the site's identifiers (a patient ID planted as a measurement).
+    """
+    if not isinstance(records, list):
+        return
+    roles = {c.name: c.role for c in analysis.columns}
+    pseudonymised = (ColumnRole.PATIENT, ColumnRole.UID)
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            continue
+        for j, (key, value) in enumerate(record.items()):
+            role = roles.get(key) if isinstance(key, str) else None
+            where = f"records[{i}].{key}" if role is not None else f"records[{i}].<key {j}>"
+            if role is None:
+                for inner, text in iter_strings({key: value}, (), where):
+                    if identifier_kind(text) is not None or known.found_in(text):
+                        raise EgressRefused("identifier", f"{inner}: not a column of {analysis.name}")
+                continue
+            if role in pseudonymised and not released:
+                continue
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, float)):
+                if known.found_in(repr(value)):
+                    raise EgressRefused("identifier", f"{where}: a number is a known identifier of this site")
+                continue
+            for inner, text in iter_strings(value, (), where):
+                kind = None if role in pseudonymised else identifier_kind(text)
+                if kind is None and known.found_in(text):
+                    kind = "a known identifier of this site"
+                if kind is not None:
+                    raise EgressRefused("identifier", f"{inner}: a value looks like {kind}")
+
+
+def _site_originals(document: Mapping[str, Any], analysis: AnalysisSpec) -> list[str]:
+    """The patient IDs and UIDs the site document carries: they must not appear in what leaves."""
+    names = [c.name for c in analysis.columns if c.role in (ColumnRole.PATIENT, ColumnRole.UID)]
+    records = document.get(RECORDS)
+    out: list[str] = []
+    for record in records if isinstance(records, list) else []:
+        if isinstance(record, Mapping):
+            out.extend(str(record[n]) for n in names if isinstance(record.get(n), str))
+    return out
+
+
+RecordRule = Callable[
+    [Mapping[str, Any], AnalysisSpec, FederatedJob, int, bytes], tuple[dict[str, Any], list[GuardAction]]
+]
+
+
+def release_records(
+    document: Mapping[str, Any], analysis: AnalysisSpec, job: FederatedJob, k: int, key: bytes
+) -> tuple[dict[str, Any], list[GuardAction]]:
+    """The egress rule of ``records/v1``: de-identify every record, then k-anonymity by suppression.
+
+    Each record goes through :func:`.records.deidentify_record` (the de-identification core, the schema's
+    fixed profile, the site's ``key``). Records whose group over *every* quasi-identifier the analysis
+    offers (age band and sex, whichever the job asked for) holds fewer than ``k`` distinct patients are
+    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so one job asking for the
+    age band and another for the sex must not add up to a smaller group. The released rows carry only
+    the non-quasi columns and the quasi-identifiers the job names; when fewer than ``k`` patients remain,
+    nothing is released.
+    """
+    try:
+        columns = released_columns(analysis, job.parameters)
+    except PayloadSchemaError as exc:
+        raise EgressRefused("parameters", str(exc)) from None
+    profile = record_profile()
+    rows: list[dict[str, Any]] = []
+    for i, record in enumerate(document[RECORDS]):
+        try:
+            # every offered column, released or not: k-anonymity below is over all of them
+            rows.append(deidentify_record(record, analysis.columns, profile, key))
+        except DeidentificationError as exc:  # names the attribute, never the value
+            raise EgressRefused("deidentification", f"records[{i}]: {exc}") from None
+    patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
+    small = small_groups(rows, quasi_columns(analysis.columns), patient, k)
+    actions = [
+        GuardAction(RECORDS, "suppressed", i, f"quasi-identifier group of fewer than k={k} individuals")
+        for i in sorted(small)
+    ]
+    kept = [{c.name: row[c.name] for c in columns} for i, row in enumerate(rows) if i not in small]
+    if len({row[patient] for row in kept}) < k:
+        raise EgressRefused("k", f"fewer than k={k} individuals in the released records")
+    released = {key_: document[key_] for key_ in ("schema", "job_id", "analysis", "analysis_version", "site")}
+    released.update(
+        k=k,
+        columns=[c.name for c in columns],
+        suppressed=bool(small),
+        deidentification=profile.method_description,
+        records=kept,
+    )
+    return released, actions
+
+
+_RECORD_RULES: dict[str, RecordRule] = {SCHEMA_RECORDS_V1: release_records}
+
+
+def register_record_egress_rule(schema_id: str, rule: RecordRule) -> None:
+    """The de-identifying rule of a record-level payload schema. The guard still scans, re-checks
+    k-anonymity and validates what the rule returns; a record-level schema without a rule is refused."""
+    _RECORD_RULES[schema_id] = rule
+
+
+def _guard_records(
+    document: Mapping[str, Any],
+    schema: Any,
+    analysis: AnalysisSpec,
+    job: FederatedJob,
+    k: int,
+    known: KnownIdentifiers,
+    deid_key: bytes | None,
+) -> tuple[dict[str, Any], list[GuardAction]]:
+    rule = _RECORD_RULES.get(schema.schema_id)
+    if rule is None:
+        raise EgressRefused(
+            "schema", f"{schema.schema_id} is record-level and has no de-identifying egress rule"
+        )
+    if deid_key is None:
+        raise EgressRefused(
+            "deidentification", "a record-level payload needs the site's de-identification key"
+        )
+    try:
+        from airflow_provider_kaapana.core.deid.pseudonyms import check_key
+
+        deid_key = check_key(deid_key)
+    except ValueError as exc:  # the message names the length rule, never the key
+        raise EgressRefused("deidentification", str(exc)) from None
+    known = known.extended(_site_originals(document, analysis))
+    scan_records(document.get(RECORDS), analysis, known, released=False)
+    try:
+        schema.validate(document, analysis, "site")
+    except PayloadSchemaError as exc:
+        raise EgressRefused("schema", str(exc)) from None
+    released, actions = rule(document, analysis, job, k, deid_key)
+    try:
+        schema.validate(released, analysis, "released")
+    except PayloadSchemaError as exc:  # a bug in the rule: fail closed
+        raise EgressRefused("schema", f"released document is invalid: {exc}") from None
+    if released["k"] != k:
+        raise EgressRefused("k", f"released document states k={released['k']}, the guard applies k={k}")
+    scan_records(released[RECORDS], analysis, known, released=True)
+    by_name = {c.name: c for c in analysis.columns}
+    columns = [by_name[n] for n in released["columns"]]
+    patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
+    if small_groups(released[RECORDS], quasi_columns(columns), patient, k):
+        raise EgressRefused("k", f"released records hold a quasi-identifier group of fewer than k={k}")
+    return released, actions
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,11 +580,14 @@ def guard_egress(
     known_identifiers: KnownIdentifiers | Iterable[Any] = (),
     analysis: AnalysisSpec | None = None,
     max_bins_fraction: float = DEFAULT_MAX_BINS_FRACTION,
+    deid_key: bytes | None = None,
 ) -> GuardResult:
     """The cleaned document that may leave the site for ``job``, or :class:`EgressRefused`.
 
     ``known_identifiers`` are the site's own identifiers (a :class:`KnownIdentifiers`, e.g. from
     :func:`collect_known_identifiers`, or plain strings). The threshold is ``policy.effective_k(job)``.
+    ``deid_key`` is the site's de-identification key, from the site's own connection: a record-level
+    payload is refused without it, an aggregate never uses it.
     """
     decision = policy.decide(job)
     if not decision.accepted:
@@ -417,12 +612,8 @@ def guard_egress(
         raise EgressRefused(
             "schema", f"{analysis.name} v{analysis.version} publishes {analysis.payload_schema} only"
         )
-    if schema.record_level:
-        raise EgressRefused(
-            "schema", f"{schema.schema_id} is record-level: the v1 guard releases aggregates only"
-        )
-    rule = _EGRESS_RULES.get(schema.schema_id)
-    if rule is None:
+    rule = None if schema.record_level else _EGRESS_RULES.get(schema.schema_id)
+    if rule is None and not schema.record_level:
         raise EgressRefused("schema", f"no egress rule for {schema.schema_id}")
     expected = {
         "job_id": job.job_id,
@@ -438,6 +629,9 @@ def guard_egress(
         if isinstance(known_identifiers, KnownIdentifiers)
         else KnownIdentifiers(known_identifiers)
     )
+    if schema.record_level:
+        released, actions = _guard_records(document, schema, analysis, job, k, known, deid_key)
+        return _sized(GuardResult(document=released, k=k, actions=tuple(actions)), policy)
     # identifiers first: a label such as "DOE^JANE" is not a safe label either, but the reason that
     # matters (and is logged) is that it looks like a person's name
     if isinstance(document.get("statistics"), Mapping):
@@ -447,19 +641,24 @@ def guard_egress(
     except PayloadSchemaError as exc:
         raise EgressRefused("schema", str(exc)) from None
 
+    assert rule is not None
     released, actions = rule(document, analysis, k, max_bins_fraction)
     try:
         schema.validate(released, analysis, "released")
     except PayloadSchemaError as exc:  # a bug in the rule: fail closed
         raise EgressRefused("schema", f"released document is invalid: {exc}") from None
     scan_for_identifiers(released["statistics"], analysis, known)
-    size = len(canonical_json_bytes(released))
+    return _sized(GuardResult(document=released, k=k, actions=tuple(actions)), policy)
+
+
+def _sized(result: GuardResult, policy: SitePolicy) -> GuardResult:
+    size = len(result.payload)
     if size > policy.max_payload_bytes:
         raise EgressRefused(
             "size",
             f"payload of {size} bytes exceeds site {policy.site}'s limit of {policy.max_payload_bytes}",
         )
-    return GuardResult(document=released, k=k, actions=tuple(actions))
+    return result
 
 
 def verify_received(
@@ -473,7 +672,7 @@ def verify_received(
     if not isinstance(document, Mapping):
         raise PayloadSchemaError("document must be a JSON object")
     schema = get_payload_schema(document.get("schema"))
-    if schema.record_level or schema.schema_id != analysis.payload_schema:
+    if schema.schema_id != analysis.payload_schema:
         raise PayloadSchemaError(
             f"{analysis.name} v{analysis.version} results must be {analysis.payload_schema}"
         )
@@ -483,6 +682,9 @@ def verify_received(
             raise PayloadSchemaError(f"document {key} is not {value}")
     if document["k"] < job.k:
         raise PayloadSchemaError(f"document was released with k={document['k']} below the job's k={job.k}")
+    if schema.record_level:
+        _verify_records(document, analysis, job)
+        return
     k = job.k
     for name, stat in document["statistics"].items():
         if stat["kind"] == StatisticKind.MOMENTS.value:
@@ -498,6 +700,26 @@ def verify_received(
         raise PayloadSchemaError(str(exc)) from None
 
 
+def _verify_records(document: Mapping[str, Any], analysis: AnalysisSpec, job: FederatedJob) -> None:
+    """The coordinator's re-check of a records document: the job's columns only, k-anonymous, no
+    identifier pattern (pseudonym forms are checked by the schema)."""
+    if document["schema"] not in _RECORD_RULES:
+        raise PayloadSchemaError(f"{document['schema']} has no de-identifying egress rule here")
+    try:
+        columns = released_columns(analysis, job.parameters)
+    except PayloadSchemaError:
+        raise PayloadSchemaError("the job asks for columns the analysis does not release") from None
+    if document["columns"] != [c.name for c in columns]:
+        raise PayloadSchemaError("document columns are not the job's")
+    patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
+    if small_groups(document[RECORDS], quasi_columns(columns), patient, job.k):
+        raise PayloadSchemaError(f"records hold a quasi-identifier group of fewer than k={job.k}")
+    try:
+        scan_records(document[RECORDS], analysis, KnownIdentifiers(), released=True)
+    except EgressRefused as exc:
+        raise PayloadSchemaError(str(exc)) from None
+
+
 __all__ = [
     "DEFAULT_MAX_BINS_FRACTION",
     "IDENTIFIER_FIELDS",
@@ -507,7 +729,10 @@ __all__ = [
     "collect_known_identifiers",
     "guard_egress",
     "register_egress_rule",
+    "register_record_egress_rule",
     "release_aggregate",
+    "release_records",
+    "scan_records",
     "scan_for_identifiers",
     "verify_received",
 ]

@@ -15,6 +15,7 @@ _BAR_INCOMPLETE = "#a5b8cc"
 _CHART_WIDTH = 640
 _LABEL_WIDTH = 200
 _ROW = 22
+MAX_HTML_ROWS = 500
 
 
 def build_report(result: AggregateResult) -> dict[str, Any]:
@@ -27,12 +28,17 @@ def build_report(result: AggregateResult) -> dict[str, Any]:
             "description": spec.description,
             **result.statistics[name],
         }
-    return {
+    report = {
         "job": result.job.to_dict(),
         "sites": [s.as_dict() for s in result.sites],
         "aggregate": aggregate,
         "partial": result.partial,
     }
+    if "records" in result.statistics:
+        units = {c.name: c.unit for c in result.analysis.columns}
+        table = result.statistics["records"]
+        report["records"] = {**table, "units": {c: units.get(c, "") for c in table["columns"]}}
+    return report
 
 
 def report_json(report: Mapping[str, Any]) -> str:
@@ -189,6 +195,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<p>Values marked * are incomplete: at least one site suppressed its contribution (fewer than k "
         "individuals) and the bar shows the sum of the published ones.</p>"
     )
+    if report.get("records") is not None:
+        out.append(_records_table(report["records"]))
     for name, stat in report["aggregate"].items():
         out.append(f'<section class="statistic" id="{_e(name)}"><h2>{_e(name)}</h2>')
         if stat.get("description"):
@@ -197,6 +205,34 @@ def render_html(report: Mapping[str, Any]) -> str:
         out.append(f"<p>{_summary(stat)}</p></section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _records_table(table: Mapping[str, Any]) -> str:
+    """The pooled records as an HTML table (the first :data:`MAX_HTML_ROWS`; report.json has all)."""
+    columns, rows = table["columns"], table["rows"]
+    units = table.get("units") or {}
+    head = "".join(f"<th>{_e(c)}{f' ({_e(units[c])})' if units.get(c) else ''}</th>" for c in columns)
+    out = [
+        '<section class="records" id="records"><h2>Records</h2>',
+        f"<p>{_e(len(rows))} de-identified rows (patient and UID pseudonyms are per site).</p>",
+    ]
+    if table.get("incomplete"):
+        out.append(
+            f"<p>Rows in groups of fewer than k individuals were suppressed by: "
+            f"{_e(', '.join(table['incomplete']))}.</p>"
+        )
+    out.append(f'<table class="records"><thead><tr>{head}</tr></thead><tbody>')
+    for row in rows[:MAX_HTML_ROWS]:
+        cells = "".join(
+            f"<td>{_e(_num(row[c]) if isinstance(row[c], (int, float)) else (row[c] or '–'))}</td>"
+            for c in columns
+        )
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</tbody></table>")
+    if len(rows) > MAX_HTML_ROWS:
+        out.append(f"<p>The first {MAX_HTML_ROWS} rows; report.json holds all of them.</p>")
+    out.append("</section>")
+    return "\n".join(out)
 
 
 def report_for(result: AggregateResult) -> tuple[str, str]:

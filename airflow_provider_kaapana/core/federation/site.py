@@ -17,6 +17,10 @@ from airflow_provider_kaapana.core.federation.guard import (
     guard_egress,
 )
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob, SitePolicy
+from airflow_provider_kaapana.core.federation.measurements import (
+    MEASUREMENT_SOURCE_FIELDS,
+    segment_measurements,
+)
 from airflow_provider_kaapana.core.federation.segmentation import (
     SEGMENTATION_SOURCE_FIELDS,
     segmentation_query,
@@ -50,6 +54,9 @@ SITE_ANALYSES: dict[str, SiteAnalysis] = {
     "cohort_statistics": SiteAnalysis(_cohort, _fetch_fields(*COHORT_SOURCE_FIELDS)),
     "segmentation_statistics": SiteAnalysis(
         segmentation_statistics, _fetch_fields(*SEGMENTATION_SOURCE_FIELDS), segmentation_query
+    ),
+    "segment_measurements": SiteAnalysis(
+        segment_measurements, _fetch_fields(*MEASUREMENT_SOURCE_FIELDS), segmentation_query
     ),
 }
 # The fields fetched for cohort statistics (kept for callers that fetch without a job).
@@ -130,9 +137,17 @@ class SiteOutcome:
         }
 
 
-def analyse(job: FederatedJob, policy: SitePolicy, documents: list[Mapping[str, Any]]) -> SiteOutcome:
+def analyse(
+    job: FederatedJob,
+    policy: SitePolicy,
+    documents: list[Mapping[str, Any]],
+    *,
+    deid_key: bytes | None = None,
+) -> SiteOutcome:
     """Run ``job``'s analysis on the site's ``documents`` and guard it with ``policy``.
 
+    ``deid_key`` is the site's de-identification key (its own connection, never the job's): the guard
+    pseudonymises record-level payloads with it and refuses them without it.
     A refusal by the guard is an outcome (``refused`` with the guard's code, never the value), not an
     error; an analysis this site does not implement raises :class:`UnknownAnalysisError`.
     """
@@ -141,7 +156,11 @@ def analyse(job: FederatedJob, policy: SitePolicy, documents: list[Mapping[str, 
     )
     try:
         guarded = guard_egress(
-            document, job=job, policy=policy, known_identifiers=collect_known_identifiers(documents)
+            document,
+            job=job,
+            policy=policy,
+            known_identifiers=collect_known_identifiers(documents),
+            deid_key=deid_key,
         )
     except EgressRefused as exc:
         return SiteOutcome("refused", reason=f"egress guard: {exc.code}", series=len(documents))

@@ -83,6 +83,43 @@ class StatisticSpec:
             raise ValueError(f"statistic {self.name}: only histograms have edges")
 
 
+class ColumnRole(str, enum.Enum):
+    """What a column of a record-level payload carries, and so how the egress guard treats it.
+
+    ``patient`` and ``uid`` columns hold originals at the site and keyed pseudonyms once released;
+    ``quasi`` columns are coarsened quasi-identifiers the job may ask for (k-anonymity applies to them);
+    ``label`` is a category label; ``measurement`` a finite number or null.
+    """
+
+    PATIENT = "patient"
+    UID = "uid"
+    QUASI = "quasi"
+    LABEL = "label"
+    MEASUREMENT = "measurement"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column of a record-level payload. ``keyword`` is the DICOM attribute the value passes through
+    the de-identification profile as (``PatientID``, ``StudyInstanceUID``, ``PatientAge``...)."""
+
+    name: str
+    role: ColumnRole
+    keyword: str | None = None
+    unit: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not STATISTIC_NAME_RE.match(self.name):
+            raise ValueError(f"column name {self.name!r} must match {STATISTIC_NAME_RE.pattern}")
+        object.__setattr__(self, "role", ColumnRole(self.role))
+        needs_keyword = self.role in (ColumnRole.PATIENT, ColumnRole.UID, ColumnRole.QUASI, ColumnRole.LABEL)
+        if needs_keyword != (self.keyword is not None):
+            raise ValueError(
+                f"column {self.name}: a {self.role.value} column passes through one DICOM keyword"
+            )
+
+
 @dataclass(frozen=True)
 class AnalysisSpec:
     """A versioned federated analysis: its payload schema, its statistics, and the parameters it takes.
@@ -90,6 +127,7 @@ class AnalysisSpec:
     ``nested_populations`` maps a population to the one it is a subset of (``patients_with_age`` in
     ``patients``): the guard withholds the subset when the difference of the two totals is below k,
     since that difference (here: patients without a known age) would otherwise be a published small cell.
+    ``columns`` (record-level payloads only, then without ``statistics``) are the columns of its rows.
     """
 
     name: str
@@ -99,6 +137,7 @@ class AnalysisSpec:
     parameters: frozenset[str] = frozenset()
     description: str = ""
     nested_populations: Mapping[str, str] = field(default_factory=dict)
+    columns: tuple[ColumnSpec, ...] = ()
     by_name: Mapping[str, StatisticSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +153,11 @@ class AnalysisSpec:
             if sub not in populations or parent not in populations or sub == parent:
                 raise ValueError(f"analysis {self.name}: nested population {sub} in {parent} is not defined")
         object.__setattr__(self, "nested_populations", dict(self.nested_populations))
+        columns = [c.name for c in self.columns]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"analysis {self.name}: column names repeat")
+        if self.columns and self.statistics:
+            raise ValueError(f"analysis {self.name}: a payload has statistics or record columns, not both")
         object.__setattr__(self, "by_name", {s.name: s for s in self.statistics})
 
     @property
@@ -582,6 +626,8 @@ __all__ = [
     "SCHEMA_AGGREGATE_V1",
     "UNKNOWN",
     "AnalysisSpec",
+    "ColumnRole",
+    "ColumnSpec",
     "PayloadSchema",
     "StatisticKind",
     "StatisticSpec",
