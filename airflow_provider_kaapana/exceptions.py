@@ -15,6 +15,11 @@ class UnsafePathError(KaapanaError, ValueError):
     """A value from a file or a request cannot be a path component (``..``, separators, NUL, too long...)."""
 
 
+class RunConfError(KaapanaError, ValueError):
+    """A run's input (its conf, a form's values) cannot be used as given: deterministic, so an operator
+    fails its task without retries; the message names the keys and what the run gave."""
+
+
 class InvalidDicomError(KaapanaError):
     """A file or dataset is not usable DICOM; the message names the file or UID and what is wrong."""
 

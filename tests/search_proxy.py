@@ -7,6 +7,8 @@
 * It can answer the first ``fail_next`` requests whose path contains ``fail_path`` with
   ``fail_status`` (e.g. 429), or mark the first item of the next ``item_fail_next`` bulk answers as
   rejected with 429, to exercise retries against real HTTP behaviour.
+* It can answer ``GET /`` with ``root_answer`` (e.g. an Elasticsearch 8 server's name and version)
+  instead of osmem's own (OpenSearch 3.8), with osmem's headers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SearchProxy:
         self.item_fail_next = 0  # answer the first item of that many _bulk responses with 429
         self.seen_content_types: list[str] = []
         self.request_count = 0
+        self.root_answer: dict | None = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +74,8 @@ class SearchProxy:
                     data = response.read()
                 finally:
                     conn.close()
+                if proxy.root_answer is not None and self.command == "GET" and self.path.split("?")[0] == "/":
+                    data = json.dumps(proxy.root_answer).encode()
                 if proxy.item_fail_next > 0 and "_bulk" in self.path and response.status == 200:
                     proxy.item_fail_next -= 1
                     answer = json.loads(data)

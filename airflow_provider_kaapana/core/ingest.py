@@ -23,11 +23,30 @@ from typing import Any
 
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.listener.server import SeriesBatch, read_batch_files
-from airflow_provider_kaapana.exceptions import InvalidDicomError
+from airflow_provider_kaapana.exceptions import InvalidDicomError, RunConfError
 
 log = logging.getLogger(__name__)
 
 INVALID_DIR = ".invalid"  # beside the series folder in the workspace: files that failed validation
+
+NOTHING_TO_INGEST = "nothing to ingest: give series_dir (a folder) or batches (the listener's)"
+
+#: The keys of a listener-triggered run's conf (:meth:`SeriesBatch.conf`, and :func:`run_conf` for
+#: several batches): the ingest DAG accepts them beside its form's parameters.
+LISTENER_CONF_KEYS: tuple[str, ...] = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "series_dir",
+    "batch_manifest",
+    "batch",
+    "files",
+    "calling_ae",
+    "called_ae",
+    "instance_count",
+    "received_at",
+    "batches",
+    "series_count",
+)
 
 
 # --- landing zone -> workspace --------------------------------------------------------------------
@@ -92,17 +111,23 @@ def batch_confs(conf: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(batches, list) or not all(
         isinstance(b, Mapping) and b.get("series_dir") and b.get("series_instance_uid") for b in batches
     ):
-        raise ValueError(
+        raise RunConfError(
             "conf 'batches' must be a list of listener batch confs, each with series_dir and "
-            "series_instance_uid"
+            f"series_instance_uid; this run gave {_given(batches)}"
         )
     seen: set[str] = set()
     for batch in batches:
         uid = str(batch["series_instance_uid"])
         if uid in seen:
-            raise ValueError(f"conf 'batches' names series {uid} twice (one batch per series and run)")
+            raise RunConfError(f"conf 'batches' names series {uid} twice (one batch per series and run)")
         seen.add(uid)
     return [dict(b) for b in batches]
+
+
+def _given(value: Any, limit: int = 200) -> str:
+    """``repr`` of what a run gave, cut short (a conf may hold hundreds of file names)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _batch_of(conf: Mapping[str, Any], series_instance_uid: str | None) -> dict[str, Any]:
@@ -136,7 +161,11 @@ def landing_series(conf: Mapping[str, Any]) -> list[LandingSeries]:
     if conf.get("batches"):
         return [series for batch in batch_confs(conf) for series in landing_series(batch)]
     if not conf.get("series_dir"):
-        raise ValueError("nothing to ingest: the conf names no series_dir (a folder) and no batches")
+        others = sorted(str(key) for key in conf if key not in ("series_dir", "batches"))
+        raise RunConfError(
+            f"{NOTHING_TO_INGEST}; this run gave series_dir={conf.get('series_dir')!r}, "
+            f"batches={conf.get('batches')!r}" + (f", and the keys {', '.join(others)}" if others else "")
+        )
     series_dir = Path(conf["series_dir"])
     base = series_dir.parent if series_dir.is_file() else series_dir
     if conf.get("series_instance_uid") and conf.get("study_instance_uid"):

@@ -20,6 +20,7 @@ from airflow_provider_kaapana.core.dicom.uids import UID_PATTERN
 from airflow_provider_kaapana.core.index.template import DEFAULT_INDEX
 from airflow_provider_kaapana.core.nnunet.models import POD_MODELS_DIR, installed_datasets
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.dag_factories.run_conf import check_run_conf as check_run_conf  # re-exported
 
 if TYPE_CHECKING:  # the PACS modules import pydicom and pynetdicom: only DAGs that use them pay for it
     from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
@@ -95,23 +96,6 @@ def model_param(models_dir: str, section: str = "Model") -> Param:
         ),
         **common,
     )
-
-
-def check_run_conf(context: Any, also_accepted: tuple[str, ...] = ()) -> None:
-    """Refuse a run whose ``conf`` holds keys that are no parameter of its DAG (a typo would otherwise
-    be ignored silently): :class:`AirflowFailException`, so the task fails at once, without retries.
-
-    Given as ``pre_execute`` of a DAG's first task(s) by the factories.
-    """
-    dag_run, dag = context.get("dag_run"), context.get("dag")
-    conf = dict(getattr(dag_run, "conf", None) or {})
-    accepted = set(getattr(dag, "params", None) or {}) | set(also_accepted)
-    unknown = sorted(set(conf) - accepted)
-    if unknown:
-        raise AirflowFailException(
-            f"unknown conf key(s) {', '.join(map(repr, unknown))}: DAG "
-            f"{getattr(dag, 'dag_id', '?')} accepts {', '.join(sorted(accepted)) or 'none'}"
-        )
 
 
 def pipeline_dag(

@@ -14,6 +14,7 @@ from airflow.sdk import DAG, Param, task, task_group
 from airflow_provider_kaapana.dag_factories.common import (
     UID_ITEMS,
     PipelineSettings,
+    check_run_conf,
     pipeline_dag,
     retrieve_method_param,
 )
@@ -57,8 +58,8 @@ def create_segmentation_evaluation_dag(
         max_active_runs=4,
         params={
             "pairs": Param(
-                [],
-                type="array",
+                None,
+                type=["null", "array"],
                 minItems=0,
                 maxItems=1000,
                 items={
@@ -70,7 +71,8 @@ def create_segmentation_evaluation_dag(
                 title="Pairs of SEG series",
                 description=(
                     'Series Instance UIDs of a reference and a test SEG each, e.g. {"reference": "1.2.3", '
-                    '"test": "1.2.4"}; both made on the same image series.'
+                    '"test": "1.2.4"}; both made on the same image series. Give pairs or a test rule '
+                    "(below), not both."
                 ),
                 section="Input data",
             ),
@@ -104,7 +106,7 @@ def create_segmentation_evaluation_dag(
         },
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)
         def lookup_pairs(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
             """Each pair's two SEG series with their Study Instance UIDs (C-FIND at the PACS); pairs given
             in the form, or found by the test/reference rule in the search index."""

@@ -30,6 +30,7 @@ from airflow_provider_kaapana.core.federation.exchange import (
 )
 from airflow_provider_kaapana.core.federation.jobs import DEFAULT_K_MIN, MAX_K, SITE_NAME_RE
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
+from airflow_provider_kaapana.dag_factories.run_conf import check_run_conf
 from airflow_provider_kaapana.hooks.federation import DEID_KEY_CONN_ID
 from airflow_provider_kaapana.operators.federation import (
     SEARCH_CONN_ID,
@@ -189,7 +190,7 @@ def federated_analysis_dag(
         params=params,
     ) as dag:
 
-        @task
+        @task(pre_execute=check_run_conf)  # unknown conf keys fail the run at once
         def plan(params: dict[str, Any] | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
             """Validate the form, build the job (id from this run), one HITL request per site."""
             from airflow_provider_kaapana.core.federation.exchange import plan_requests
@@ -259,6 +260,7 @@ def federation_poll_dag(settings: FederationSettings | None = None, dag_id: str 
             federation_conn_id=s.federation_conn_id,
             window_seconds=s.poll_window_seconds,
             interval_seconds=s.poll_look_seconds,
+            pre_execute=check_run_conf,  # a run by hand takes no conf
         )
         TriggerDagRunOperator.partial(
             task_id="start_analysis",
@@ -297,14 +299,21 @@ def federated_site_dag(
         ),
         default_args=s.default_args,
         params={
-            "job": Param({}, type="object", title="Job", description="The coordinator's job."),
+            # both filled in by the poll DAG (FederatedPollOperator), never by hand
+            "job": Param(
+                {}, type="object", minProperties=1, title="Job", description="The coordinator's job."
+            ),
             "request": Param(
-                {}, type="object", title="Request", description="Where the coordinator waits for the answer."
+                {},
+                type="object",
+                minProperties=1,
+                title="Request",
+                description="Where the coordinator waits for the answer.",
             ),
         },
     ) as dag:
 
-        @task.branch
+        @task.branch(pre_execute=check_run_conf)  # the poll DAG's conf: job and request
         def approval_needed() -> str:
             """Ask a person first when the site's policy (read now, from the connection) says so."""
             from airflow_provider_kaapana.hooks.federation import FederationHook

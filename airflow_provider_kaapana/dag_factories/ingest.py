@@ -10,6 +10,7 @@ The work of each task is in :mod:`airflow_provider_kaapana.core.ingest`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
@@ -19,7 +20,7 @@ from airflow_provider_kaapana.core import ingest
 from airflow_provider_kaapana.core.net.send import SEND_METHODS
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.core.workspace import run_workspace
-from airflow_provider_kaapana.dag_factories.common import PipelineSettings, pipeline_dag
+from airflow_provider_kaapana.dag_factories.common import PipelineSettings, check_run_conf, pipeline_dag
 from airflow_provider_kaapana.operators.dicom_receive import DicomReceiveOperator
 from airflow_provider_kaapana.operators.dicom_send import DicomSendOperator
 from airflow_provider_kaapana.operators.elastic_index import ElasticIndexOperator
@@ -61,18 +62,19 @@ def create_ingest_dag(
         max_active_runs=16,
         params={
             "series_dir": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 title="Series folder",
                 description=(
                     "Folder holding the DICOM files of one series (the listener fills this in). By hand: "
                     "any folder (files of any name, subfolders) or CD/DVD media with a DICOMDIR; every "
-                    "series in it is ingested. Required unless the listener gives batches."
+                    "series in it is ingested. Give this or listener batches: a run with neither fails "
+                    "at once."
                 ),
             ),
             "batches": Param(
-                [],
-                type="array",
+                None,
+                type=["null", "array"],
                 items={"type": "object"},
                 title="Listener batches",
                 description=(
@@ -98,6 +100,8 @@ def create_ingest_dag(
             landing_conf="{{ dag_run.conf }}",
             workspace_base=s.workspace_base,
             validate=True,
+            # unknown conf keys fail the run at once; the listener's batch keys are known
+            pre_execute=partial(check_run_conf, also_accepted=ingest.LISTENER_CONF_KEYS),
         ).output
         store = DicomSendOperator(
             task_id="store",

@@ -19,8 +19,9 @@ DOC = """
 ### Re-index from the PACS
 
 Finds the series of every study whose StudyDate lies in the range (both empty: all studies) by C-FIND,
-retrieves each series into the run workspace and (re-)indexes it. Documents are keyed by
-SeriesInstanceUID, so re-indexing replaces, never duplicates. Example conf:
+retrieves each series into the run workspace and (re-)indexes it, with its Viewer link and thumbnail
+(as ingest writes them). Documents are keyed by SeriesInstanceUID, so re-indexing replaces, never
+duplicates. Example conf:
 
 ```json
 {"date_from": "2026-01-01", "date_to": "2026-01-31"}
@@ -75,8 +76,15 @@ def create_reindex_dag(dag_id: str = "kaapana_reindex", settings: PipelineSettin
         @task_group(group_id="per_series")
         def per_series(series: dict[str, str]) -> None:
             received = receive_from_pacs(series, s)
+            # the document as ingest writes it: a re-indexed series keeps its Viewer link and thumbnail
             ElasticIndexOperator(
-                task_id="index", series_dirs=received.output, index=s.index, search_conn_id=s.search_conn_id
+                task_id="index",
+                series_dirs=received.output,
+                index=s.index,
+                search_conn_id=s.search_conn_id,
+                pacs_conn_id=s.pacs_conn_id,
+                thumbnails=True,
+                workspace_base=s.workspace_base,
             )
 
         per_series.expand(series=find_series())

@@ -4,7 +4,10 @@ Accepts our own ``kaapana_search`` connections and connections of the official A
 ``elasticsearch`` and ``opensearch`` provider types (read field by field here, so neither provider
 needs to be installed). The client follows the server: ``opensearch-py`` for OpenSearch, the official
 ``elasticsearch`` client for Elasticsearch, decided by the connection (type or ``flavor`` extra) or by
-one ``GET /`` the first time a client is needed — never at DAG parse time.
+one ``GET /`` the first time a client is needed — never at DAG parse time. Neither client is a
+requirement of the package: each comes with an extra (``opensearch``, ``elasticsearch8``,
+``elasticsearch9``), and a missing one, or an Elasticsearch client of another major than the
+server's, is an error naming the extra to install.
 """
 
 from __future__ import annotations

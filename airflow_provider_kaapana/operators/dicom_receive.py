@@ -14,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from airflow_provider_kaapana.core.dicom.uids import validate_uid
 from airflow_provider_kaapana.core.ingest import landing_series, receive_files, validate_batches
 from airflow_provider_kaapana.core.params import as_native
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE, RunWorkspace
-from airflow_provider_kaapana.exceptions import PacsError
+from airflow_provider_kaapana.exceptions import PacsError, RunConfError
 from airflow_provider_kaapana.hooks.pacs import RETRIEVE_METHODS, PacsHook
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
@@ -83,17 +85,11 @@ class DicomReceiveOperator(KaapanaBaseOperator):
         workspace = self.run_workspace(context)
         landing_conf = as_native(self.landing_conf)
         series = as_native(self.series)
-        if landing_conf and series:
+        if landing_conf is not None and series:
             raise ValueError("give either landing_conf or series, not both")
-        if landing_conf:
-            if not isinstance(landing_conf, Mapping) or not (
-                landing_conf.get("series_dir") or landing_conf.get("batches")
-            ):
-                raise ValueError(
-                    f"landing_conf needs the listener's conf with series_dir or batches, got {landing_conf!r}"
-                )
+        if landing_conf is not None:  # a run's conf, even an empty one: it must name what to receive
             received = []
-            for landing in landing_series(landing_conf):
+            for landing in self._landing_series(landing_conf):
                 series_uid = validate_uid(landing.series_instance_uid, "SeriesInstanceUID")
                 study_uid = validate_uid(landing.study_instance_uid, "StudyInstanceUID")
                 dest = workspace.step_dir(series_uid, "dicom")
@@ -120,6 +116,16 @@ class DicomReceiveOperator(KaapanaBaseOperator):
             # one series in, one dict out (what a mapped chain passes on); a whole study stays a list
             return received[0] if series.get("series_instance_uid") else received
         return self._from_pacs(workspace, list(series))
+
+    def _landing_series(self, landing_conf: Any) -> list[Any]:
+        """The series of a landing-zone conf; a conf that names none (or malformed batches) fails the
+        task at once (:class:`AirflowFailException`: the same conf would fail every retry)."""
+        try:
+            if not isinstance(landing_conf, Mapping):
+                raise RunConfError(f"landing_conf must be the run's conf (a mapping), got {landing_conf!r}")
+            return landing_series(landing_conf)
+        except RunConfError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     def _from_pacs(self, workspace: RunWorkspace, wanted: list[Mapping[str, str]]) -> list[dict[str, str]]:
         method = self.method.lower()

@@ -356,6 +356,16 @@ def test_reindex_takes_only_the_studies_in_the_date_range(
     assert dag_run.state == "success"
     assert lib.count() == 1
     assert lib.count(january.series_instance_uid) == 1 and lib.count(march.series_instance_uid) == 0
+    # the document as ingest writes it: its thumbnail (inline, and the PNG in the run workspace) and the
+    # Viewer link of the PACS connection
+    doc = lib.search_client().get(lib.index, january.series_instance_uid)["kaapana"]
+    assert doc["thumbnail"].startswith("data:image/png;base64,")
+    assert doc["viewer_url"] == VIEWER.format(
+        study_uid=january.study_instance_uid, series_uid=january.series_instance_uid
+    )
+    state, indexed = xcom(dag_run, "per_series.index", map_index=0)
+    png = Path(indexed["thumbnails"][january.series_instance_uid])
+    assert state == "success" and png.is_file() and png.is_relative_to(lib.workspace)
     # an open range (no end) takes March too; January is found again and replaced, not duplicated
     # (date_to given as None: dag.test() runs tasks in this process, where Airflow's process_params
     # leaves the previous run's conf in the DAG's Param objects; a worker parses the DAG afresh)

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from airflow_provider_kaapana.exceptions import SearchIndexError
 from airflow_provider_kaapana.get_provider_info import get_provider_info
 from airflow_provider_kaapana.hooks.search import SearchHook, connection_url
 from airflow_provider_kaapana.operators.elastic_index import series_inputs
@@ -70,6 +71,56 @@ def test_hook_official_elasticsearch_connection_uses_elasticsearch_client(monkey
         assert hook.test_connection()[0]
     finally:
         proxy.stop()
+
+
+def elasticsearch_root(number: str) -> dict:
+    """An Elasticsearch server's ``GET /`` answer."""
+    return {
+        "name": "es-node",
+        "cluster_name": "es",
+        "version": {"number": number, "build_flavor": "default", "lucene_version": "10.1.0"},
+        "tagline": "You Know, for Search",
+    }
+
+
+@pytest.fixture
+def es_server(osmem):
+    """osmem behind the proxy, answering ``GET /`` as an Elasticsearch server of ``root_answer``."""
+    proxy = SearchProxy(osmem.url)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("conn", [{"conn_type": "elasticsearch"}, {"conn_type": "kaapana_search"}])
+def test_elasticsearch_client_of_another_major_is_refused_naming_the_extra(monkeypatch, es_server, conn):
+    """A plain install used to pull the newest client (9.x), which an 8.x server refuses with an error
+    that does not say why: the hook's Test button and its first request say it, with the extra."""
+    import elasticsearch
+
+    client_version = elasticsearch.__versionstr__
+    other = 8 if not client_version.startswith("8.") else 9
+    es_server.root_answer = elasticsearch_root(f"{other}.17.3")
+    _conn_env(monkeypatch, "search_es_other", host=es_server.url, **conn)
+    ok, message = SearchHook(search_conn_id="search_es_other").test_connection()
+    assert not ok
+    assert f"is version {other}.17.3 but the installed elasticsearch client is {client_version}" in message
+    assert f"pip install 'airflow-provider-kaapana[elasticsearch{other}]'" in message
+    with pytest.raises(SearchIndexError, match=rf"\[elasticsearch{other}\]"):
+        SearchHook(search_conn_id="search_es_other").get_conn()
+    # a server of the client's own major: accepted, and the first request goes through
+    es_server.root_answer = elasticsearch_root(f"{client_version.split('.')[0]}.1.0")
+    ok, message = SearchHook(search_conn_id="search_es_other").test_connection()
+    assert ok and message.startswith(f"elasticsearch {client_version.split('.')[0]}.1.0 at "), message
+
+
+def test_elasticsearch_server_without_the_client_names_the_extra(monkeypatch, es_server):
+    es_server.root_answer = elasticsearch_root("8.19.0")
+    monkeypatch.setitem(sys.modules, "elasticsearch", None)  # not installed: a plain install has none
+    _conn_env(monkeypatch, "search_es_none", conn_type="elasticsearch", host=es_server.url)
+    ok, message = SearchHook(search_conn_id="search_es_none").test_connection()
+    assert not ok and "(version 8.19.0) but the elasticsearch client is not installed" in message
+    assert message.endswith("pip install 'airflow-provider-kaapana[elasticsearch8]'")
 
 
 def test_hook_auto_flavor_probes_once_at_use(monkeypatch, osmem):

@@ -38,23 +38,75 @@ MERGE_ATTEMPTS = 20
 STREAM_BYTES = 512 * 1024
 
 
+def server_info(
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    verify: bool | str = True,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """The server's ``GET /`` answer (name, distribution, ``version.number``)."""
+    headers = {"Authorization": f"ApiKey {api_key}"} if api_key else None
+    try:
+        response = requests.get(
+            url.rstrip("/") + "/", auth=auth, headers=headers, verify=verify, timeout=timeout
+        )
+        response.raise_for_status()
+        info = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        secrets = tuple(s for s in ((auth[1] if auth else None), api_key) if s)
+        raise SearchIndexError(redact(f"search server {url}: GET / failed: {exc}", secrets)) from exc
+    return info if isinstance(info, dict) else {}
+
+
+def flavor_of(info: dict[str, Any]) -> Flavor:
+    """``opensearch`` when a ``GET /`` answer says its distribution is OpenSearch, else ``elasticsearch``."""
+    version = info.get("version") or {}
+    if version.get("distribution") == "opensearch" or "opensearch" in str(info.get("tagline", "")).lower():
+        return "opensearch"
+    return "elasticsearch"
+
+
 def detect_flavor(
     url: str, *, auth: tuple[str, str] | None = None, verify: bool | str = True, timeout: float = 10.0
 ) -> Flavor:
     """``GET /`` once: ``opensearch`` when the server says its distribution is OpenSearch."""
-    try:
-        response = requests.get(url.rstrip("/") + "/", auth=auth, verify=verify, timeout=timeout)
-        response.raise_for_status()
-        info = response.json()
-    except (requests.RequestException, ValueError) as exc:
-        secrets = (auth[1],) if auth else ()
-        raise SearchIndexError(
-            redact(f"search server {url}: cannot detect its flavor (GET /): {exc}", secrets)
-        ) from exc
-    version = info.get("version", {}) if isinstance(info, dict) else {}
-    if version.get("distribution") == "opensearch" or "opensearch" in str(info.get("tagline", "")).lower():
-        return "opensearch"
-    return "elasticsearch"
+    return flavor_of(server_info(url, auth=auth, verify=verify, timeout=timeout))
+
+
+#: the extras pinning the ``elasticsearch`` client to a server's major version
+ELASTICSEARCH_EXTRAS = {8: "elasticsearch8", 9: "elasticsearch9"}
+
+
+def _major(version: str) -> int | None:
+    head = str(version).split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def elasticsearch_extra_hint(server_version: str | None) -> str:
+    """``pip install ...`` naming the extra whose client fits an Elasticsearch server of that version."""
+    major = _major(server_version) if server_version else None
+    if major in ELASTICSEARCH_EXTRAS:
+        return f"pip install 'airflow-provider-kaapana[{ELASTICSEARCH_EXTRAS[major]}]'"
+    choices = " or ".join(
+        f"'airflow-provider-kaapana[{extra}]' for a {m}.x server" for m, extra in ELASTICSEARCH_EXTRAS.items()
+    )
+    return f"pip install {choices}"
+
+
+def check_elasticsearch_client(url: str, server_version: str, client_version: str) -> None:
+    """Refuse an ``elasticsearch`` client whose major differs from the server's: the client sends
+    ``compatible-with=<its major>`` on every request, which a server of another major refuses with an
+    error that does not say why. :class:`SearchIndexError` naming both versions and the extra to install."""
+    server_major, client_major = _major(server_version), _major(client_version)
+    if server_major is None or client_major is None or server_major == client_major:
+        return
+    raise SearchIndexError(
+        f"Elasticsearch server {url} is version {server_version} but the installed elasticsearch client "
+        f"is {client_version} (it sends compatible-with={client_major}, which a {server_major}.x server "
+        f"refuses): {elasticsearch_extra_hint(server_version)}"
+    )
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -162,8 +214,14 @@ def make_search_client(
     ``retry`` is the policy of bulk requests (default :data:`BULK_RETRY`)."""
     url, url_auth = split_url_credentials(url.rstrip("/"))  # the client's url (shown) holds no password
     auth = auth or url_auth
+    info: dict[str, Any] | None = None
+
+    def ask_server() -> dict[str, Any]:
+        return server_info(url, auth=auth, api_key=api_key, verify=ca_certs or verify_certs, timeout=timeout)
+
     if flavor == "auto":
-        flavor = detect_flavor(url, auth=auth, verify=ca_certs or verify_certs, timeout=timeout)
+        info = ask_server()
+        flavor = flavor_of(info)
     options = dict(client_options or {})
     if flavor == "opensearch":
         try:
@@ -188,8 +246,7 @@ def make_search_client(
         kwargs.update(options)
         return SearchClient(OpenSearch(**kwargs), "opensearch", url, retry)
     if flavor == "elasticsearch":
-        from elasticsearch import Elasticsearch
-
+        Elasticsearch = _elasticsearch_client_class(url, info, ask_server)
         kwargs = {"hosts": [url], "request_timeout": timeout, "max_retries": 0}
         if url.startswith("https"):
             kwargs["verify_certs"] = verify_certs
@@ -202,6 +259,38 @@ def make_search_client(
         kwargs.update(options)
         return SearchClient(Elasticsearch(**kwargs), "elasticsearch", url, retry)
     raise ValueError(f"flavor must be 'opensearch', 'elasticsearch' or 'auto', not {flavor!r}")
+
+
+def _elasticsearch_client_class(
+    url: str, info: dict[str, Any] | None, ask_server: Callable[[], dict[str, Any]]
+) -> Any:
+    """The installed ``elasticsearch.Elasticsearch``, once the server (``GET /``, asked here unless
+    ``info`` holds its answer) is known to speak its major version; a missing client or another major
+    is a :class:`SearchIndexError` naming the extra to install."""
+    try:
+        import elasticsearch
+    except ImportError as exc:
+        try:
+            version = str(((info or ask_server()).get("version") or {}).get("number") or "") or None
+        except SearchIndexError:
+            version = None
+        raise SearchIndexError(
+            f"Elasticsearch server {url}{f' (version {version})' if version else ''} but the elasticsearch "
+            f"client is not installed: {elasticsearch_extra_hint(version)}"
+        ) from exc
+    if info is None:
+        try:
+            info = ask_server()
+        except SearchIndexError as exc:  # e.g. an API key without the monitor privilege: no GET /
+            log.warning("%s: the elasticsearch client's version is not checked against the server's", exc)
+            return elasticsearch.Elasticsearch
+    if flavor_of(info) == "opensearch":
+        log.warning("%s is OpenSearch: the connection asks for the elasticsearch client all the same", url)
+        return elasticsearch.Elasticsearch
+    server_version = str((info.get("version") or {}).get("number") or "")
+    client_version = str(getattr(elasticsearch, "__versionstr__", "") or "")
+    check_elasticsearch_client(url, server_version, client_version)
+    return elasticsearch.Elasticsearch
 
 
 def template_name(index: str) -> str:
