@@ -95,6 +95,34 @@ BURNED_IN_ANNOTATION = 0x00280301
 # set by this function after the walk: never copied from the input
 STAMPED = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
+# sequences of content items (SR Content Sequence, Acquisition Context, Specimen Preparation) and of
+# graphic annotations: where the profile cleans them (C under Clean Structured Content / Clean Graphics)
+# their items are kept and the attributes the table does not list are cleaned as content (_content_value)
+CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610, 0x00700001})
+# the attributes of a code (PS3.3 Table 8.8-1: value, scheme, meaning, context, mapping): a coded value,
+# kept in content; Extended Code Meaning (LT) is free text and is not one of them
+CODE_ATTRIBUTES = frozenset(
+    {
+        0x00080100,  # Code Value
+        0x00080102,  # Coding Scheme Designator
+        0x00080103,  # Coding Scheme Version
+        0x00080104,  # Code Meaning
+        0x00080105,  # Mapping Resource
+        0x00080106,  # Context Group Version
+        0x00080107,  # Context Group Local Version
+        0x0008010B,  # Context Group Extension Flag
+        0x0008010F,  # Context Identifier
+        0x00080119,  # Long Code Value
+        0x00080120,  # URN Code Value
+        0x00080122,  # Mapping Resource Name
+    }
+)
+# VRs of content values the table does not list that are cleaned in content items and graphic
+# annotations: free text and person names (which cannot be checked: replaced by DUMMY_TEXT), ages,
+# dates and times (under the date options); codes, numbers, UIDs (by the table), CS and geometry are kept
+CONTENT_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+CONTENT_CLEANED_VRS = CONTENT_TEXT_VRS | {"AS", "DA", "DT", "TM"}
+
 
 @cache
 def _tag_actions(profile: DeidentificationProfile) -> tuple[dict[int, str], dict[str, str]]:
@@ -203,9 +231,11 @@ class _Walk:
         return mapped
 
     # -- the walk ----------------------------------------------------------------------------------
-    def dataset(self, source: Dataset, encoder: Encoder | None = None) -> Dataset:
+    def dataset(self, source: Dataset, encoder: Encoder | None = None, content: bool = False) -> Dataset:
         """The de-identified copy of ``source``. With an ``encoder`` (the encoded path) the attributes it
-        can act on in their encoded form are left out of the copy and kept encoded in ``self.encoded``."""
+        can act on in their encoded form are left out of the copy and kept encoded in ``self.encoded``.
+        ``content``: ``source`` is an item of a cleaned content or graphic annotation sequence (or nested
+        in one): the attributes the table does not list are cleaned as content, not kept."""
         out = Dataset()
         # the source's encoding: pydicom then writes kept elements as read instead of decoding them all
         implicit, little = source.original_encoding  # a property that costs ~20 us: read once
@@ -234,6 +264,9 @@ class _Walk:
                     continue  # a public tag no dictionary knows: its content cannot be judged
                 action = "K"
                 if vr != "SQ":
+                    if content and vr in CONTENT_CLEANED_VRS and tag not in CODE_ATTRIBUTES:
+                        out[tag] = self.content_value(source[tag])
+                        continue
                     # kept as read, no decoding (pixel data is copied as bytes); set as pydicom's reader
                     # sets raw elements (Dataset.__setitem__ costs more than the rest of the walk)
                     out._dict[raw.tag] = raw
@@ -246,7 +279,7 @@ class _Walk:
                     self.encoded[tag] = encoded
                     continue
             try:
-                elem = self.apply(action, source[tag])
+                elem = self.apply(action, source[tag], content)
             except DeidentificationError:
                 raise
             except Exception as exc:  # an unreadable value: name the attribute, never the value
@@ -279,10 +312,10 @@ class _Walk:
             out[creator_tag] = creator
             out[tag] = raw
 
-    def apply(self, action: str, elem: DataElement) -> DataElement | None:
+    def apply(self, action: str, elem: DataElement, content: bool = False) -> DataElement | None:
         tag, vr = elem.tag, elem.VR
         if vr == "SQ":
-            return self.sequence(action, elem)
+            return self.sequence(action, elem, content)
         if action == "K":
             return elem
         if vr == "UI":
@@ -295,9 +328,12 @@ class _Walk:
             return DataElement(tag, vr, DUMMY_TEXT if vr in TEXT_VRS else _DUMMY.get(vr, None))
         return DataElement(tag, vr, None)  # Z, X/Z, X/Z/U* on a non-UID
 
-    def sequence(self, action: str, elem: DataElement) -> DataElement | None:
+    def sequence(self, action: str, elem: DataElement, content: bool = False) -> DataElement | None:
         if action in ("K", "C", "X/Z/U*"):
-            return DataElement(elem.tag, "SQ", Sequence([self.dataset(item) for item in elem.value]))
+            # the items of a cleaned content or graphic annotation sequence, and all below them: content
+            content = content or (action == "C" and int(elem.tag) in CONTENT_SEQUENCES)
+            items = [self.dataset(item, content=content) for item in elem.value]
+            return DataElement(elem.tag, "SQ", Sequence(items))
         if "D" in action:
             # a non-empty dummy: one empty item (the content is not carried over)
             return DataElement(elem.tag, "SQ", Sequence([Dataset()]))
@@ -332,6 +368,29 @@ class _Walk:
                 return DataElement(tag, vr, [self.scrub(pattern, str(v)) for v in value])
             return DataElement(tag, vr, self.scrub(pattern, str(value)))
         return None  # binary content (overlays, curves) cannot be checked: removed
+
+    def content_value(self, elem: DataElement) -> DataElement:
+        """A value the table does not list, in a content item or graphic annotation (Clean Structured
+        Content, Clean Graphics). Free text and names cannot be checked: replaced by ``DUMMY_TEXT``.
+        Dates and times go with the date options (kept with Full Dates, dates moved with Modified Dates,
+        times kept); without one, and for a date that cannot be moved, a dummy of the VR. Dummies, not
+        empty values: Text Value, Date, Time and DateTime are Type 1 in their content items."""
+        tag, vr, value = elem.tag, elem.VR, elem.value
+        if value is None or value == "":
+            return elem
+        if vr in CONTENT_TEXT_VRS:
+            return DataElement(tag, vr, DUMMY_TEXT)
+        if vr in ("DA", "DT", "TM") and self.profile.has(Option.RETAIN_LONGITUDINAL_FULL_DATES):
+            return elem
+        if vr == "TM" and self.shift:
+            return elem  # dates move by whole days: times keep their meaning
+        if vr in ("DA", "DT") and self.shift:
+            shift = shift_date if vr == "DA" else shift_datetime
+            values = list(value) if isinstance(value, MultiValue) else [value]
+            moved = [shift(str(v), self.shift) for v in values]
+            if all(m is not None for m in moved):
+                return DataElement(tag, vr, moved if len(moved) > 1 else moved[0])
+        return DataElement(tag, vr, _DUMMY[vr])  # AS; a date or time no option keeps
 
     @staticmethod
     def scrub(pattern: re.Pattern[str] | None, text: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from airflow_provider_kaapana.core.deid import table
@@ -41,7 +41,7 @@ class Option(str, Enum):
     @property
     def code(self) -> Code:
         """Its CID 7050 code (from pydicom's copy of the DICOM code tables)."""
-        return getattr(_cid7050(), _CODE_NAMES[self])
+        return _option_code(self)
 
 
 # CID 7050 concept names in pydicom's copy of the DICOM code tables (imported on first use: it is slow)
@@ -59,12 +59,19 @@ _CODE_NAMES = {
 }
 
 
+@cache
+def _option_code(option: Option) -> Code:
+    # a Collection look-up searches pydicom's tables (~1 ms): once per option, not once per profile
+    return getattr(_cid7050(), _CODE_NAMES[option])
+
+
 def _cid7050():  # noqa: ANN202 - pydicom's Collection type
     from pydicom.sr.codedict import codes
 
     return codes.cid7050
 
 
+@cache
 def basic_profile_code() -> Code:
     """CID 7050 113100 Basic Application Confidentiality Profile."""
     return _cid7050().BasicApplicationConfidentialityProfile

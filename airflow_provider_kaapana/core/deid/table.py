@@ -29,6 +29,12 @@ OVERLAY_DATA_MASK = "60XX3000"
 OVERLAY_COMMENTS_MASK = "60XX4000"
 PRIVATE_ROW = "private"
 
+# A row the 2020 source gives no Retain UIDs action although every other UID row has K there: (0040,A124)
+# UID, the value of UIDREF content items, which reference other instances' UIDs (TID 1500's Source Series
+# for Segmentation names the image series). Mapped while the series UID is kept, the reference would
+# break; under Retain UIDs it is kept like every UID.
+RETAIN_UIDS_KEEPS_ALSO = frozenset({"0040A124"})
+
 
 @cache
 def load_table() -> dict[str, Any]:
@@ -55,6 +61,8 @@ def resolve_actions(options: frozenset[str]) -> dict[str, str]:
     for row in load_table()["attributes"]:
         chosen = row["basic"]
         picked = [row[col] for col in OPTION_COLUMNS if col in options and col in row]
+        if row["tag"] in RETAIN_UIDS_KEEPS_ALSO and "retain_uids" in options:
+            picked.append("K")
         if "K" in picked:
             chosen = "K"
         elif "C" in picked:
