@@ -122,6 +122,11 @@ CODE_ATTRIBUTES = frozenset(
 # dates and times (under the date options); codes, numbers, UIDs (by the table), CS and geometry are kept
 CONTENT_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 CONTENT_CLEANED_VRS = CONTENT_TEXT_VRS | {"AS", "DA", "DT", "TM"}
+# how the walk treats the attributes the table does not list: kept (the common case), cleaned as content
+# (items of a cleaned content or graphic annotation sequence), or cleaned with codes replaced too (items
+# of a sequence whose action is D, e.g. Verifying Observer, Institution Code, Referenced Performed
+# Procedure Step: a dummy item valid for its macro, where an identification code is no coded value)
+KEEP, CONTENT, DUMMIES = 0, 1, 2
 
 
 @cache
@@ -231,11 +236,12 @@ class _Walk:
         return mapped
 
     # -- the walk ----------------------------------------------------------------------------------
-    def dataset(self, source: Dataset, encoder: Encoder | None = None, content: bool = False) -> Dataset:
+    def dataset(self, source: Dataset, encoder: Encoder | None = None, content: int = KEEP) -> Dataset:
         """The de-identified copy of ``source``. With an ``encoder`` (the encoded path) the attributes it
         can act on in their encoded form are left out of the copy and kept encoded in ``self.encoded``.
-        ``content``: ``source`` is an item of a cleaned content or graphic annotation sequence (or nested
-        in one): the attributes the table does not list are cleaned as content, not kept."""
+        ``content``: ``CONTENT`` where ``source`` is an item of a cleaned content or graphic annotation
+        sequence (or nested in one), ``DUMMIES`` in an item of a D sequence: then the attributes the table
+        does not list are cleaned (:meth:`content_value`), not kept."""
         out = Dataset()
         # the source's encoding: pydicom then writes kept elements as read instead of decoding them all
         implicit, little = source.original_encoding  # a property that costs ~20 us: read once
@@ -264,7 +270,11 @@ class _Walk:
                     continue  # a public tag no dictionary knows: its content cannot be judged
                 action = "K"
                 if vr != "SQ":
-                    if content and vr in CONTENT_CLEANED_VRS and tag not in CODE_ATTRIBUTES:
+                    if (
+                        content
+                        and vr in CONTENT_CLEANED_VRS
+                        and (content == DUMMIES or tag not in CODE_ATTRIBUTES)
+                    ):
                         out[tag] = self.content_value(source[tag])
                         continue
                     # kept as read, no decoding (pixel data is copied as bytes); set as pydicom's reader
@@ -312,7 +322,7 @@ class _Walk:
             out[creator_tag] = creator
             out[tag] = raw
 
-    def apply(self, action: str, elem: DataElement, content: bool = False) -> DataElement | None:
+    def apply(self, action: str, elem: DataElement, content: int = KEEP) -> DataElement | None:
         tag, vr = elem.tag, elem.VR
         if vr == "SQ":
             return self.sequence(action, elem, content)
@@ -328,15 +338,21 @@ class _Walk:
             return DataElement(tag, vr, DUMMY_TEXT if vr in TEXT_VRS else _DUMMY.get(vr, None))
         return DataElement(tag, vr, None)  # Z, X/Z, X/Z/U* on a non-UID
 
-    def sequence(self, action: str, elem: DataElement, content: bool = False) -> DataElement | None:
+    def sequence(self, action: str, elem: DataElement, content: int = KEEP) -> DataElement | None:
         if action in ("K", "C", "X/Z/U*"):
             # the items of a cleaned content or graphic annotation sequence, and all below them: content
-            content = content or (action == "C" and int(elem.tag) in CONTENT_SEQUENCES)
+            if not content and action == "C" and int(elem.tag) in CONTENT_SEQUENCES:
+                content = CONTENT
             items = [self.dataset(item, content=content) for item in elem.value]
             return DataElement(elem.tag, "SQ", Sequence(items))
         if "D" in action:
-            # a non-empty dummy: one empty item (the content is not carried over)
-            return DataElement(elem.tag, "SQ", Sequence([Dataset()]))
+            if int(elem.tag) in CONTENT_SEQUENCES:
+                # SR content and graphic annotations without their Clean option: not carried over, one
+                # empty item (the document's content tree is gone; the guide says so)
+                return DataElement(elem.tag, "SQ", Sequence([Dataset()]))
+            # dummy items: every attribute its own action, the rest cleaned, codes included
+            items = [self.dataset(item, content=DUMMIES) for item in elem.value]
+            return DataElement(elem.tag, "SQ", Sequence(items))  # no item in, none out
         return DataElement(elem.tag, "SQ", Sequence())
 
     def map_uids(self, value: Any) -> Any:
