@@ -16,6 +16,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 
 from airflow_provider_kaapana.core.deid.deidentify import (
+    CODE_ATTRIBUTES,
     NotEncodable,
     deidentify,
     deidentify_encoded,
@@ -30,6 +31,7 @@ KEY = b"options-test-site-key-0123456789abcd"
 PATIENT_ID = "ZQXPID77"
 STUDY_DATE = "20260117"
 SAFE_PRIVATE = ("ACME SAFE", 0x0029, 0x10)
+FREE_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
 
 FULL = Option.RETAIN_LONGITUDINAL_FULL_DATES
 MODIFIED = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES
@@ -305,6 +307,15 @@ def test_content_cleaning_is_the_same_on_both_paths(canary, options):
     [annotation] = clean.GraphicAnnotationSequence
     assert annotation.TextObjectSequence[0].UnformattedTextValue == "ANONYMIZED"
     assert annotation.TextObjectSequence[0].AnchorPoint == [3.0, 4.0]
+    # no free text at any depth of the cleaned sequences but a code's attributes and the dummy
+    survivors = []
+    for keyword in ("ContentSequence", "AcquisitionContextSequence", "GraphicAnnotationSequence"):
+        for item in clean[keyword]:
+            for elem in item.iterall():
+                if elem.VR in FREE_TEXT_VRS and elem.value and elem.tag not in CODE_ATTRIBUTES:
+                    if str(elem.value) != "ANONYMIZED":
+                        survivors.append(f"{keyword}: {elem.keyword} {elem.value!r}")
+    assert survivors == []
 
 
 # ---- pydicom's test files: canaries from each file's own identifying values -------------------------
