@@ -3,12 +3,14 @@ reference each other and read back; dciodvfy finds no new error in them or in py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
 
+from airflow_provider_kaapana.core.deid.deidentify import CODE_ATTRIBUTES
 from airflow_provider_kaapana.core.deid.files import deidentify_folder
 from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile, Option
 from airflow_provider_kaapana.core.quant.sr import measurement_report, read_measurement_report
@@ -153,3 +155,27 @@ def test_dciodvfy_finds_no_new_error_in_pydicoms_files(pydicom_test_files, tmp_p
             new = {line for line in new if not any(known in line for known in KNOWN.get(name, ()))}
             problems.extend(f"{name} {sorted(o.value for o in options)}: {line}" for line in sorted(new))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", ["reportsi.dcm", "test-SR.dcm"])
+def test_free_text_of_pydicoms_srs_does_not_survive_clean_structured_content(
+    pydicom_test_files, tmp_path, name
+):
+    """Every word of the free text in the report's content tree (Text Value, Person Name...) is gone from
+    the file written under Clean Structured Content (with every other option too); its codes stay."""
+    path = next(p for p in pydicom_test_files if p.name == name)
+    source = pydicom.dcmread(path)
+    words, meanings = set(), set()
+    for item in source.ContentSequence:
+        for elem in item.iterall():
+            if elem.tag in CODE_ATTRIBUTES:
+                meanings.add(str(elem.value))
+            elif elem.VR in ("LO", "LT", "PN", "SH", "ST", "UC", "UT") and elem.value:
+                words.update(w for w in re.split(r"[\^\s,.=:;()!]+", str(elem.value)) if len(w) >= 4)
+    words -= {w for w in words if any(w in m for m in meanings)}
+    assert words
+    options = frozenset(o for o in Option if o is not Option.RETAIN_LONGITUDINAL_FULL_DATES)
+    [written] = deidentify_folder(path, tmp_path, DeidentificationProfile(options), KEY).written
+    data = written.read_bytes()
+    assert sorted(w for w in words if w.encode() in data) == []
+    assert sorted(m for m in meanings if m.encode() not in data) == []

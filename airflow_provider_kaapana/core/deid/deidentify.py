@@ -97,7 +97,7 @@ STAMPED = frozenset({0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
 # sequences of content items (SR Content Sequence, Acquisition Context, Specimen Preparation) and of
 # graphic annotations: where the profile cleans them (C under Clean Structured Content / Clean Graphics)
-# their items are kept and the attributes the table does not list are cleaned as content (_content_value)
+# their items are kept and the attributes the table does not list are cleaned (_Walk.content_value)
 CONTENT_SEQUENCES = frozenset({0x0040A730, 0x00400555, 0x00400610, 0x00700001})
 # the attributes of a code (PS3.3 Table 8.8-1: value, scheme, meaning, context, mapping): a coded value,
 # kept in content; Extended Code Meaning (LT) is free text and is not one of them
