@@ -69,6 +69,7 @@ CONTENT_UID = "1.2.826.0.1.3680043.10.1337.77.1"
 REFERENCED_UID = "1.2.826.0.1.3680043.10.1337.77.2"
 CONTENT_DATE, CONTENT_DATETIME, CONTENT_TIME = "20250305", "20250306101112", "093457"
 OBSERVATION_DATETIME = "20250307080910"
+VERIFICATION_DATETIME = "20250308111213"
 
 
 def add_phi(k: int, ds: Dataset) -> None:
@@ -101,6 +102,16 @@ def add_phi(k: int, ds: Dataset) -> None:
     region = code("T-D4000", "SRT", "Abdomen")
     region.OperatorsName = "ZQXNESTEDOP"  # PHI in a sequence the table does not list
     ds.AnatomicRegionSequence = [region]
+    # sequences whose action is D: dummy items (an identification code is no coded value)
+    ds.InstitutionCodeSequence = [code("ZQXINSTCODE", "99LOCAL", "ZQXINSTMEANING")]
+    verifier = Dataset()
+    verifier.VerifyingObserverName = "ZQXVERIFIER^Doc"
+    verifier.VerifyingOrganization = "ZQXVERIFORG"
+    verifier.VerificationDateTime = VERIFICATION_DATETIME
+    verifier.VerifyingObserverIdentificationCodeSequence = [
+        code("ZQXVERIFCODE", "99LOCAL", "ZQXVERIFMEANING")
+    ]
+    ds.VerifyingObserverSequence = [verifier]
     safe = ds.private_block(0x0029, SAFE_PRIVATE[0], create=True)
     safe.add_new(0x10, "LO", "QQSAFEPRIVATE")
     unsafe = ds.private_block(0x0031, "ACME PHI", create=True)
@@ -196,6 +207,10 @@ ALWAYS_REMOVED = [
     b"ZQXPNVALUE",
     b"ZQXACQTEXT",
     b"QQGRAPHTEXT",  # graphic text: cleaned under Clean Graphics, the annotation gone without it
+    b"ZQXVERIFIER",  # a D sequence's items: dummies, codes included
+    b"ZQXVERIFORG",
+    b"ZQXVERIFCODE",
+    b"ZQXVERIFMEANING",
 ]
 
 
@@ -207,6 +222,10 @@ def kept_when(options: frozenset[Option], source: Dataset) -> dict[bytes, bool]:
     expect = {
         b"ZQXHOSPITAL": has(Option.RETAIN_INSTITUTION_IDENTITY),
         b"ZQXINSTADDR": has(Option.RETAIN_INSTITUTION_IDENTITY),
+        b"ZQXINSTCODE": has(Option.RETAIN_INSTITUTION_IDENTITY),  # else a D sequence: dummy codes
+        b"ZQXINSTMEANING": has(Option.RETAIN_INSTITUTION_IDENTITY),
+        VERIFICATION_DATETIME.encode(): has(FULL),
+        (shift_date(VERIFICATION_DATETIME[:8], shift) + VERIFICATION_DATETIME[8:]).encode(): has(MODIFIED),
         b"ZQXSTATION": has(Option.RETAIN_DEVICE_IDENTITY),
         b"ZQXSERIAL42": has(Option.RETAIN_DEVICE_IDENTITY),
         element(0x00100040, "CS", "O"): has(Option.RETAIN_PATIENT_CHARACTERISTICS),
