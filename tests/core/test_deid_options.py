@@ -270,7 +270,9 @@ def kept_when(options: frozenset[Option], source: Dataset) -> dict[bytes, bool]:
 
 
 def profile_of(options: frozenset[Option]) -> DeidentificationProfile:
-    return DeidentificationProfile(options, safe_private=frozenset({SAFE_PRIVATE}))
+    """The profile of ``options``; under Retain Safe Private its list names one of the two private tags."""
+    safe = frozenset({SAFE_PRIVATE}) if Option.RETAIN_SAFE_PRIVATE in options else frozenset()
+    return DeidentificationProfile(options, safe_private=safe)
 
 
 def test_every_option_combination_on_the_output_bytes(canary):
