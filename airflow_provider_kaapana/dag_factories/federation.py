@@ -81,12 +81,15 @@ COHORT_PARAMS: dict[str, Any] = {
         section="Analysis",
     ),
     "quasi_identifiers": lambda: Param(
-        [],
-        type="array",
+        None,
+        type=["null", "array"],
         items={"type": "string", "enum": ["age_band", "sex"]},
         uniqueItems=True,
         title="Quasi-identifiers",
-        description="Columns to add to each row, coarsened (age band, sex); every site applies k-anonymity to them.",
+        description=(
+            "Optional: columns to add to each row, coarsened (age band, sex); every site applies "
+            "k-anonymity to them. Leave empty for measurements alone."
+        ),
         section="Analysis",
     ),
     "modality": lambda: Param(
