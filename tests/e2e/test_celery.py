@@ -10,6 +10,8 @@ records its own name). And the segmentation DAG end to end on the same set-up, w
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -35,6 +37,7 @@ def test_celery_two_workers_one_killed_nothing_lost_or_doubled(tmp_path):
         timeout=240,
         kill_busy_worker=True,
         on_started=check_workers,
+        out=sys.stdout,  # progress and the kill, shown when the test fails
     )
     assert "--queues default " in workers[0]["worker-io"]
     assert "--queues gpu,default " in workers[0]["worker-gpu"]
