@@ -36,6 +36,8 @@ def test_celery_two_workers_one_killed_nothing_lost_or_doubled(tmp_path):
         senders=3,
         timeout=240,
         kill_busy_worker=True,
+        # several ingest runs at once (not one of 30 series): both workers busy when one is killed
+        max_series_per_run=8,
         on_started=check_workers,
         out=sys.stdout,  # progress and the kill, shown when the test fails
     )
