@@ -9,9 +9,10 @@ senders drained in <= 5 minutes with 0 lost and 0 duplicated.
 
     python benchmarks/bench_load.py [--executor local,celery] [--series 20] [--instances 4] [--senders 3]
 
-Ends with one line per executor: ``executor=... series=... runs=... lost=N duplicated=M drain_s=...
-p95_s=...`` and the goal line: ``goal: ... met`` / ``NOT met`` (``--series 200 --instances 32 --senders 4``;
-at another size it says so instead of judging).
+Prints per executor a detail line (``detail: executor=... instances=... senders=... runs=...``), the goal
+line (``goal: ... met`` / ``NOT met`` at ``--series 200 --instances 32 --senders 4``; at another size it
+says so instead of judging) and the ``RESULT`` lines, and ends with exactly one line per executor:
+``executor=<name> series=<S> lost=<N> duplicated=<M> drain_s=<x> p95_s=<y>``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main() -> int:
     from airflow_provider_kaapana.testing.benchresult import print_result
     from airflow_provider_kaapana.testing.load import run_load
 
-    lines, goals, results = [], [], []
+    lines, details, goals, results = [], [], [], []
     failed = False
     with tempfile.TemporaryDirectory(prefix="kaapana-bench-load-") as tmp:
         root = args.workdir or Path(tmp)
@@ -86,6 +87,7 @@ def main() -> int:
                 print(f"  failed ingest runs: {result.failed_runs[:10]}")
             failed |= bool(result.lost or result.duplicated or result.failed_runs)
             lines.append(result.line())
+            details.append(result.detail_line())
             goals.append(goal_line(result))
             ok = not (result.lost or result.duplicated or result.failed_runs)
             met = ok and result.drain_s <= GOAL_DRAIN_S
@@ -97,12 +99,13 @@ def main() -> int:
                 )
             )
     print()
-    for line in lines:
-        print(line)
-    for line in goals:
+    for line in details + goals:
         print(line)
     for measure, drain_s, met in results:
         print_result("load", measure, drain_s, None, None, f"<= {GOAL_DRAIN_S:.0f} s, 0 lost/duplicated", met)
+    # the issue's format, last: one line per executor
+    for line in lines:
+        print(line)
     return 1 if failed else 0
 
 

@@ -2,7 +2,8 @@
 # Set up everything the tests and the demo need on a fresh Debian machine, then get out of the way.
 # Idempotent: a second run checks a stamp and returns within seconds.
 #   - system packages (when root and missing): orthanc, orthanc-dicomweb, dcmtk, dcm2niix, dicom3tools,
-#     docker-compose, chromium + chromium-driver (the browser test)
+#     docker-compose, chromium + chromium-driver (the browser test), redis-server and postgresql (the
+#     Celery harness starts its own Redis and PostgreSQL cluster from these binaries)
 #   - a virtual environment in .venv (override with KAAPANA_VENV)
 #   - torch==2.13.0 (CPU) first, then this package with its extras
 # It prints one line per step; the output of apt-get and pip goes to a log file (KAAPANA_BOOTSTRAP_LOG,
@@ -33,10 +34,11 @@ step() {
 
 need_apt=()
 for pair in Orthanc:orthanc storescu:dcmtk dcm2niix:dcm2niix dciodvfy:dicom3tools docker-compose:docker-compose \
-    chromium:chromium chromedriver:chromium-driver; do
+    chromium:chromium chromedriver:chromium-driver redis-server:redis-server; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "apt-get update" apt-get update -qq

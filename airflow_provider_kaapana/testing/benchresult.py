@@ -1,6 +1,6 @@
-"""The one machine-readable line every benchmark prints last, and the table ``benchmarks/run_all.py`` makes.
+"""The machine-readable lines every benchmark prints at its end, and the table ``benchmarks/run_all.py`` makes.
 
-A benchmark ends with one or more lines
+A benchmark ends with one or more lines (``bench_load.py`` follows them with one summary line per executor)
 
     RESULT benchmark=listener measure='MB/s, fsync before success' ours=126.3 peer=130.2 \
 peer_name='pynetdicom bare SCP (fsync)' ratio=0.97 goal='>= 150 MB/s' met=no

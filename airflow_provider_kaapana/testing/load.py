@@ -1,7 +1,9 @@
 """A busy hospital in miniature: S series x I instances from K concurrent ``storescu`` senders.
 
 The listener receives, the ingest DAG stores and indexes, on a real Airflow with the LocalExecutor or
-the CeleryExecutor (two workers on a Redis broker, PostgreSQL metadata DB). :func:`run_load` measures
+the CeleryExecutor (two workers on a Redis broker); the metadata DB is a PostgreSQL cluster of its own.
+Every service (PostgreSQL, Redis, Orthanc, osmem-server, Airflow, the listener) is started here and
+ended by its pid. :func:`run_load` measures
 until every series is in the PACS and the index: drain time, the latency from a series' last instance
 to its document being searchable, instances lost and documents or PACS instances duplicated. Used by
 ``tests/e2e/test_celery.py`` and ``benchmarks/bench_load.py``.
@@ -56,7 +58,10 @@ class LoadResult:
     dag_runs: int = 0
     series_per_run: list[int] = field(default_factory=list)  # series batches each ingest run took
     failed_runs: list[str] = field(default_factory=list)
-    killed_tasks: list[str] = field(default_factory=list)  # what the SIGKILLed worker was running
+    # what the SIGKILLed worker was running: task key (run.task[map index]) -> {"hostname", "try_number"}
+    # at the kill, and the same task instance at the end -> {"state", "hostname", "try_number"}
+    killed_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    killed_tasks_final: dict[str, dict[str, Any]] = field(default_factory=dict)
     retried_tasks: int = 0  # task instances that needed more than one try (a killed worker's)
     problems: list[str] = field(default_factory=list)  # per series: what is missing or doubled
 
@@ -68,11 +73,29 @@ class LoadResult:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
 
     def line(self) -> str:
+        """The issue's result line: ``executor=… series=… lost=N duplicated=M drain_s=… p95_s=…``."""
         return (
-            f"executor={self.executor} series={self.series} instances={self.instances} "
-            f"senders={self.senders} runs={self.dag_runs} lost={self.lost} duplicated={self.duplicated} "
+            f"executor={self.executor} series={self.series} lost={self.lost} duplicated={self.duplicated} "
             f"drain_s={self.drain_s:.1f} p95_s={self.percentile(95):.1f}"
         )
+
+    def detail_line(self) -> str:
+        """The other facts of the run, for the line before :meth:`line`."""
+        return (
+            f"detail: executor={self.executor} series={self.series} instances={self.instances} "
+            f"senders={self.senders} runs={self.dag_runs} retried={self.retried_tasks} "
+            f"failed_runs={len(self.failed_runs)} send_s={self.send_s:.1f} p50_s={self.percentile(50):.1f}"
+        )
+
+
+def task_key(ti: dict[str, Any]) -> str:
+    """``run_id.task_id`` (``[map_index]`` for a mapped task) of a REST API task instance."""
+    mapped = f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""
+    return f"{ti['dag_run_id']}.{ti['task_id']}{mapped}"
+
+
+def _ti_facts(ti: dict[str, Any]) -> dict[str, Any]:
+    return {"state": ti.get("state"), "hostname": ti.get("hostname"), "try_number": ti.get("try_number")}
 
 
 def _send(files: list[Path], port: int, calling_ae: str) -> None:
@@ -142,18 +165,14 @@ def run_load(
     """Run one load test in ``workdir``; ``executor`` is ``local`` or ``celery``.
 
     ``kill_busy_worker`` (celery only): the ``gpu`` worker is SIGKILLed as soon as it runs an ingest task;
-    the scheduler fails its tasks (heartbeat timeout) and their retries run on the ``io`` worker.
+    the scheduler fails its tasks (heartbeat timeout) and their retries run on the ``io`` worker
+    (``LoadResult.killed_tasks`` and ``killed_tasks_final``: each worker records its name as the task
+    instance's hostname).
     ``max_series_per_run``: the listener's burst batching (1: one ingest run per series batch).
     """
     from airflow_provider_kaapana.core.listener.server import AirflowTrigger, DicomListener
-    from airflow_provider_kaapana.testing.local_airflow import (
-        LocalAirflow,
-        create_postgres_database,
-        drop_postgres_database,
-        flush_redis,
-        redis_broker_url,
-    )
-    from airflow_provider_kaapana.testing.local_services import Orthanc, Osmem
+    from airflow_provider_kaapana.testing.local_airflow import LocalAirflow, create_postgres_database
+    from airflow_provider_kaapana.testing.local_services import Orthanc, Osmem, Postgres, Redis
     from airflow_provider_kaapana.testing.synthetic import generate_series
 
     if executor not in ("local", "celery"):
@@ -183,15 +202,16 @@ def run_load(
         stack.callback(orthanc.stop)
         osmem = Osmem().start()
         stack.callback(osmem.stop)
-        db_url = create_postgres_database()
-        stack.callback(drop_postgres_database, db_url)
+        postgres = Postgres().start()
+        stack.callback(postgres.stop)
+        db_url = create_postgres_database(postgres.admin_url)
         celery: dict[str, Any] = {}
         if executor == "celery":
-            broker = redis_broker_url()
-            stack.callback(flush_redis, broker)
+            redis = Redis().start()
+            stack.callback(redis.stop)
             celery = {
                 "executor": "CeleryExecutor",
-                "broker_url": broker,
+                "broker_url": redis.url,
                 "celery_workers": CELERY_WORKERS,
             }
         settings = {
@@ -296,8 +316,14 @@ def run_load(
             if kill_busy_worker and not killed and (running := airflow.worker_tasks("gpu", INGEST_DAG)):
                 airflow.kill_worker("gpu")
                 killed = True
-                result.killed_tasks = running
-                say(f"[{executor}] worker gpu SIGKILLed at {time.monotonic() - t0:.1f} s running {running}")
+                result.killed_tasks = {
+                    task_key(ti): {"hostname": ti.get("hostname"), "try_number": ti.get("try_number")}
+                    for ti in running
+                }
+                say(
+                    f"[{executor}] worker gpu SIGKILLed at {time.monotonic() - t0:.1f} s running "
+                    f"{sorted(result.killed_tasks)}"
+                )
             now = time.monotonic()
             for uid, counts in _index_counts(osmem.url).items():
                 if uid in wanted and uid not in searchable and counts and max(counts) >= instances:
@@ -336,6 +362,11 @@ def run_load(
             "GET", f"dags/{INGEST_DAG}/dagRuns/~/taskInstances", params={"limit": 1000}
         ).json()
         result.retried_tasks = sum(1 for ti in tis.get("task_instances", []) if ti.get("try_number", 1) > 1)
+        result.killed_tasks_final = {
+            task_key(ti): _ti_facts(ti)
+            for ti in tis.get("task_instances", [])
+            if task_key(ti) in result.killed_tasks
+        }
         say(
             f"[{executor}] {series} series x {instances} instances from {senders} senders: sent in "
             f"{result.send_s} s, drained in {result.drain_s} s, {result.dag_runs} ingest runs "

@@ -1,7 +1,10 @@
 """A real Airflow 3 on this machine: api-server, scheduler and dag-processor as child processes.
 
 With ``executor="CeleryExecutor"`` also Celery workers (``airflow celery worker``, one per queue set) on
-a Redis broker and a PostgreSQL metadata DB (see :func:`redis_broker_url`, :func:`create_postgres_database`).
+a Redis broker and a PostgreSQL metadata DB (see :class:`~airflow_provider_kaapana.testing.local_services.Redis`,
+:class:`~airflow_provider_kaapana.testing.local_services.Postgres` and :func:`create_postgres_database`).
+Each worker records its name as the ``hostname`` of the task instances it runs
+(:mod:`airflow_provider_kaapana.testing.hostname`).
 
 Used by the end-to-end tests, the demo and the benchmarks. Nothing here imports Airflow: the class
 writes Airflow's configuration as environment variables, runs the ``airflow`` CLI and talks to the
@@ -30,6 +33,7 @@ import requests
 
 from airflow_provider_kaapana.core.net.airflow_api import AirflowApiError, AirflowClient
 from airflow_provider_kaapana.core.net.retry import redact
+from airflow_provider_kaapana.testing.hostname import HOSTNAME_CALLABLE, WORKER_NAME_ENV
 from airflow_provider_kaapana.testing.local_services import ServiceError, free_port
 
 LOCAL_DAG_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
@@ -191,6 +195,9 @@ class LocalAirflow:
                     "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
                     # a task of a killed worker is sent again after this long (Redis visibility timeout)
                     "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "60",
+                    # both workers share this machine's FQDN: each records its own name instead, so a
+                    # task instance's hostname says which worker ran (each try of) it
+                    "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
                 }
             )
         env.update(self.extra_env)
@@ -237,6 +244,7 @@ class LocalAirflow:
         self.migrate()
         env = self.env()
         try:
+            envs: dict[str, dict[str, str]] = {}
             commands = {
                 "api-server": self._airflow(
                     "api-server", "--host", "127.0.0.1", "--port", str(self.api_port)
@@ -247,11 +255,16 @@ class LocalAirflow:
             if self.executor == "CeleryExecutor":
                 for name, queues in self.celery_workers.items():
                     commands[f"worker-{name}"] = self._worker_command(name, queues)
+                    envs[f"worker-{name}"] = self.worker_env(name, env)
             for name, command in commands.items():
                 log = open(self.log_path(name), "ab")  # noqa: SIM115 - lives as long as the process
                 # own session = own process group, so stop() ends the component and the workers it forked
                 self.procs[name] = subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    env=envs.get(name, env),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
                 log.close()
             components_started = time.monotonic()
@@ -268,6 +281,10 @@ class LocalAirflow:
             self.stop()
             raise
         return self
+
+    def worker_env(self, name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """:meth:`env` (or ``env``) plus the worker's name, which it records as task instances' hostname."""
+        return {**(self.env() if env is None else env), WORKER_NAME_ENV: name}
 
     def _worker_command(self, name: str, queues: str) -> list[str]:
         # each worker would serve its logs on the same port: the api-server reads them from the shared
@@ -301,8 +318,9 @@ class LocalAirflow:
         _kill(tasks)
         proc.wait(timeout=10)
 
-    def worker_tasks(self, name: str, dag_id: str) -> list[str]:
-        """Running task instances of ``dag_id`` whose task process belongs to worker ``name``'s process group."""
+    def worker_tasks(self, name: str, dag_id: str) -> list[dict[str, Any]]:
+        """Running task instances of ``dag_id`` (the REST API's JSON) whose task process is a descendant
+        of worker ``name``."""
         proc = self.procs.get(f"worker-{name}")
         if proc is None:
             return []
@@ -313,11 +331,7 @@ class LocalAirflow:
                 params={"state": "running", "limit": 1000},
             ).json()
         children = {child.pid for child in _descendants(proc.pid)}
-        return [
-            f"{ti['dag_run_id']}.{ti['task_id']}"
-            for ti in tis.get("task_instances", [])
-            if ti.get("pid") in children
-        ]
+        return [ti for ti in tis.get("task_instances", []) if ti.get("pid") in children]
 
     def log_path(self, component: str) -> Path:
         return self.home / f"{component}.log"
@@ -618,23 +632,6 @@ def _kill(processes: Iterable[Any]) -> None:
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-
-
-def redis_broker_url(host: str = "127.0.0.1", port: int = 6379) -> str:
-    """``redis://host:port/N`` for an empty Redis database N (1..15), so harness instances do not share queues."""
-    import redis  # lazily: only the CeleryExecutor variant needs it
-
-    for db in secrets.SystemRandom().sample(range(1, 16), 15):
-        if redis.Redis(host=host, port=port, db=db).dbsize() == 0:
-            return f"redis://{host}:{port}/{db}"
-    raise AirflowError(f"no empty Redis database on {host}:{port}")
-
-
-def flush_redis(broker_url: str) -> None:
-    """Empty the Redis database of ``broker_url`` (what one harness instance left there)."""
-    import redis
-
-    redis.Redis.from_url(broker_url).flushdb()
 
 
 def _admin_execute(admin_url: str, statement: str) -> None:

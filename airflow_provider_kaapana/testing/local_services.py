@@ -1,4 +1,5 @@
-"""Local stand-ins for the production services: Orthanc (PACS) and osmem-server (OpenSearch API).
+"""Local stand-ins for the production services: Orthanc (PACS), osmem-server (OpenSearch API), and for
+the CeleryExecutor's Redis broker and PostgreSQL metadata DB.
 
 Used by the test fixtures, the demo and the benchmarks. Each service runs as a child process on free
 ports, is waited for until it answers, and is ended by its own pid.
@@ -6,13 +7,16 @@ ports, is waited for until it answers, and is ended by its own pid.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,10 @@ INSTALL_HINTS = {
     "dcm2niix": "apt-get install dcm2niix",
     "dciodvfy": "apt-get install dicom3tools",
     "docker-compose": "apt-get install docker-compose",
+    "redis-server": "apt-get install redis-server (or run scripts/bootstrap.sh as root)",
+    "initdb": "apt-get install postgresql (Debian's /usr/lib/postgresql/<version>/bin/initdb)",
 }
+POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
 class ServiceError(RuntimeError):
@@ -225,6 +232,185 @@ class Osmem:
         _stop(self.proc)
 
     def __enter__(self) -> Osmem:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Redis:
+    """A running ``redis-server`` on a free port without persistence: the CeleryExecutor's broker."""
+
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> Redis:
+        binary = find_tool("redis-server")
+        self.port = self.port or free_port()
+        self.proc = subprocess.Popen(
+            # --save '' and --appendonly no: nothing written to disk, nothing left behind
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, self.proc, timeout)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __enter__(self) -> Redis:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def postgres_bin_dir() -> Path:
+    """The newest of Debian's ``/usr/lib/postgresql/<version>/bin`` (or the folder of ``initdb`` on PATH)."""
+    dirs = sorted(
+        (Path(d) for d in glob.glob(POSTGRES_BIN_GLOB) if (Path(d) / "initdb").exists()),
+        key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+    )
+    if dirs:
+        return dirs[-1]
+    return Path(find_tool("initdb")).parent
+
+
+@dataclass
+class Postgres:
+    """A throw-away PostgreSQL cluster (``initdb`` + ``postgres``) on a free port: the metadata DB.
+
+    Data and socket live in a fresh temporary folder, removed at :meth:`stop`. As root the server runs
+    as the ``postgres`` user (PostgreSQL refuses to run as root). Trust authentication, no fsync: for
+    tests and benchmarks only. :attr:`admin_url` is what
+    :func:`~airflow_provider_kaapana.testing.local_airflow.create_postgres_database` takes.
+    """
+
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    folder: Path | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServiceError("PostgreSQL cannot run as root and there is no user 'postgres'") from None
+        return "postgres"
+
+    def start(self, timeout: float = 60.0) -> Postgres:
+        bin_dir = postgres_bin_dir()
+        user = self._user()
+        self.port = self.port or free_port()
+        # not under a test's tmp_path: that is root's 0700 folder, which the postgres user cannot enter
+        self.folder = Path(tempfile.mkdtemp(prefix="kaapana-postgres-"))
+        if user is not None:
+            shutil.chown(self.folder, user)
+        data = self.folder / "data"
+        init = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            user=user,
+            cwd=self.folder,
+            timeout=timeout,
+        )
+        if init.returncode != 0:
+            self._remove_folder()
+            raise ServiceError(f"initdb in {data} failed ({init.returncode}): {init.stderr[-2000:]}")
+        log = open(self.folder / "postgres.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.folder),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+                # a test database: durability is not wanted, speed is
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            cwd=self.folder,
+        )
+        log.close()
+        try:
+            self._wait_ready(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        import psycopg2  # lazily: only the PostgreSQL variant needs it
+
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(f"postgres exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                psycopg2.connect(self.admin_url, connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError as exc:  # not listening, or "starting up"
+                last = exc
+            time.sleep(0.1)
+        raise ServiceError(f"postgres on port {self.port} not ready in time: {last}; {self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        path = self.folder / "postgres.log" if self.folder else None
+        return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: disconnect the clients, no waiting for them), then remove the folder."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self) -> Postgres:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:

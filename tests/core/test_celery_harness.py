@@ -1,6 +1,13 @@
-"""The CeleryExecutor configuration of the local Airflow harness (no processes started)."""
+"""The CeleryExecutor configuration of the local Airflow harness, its own Redis and PostgreSQL, the
+load benchmark's result lines."""
 
 from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +40,30 @@ def test_celery_env_and_worker_commands(tmp_path):
     # two workers on one machine: own pid files, no log server on one shared port
     assert command[command.index("--pid") + 1].endswith("worker-gpu.pid")
     assert "--skip-serve-logs" in command
+    # each worker records its own name as the hostname of the task instances it runs
+    assert (
+        env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "airflow_provider_kaapana.testing.hostname.worker_hostname"
+    )
+    assert "KAAPANA_WORKER_NAME" not in env
+    assert airflow.worker_env("gpu")["KAAPANA_WORKER_NAME"] == "gpu"
+
+
+def test_worker_hostname_is_the_worker_name_else_the_fqdn():
+    """What Airflow's hostname_callable returns, in a fresh interpreter as a task process would call it."""
+    probe = "from airflow_provider_kaapana.testing.hostname import worker_hostname; print(worker_hostname())"
+    env = {k: v for k, v in os.environ.items() if k != "KAAPANA_WORKER_NAME"}
+    named = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "KAAPANA_WORKER_NAME": "io"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert named.stdout.strip() == "io"
+    unnamed = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert unnamed.stdout.strip() == socket.getfqdn()
 
 
 def test_local_executor_env_has_no_celery(tmp_path):
@@ -46,3 +77,39 @@ def test_scale_out_settings_only_what_is_set():
     s = PipelineSettings(gpu_queue="gpu", gpu_pool="kaapana_gpu", pacs_pool="kaapana_pacs")
     assert s.gpu_task_kwargs() == {"queue": "gpu", "pool": "kaapana_gpu"}
     assert s.pacs_task_kwargs() == {"pool": "kaapana_pacs"}
+
+
+def test_own_redis_and_postgres_started_and_ended_by_pid():
+    import psycopg2
+    import redis as redis_client
+
+    from airflow_provider_kaapana.testing.local_airflow import create_postgres_database
+    from airflow_provider_kaapana.testing.local_services import Postgres, Redis
+
+    with Postgres() as postgres, Redis() as redis:
+        assert redis_client.Redis.from_url(redis.url).ping()
+        db_url = create_postgres_database(postgres.admin_url)
+        assert f"127.0.0.1:{postgres.port}/kaapana_e2e_" in db_url
+        psycopg2.connect(db_url.replace("postgresql+psycopg2://", "postgresql://")).close()
+        folder = postgres.folder
+    assert redis.proc.returncode is not None and postgres.proc.returncode is not None
+    assert not folder.exists()  # data and socket removed with the cluster
+
+
+def test_missing_redis_server_names_the_debian_package(monkeypatch):
+    from airflow_provider_kaapana.testing import local_services
+
+    monkeypatch.setattr(local_services.shutil, "which", lambda name: None)
+    with pytest.raises(local_services.ServiceError, match="apt-get install redis-server"):
+        local_services.Redis().start()
+
+
+def test_load_result_ends_with_the_issue_line():
+    from airflow_provider_kaapana.testing.load import LoadResult
+
+    result = LoadResult("celery", 30, 2, 3, lost=0, duplicated=1, drain_s=61.3, latencies=[1.0, 2.0, 9.0])
+    result.dag_runs = 4
+    assert re.fullmatch(
+        r"executor=celery series=30 lost=0 duplicated=1 drain_s=61\.3 p95_s=\d+\.\d", result.line()
+    ), result.line()
+    assert "instances=2 senders=3 runs=4" in result.detail_line()

@@ -443,6 +443,49 @@ def test_parallel_runs_merging_parts_of_one_series_lose_no_instance(osmem, synth
     assert client.count(index) == 1
 
 
+@pytest.mark.parametrize("indexed_before", [True, False], ids=["over-a-version", "create"])
+def test_merge_conflict_is_merged_again_and_counted(osmem, synthetic_series, tmp_path, indexed_before):
+    """Another run writes the series document between this run's read and its conditional write: the
+    write is refused (HTTP 409), counted in ``merge_conflicts``, and the document read, merged and
+    written again, so the instances of all parts are kept. ``create``: there was no document yet."""
+    import shutil
+
+    from airflow_provider_kaapana.core.index.client import index_series
+
+    series = synthetic_series(seed=94, slices=6, rows=16, columns=16)
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"part{k}"
+        part.mkdir()
+        for f in series.files[2 * k : 2 * k + 2]:
+            shutil.copy(f, part / f.name)
+        parts.append(part)
+    mine, theirs, first = parts
+    index = unique_index()
+    other = make_search_client(osmem.url, "opensearch")
+    index_series(other, index, [first] if indexed_before else [], refresh=True)
+    client = make_search_client(osmem.url, "opensearch")
+    read = client.get_versioned
+    interleaved = []
+
+    def read_then_another_run_writes(index_name, doc_id):
+        found = read(index_name, doc_id)
+        if not interleaved:  # once: between this read and the write that is conditional on it
+            interleaved.append(index_series(other, index_name, [theirs], merge_instances=True))
+        return found
+
+    client.get_versioned = read_then_another_run_writes
+    report = index_series(client, index, [mine], merge_instances=True, refresh=True)
+
+    assert interleaved and interleaved[0].merge_conflicts == 0 and not interleaved[0].failed
+    assert report.merge_conflicts == 1 and report.failed == {}
+    assert report.as_dict()["merge_conflicts"] == 1
+    document = client.get(index, series.series_instance_uid)["kaapana"]
+    want = 6 if indexed_before else 4
+    assert document["instance_count"] == want
+    assert client.count(index) == 1
+
+
 def _without_times(docs) -> dict:
     out = {}
     for d in docs:

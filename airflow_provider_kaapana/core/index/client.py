@@ -572,6 +572,9 @@ class IndexReport:
     thumbnails: dict[str, str] = field(default_factory=dict)  # series UID -> PNG in the run workspace
     no_thumbnail: dict[str, str] = field(default_factory=dict)  # series UID -> why not
     viewer_urls: dict[str, str] = field(default_factory=dict)  # series UID -> kaapana.viewer_url
+    # merge_instances: conditional writes refused (HTTP 409) because a parallel run wrote the series
+    # document between this run's read and write; each was read, merged and written again
+    merge_conflicts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -584,6 +587,7 @@ class IndexReport:
             "thumbnails": self.thumbnails,
             "no_thumbnail": self.no_thumbnail,
             "viewer_urls": self.viewer_urls,
+            "merge_conflicts": self.merge_conflicts,
         }
 
 
@@ -640,7 +644,7 @@ def index_series(
     merged document is written only over the version it was merged with (``if_seq_no`` /
     ``if_primary_term``; ``create`` for a new series): when a parallel run wrote the series meanwhile,
     the document is read, merged and written again (up to ``MERGE_ATTEMPTS`` times), so parallel runs
-    of one series lose no instances.
+    of one series lose no instances; ``IndexReport.merge_conflicts`` counts those refused writes.
 
     ``inputs`` are paths, or ``(path, {"received_at":..., "source":..., "location":...})`` pairs to
     give each series its own derived fields. Unreadable files end up in ``file_errors``; documents the
@@ -721,6 +725,7 @@ def index_series(
         if not result.conflicts:
             break
         again, result.conflicts = sorted(set(result.conflicts)), []
+        report.merge_conflicts += len(again)
         log.info("%d series documents changed while merging: merging again (%d)", len(again), attempt)
         retried = bulk_index(client, index, [merged(doc_id) for doc_id in again], **options)
         result.indexed += retried.indexed
