@@ -394,3 +394,57 @@ def test_sealed_round_trip_from_the_sites_audit_log_to_the_coordinators_report(t
         hashlib.sha256(canonical_json_bytes({k: v for k, v in r.items() if k != "site"})).hexdigest()
         for r in rows
     ] == list(line.record_sha256)
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise"])
+def test_a_non_conformant_original_uid_is_released_without_reaching_the_logs(caplog, recwarn, mode):
+    from pydicom import config
+
+    bad_uid = "1.2.03.4"  # a leading-zero component: not a valid UI value
+    documents = site_documents()
+    documents[0]["StudyInstanceUID"] = bad_uid
+    old = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.RAISE if mode == "raise" else config.WARN
+    try:
+        with caplog.at_level("DEBUG"):
+            result = guarded(documents)
+    finally:
+        config.settings.writing_validation_mode = old
+    assert bad_uid not in caplog.text
+    assert all(bad_uid not in str(warning.message) for warning in recwarn)
+    expected = deidentified(documents[1]).StudyInstanceUID
+    assert expected in {r["study_uid"] for r in result.document["records"]}
+    assert bad_uid not in json.dumps(result.document)
+    assert len({r["study_uid"] for r in result.document["records"]}) == len(documents)
+
+
+def test_an_unexpected_failure_building_a_record_is_refused_naming_the_field_only(monkeypatch):
+    from airflow_provider_kaapana.core.federation import records as records_module
+
+    documents = site_documents()
+    real = records_module._element
+
+    def failing(keyword, value):
+        if keyword == "SeriesInstanceUID":
+            raise ValueError(f"cannot use {value}")
+        return real(keyword, value)
+
+    monkeypatch.setattr(records_module, "_element", failing)
+    with pytest.raises(EgressRefused) as caught:
+        guarded(documents)
+    assert caught.value.code == "deidentification"
+    assert "records[0]: series_uid" in str(caught.value)
+    assert "1.2.826" not in str(caught.value)
+
+
+def test_an_unexpected_deidentification_failure_is_refused_without_its_message(monkeypatch):
+    from airflow_provider_kaapana.core.deid import deidentify as deidentify_module
+
+    def failing(dataset, profile, key):
+        raise ValueError(f"bad {dataset.StudyInstanceUID}")
+
+    monkeypatch.setattr(deidentify_module, "deidentify", failing)
+    with pytest.raises(EgressRefused) as caught:
+        guarded(site_documents())
+    assert caught.value.code == "deidentification"
+    assert str(caught.value) == "records[0]: cannot be de-identified (ValueError)"

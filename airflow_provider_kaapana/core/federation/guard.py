@@ -493,6 +493,10 @@ def release_records(
             rows.append(deidentify_record(record, analysis.columns, profile, key))
         except DeidentificationError as exc:  # names the attribute, never the value
             raise EgressRefused("deidentification", f"records[{i}]: {exc}") from None
+        except Exception as exc:  # its message may quote an original: only the type leaves
+            raise EgressRefused(
+                "deidentification", f"records[{i}]: cannot be de-identified ({type(exc).__name__})"
+            ) from None
     patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
     small = small_groups(rows, quasi_columns(analysis.columns), patient, k)
     actions = [
