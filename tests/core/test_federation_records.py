@@ -448,3 +448,24 @@ def test_an_unexpected_deidentification_failure_is_refused_without_its_message(m
         guarded(site_documents())
     assert caught.value.code == "deidentification"
     assert str(caught.value) == "records[0]: cannot be de-identified (ValueError)"
+
+
+@pytest.mark.parametrize(("volume", "refused"), [(101.37, False), (3.101, False), (101, True), (101.0, True)])
+def test_a_number_is_refused_only_when_it_is_a_whole_known_identifier(volume, refused):
+    the_job = job()
+    documents = site_documents()
+    documents[0]["StudyID"] = "101"
+    documents[1]["AccessionNumber"] = "101"
+    document = segment_measurements(
+        documents, job_id=the_job.job_id, site="alpha", parameters=the_job.parameters
+    )
+    document["records"][2]["volume_ml"] = volume
+    known = collect_known_identifiers(documents)
+    if not refused:
+        result = guard_egress(document, job=the_job, policy=POLICY, known_identifiers=known, deid_key=KEY)
+        assert volume in [r["volume_ml"] for r in result.document["records"]]
+        return
+    with pytest.raises(EgressRefused) as caught:
+        guard_egress(document, job=the_job, policy=POLICY, known_identifiers=known, deid_key=KEY)
+    assert caught.value.code == "identifier"
+    assert "records[2].volume_ml" in str(caught.value) and "101" not in str(caught.value)

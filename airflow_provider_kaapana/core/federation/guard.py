@@ -10,6 +10,7 @@ offending value.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,13 @@ class KnownIdentifiers:
     def extended(self, identifiers: Iterable[Any]) -> KnownIdentifiers:
         """These identifiers and ``identifiers``."""
         return KnownIdentifiers([*self._values, *identifiers])
+
+    def is_number_of(self, number: float) -> bool:
+        """Whether ``number`` written whole (an integer, or a float without a fractional part) is one
+        of the identifiers: ``101.37`` is not the study ID ``101``, ``101`` and ``101.0`` are."""
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            return False
+        return str(int(number)) in self._values
 
     def found_in(self, text: str) -> bool:
         """Whether any known identifier occurs in ``text`` between token boundaries."""
@@ -419,7 +427,8 @@ def scan_records(records: Any, analysis: AnalysisSpec, known: KnownIdentifiers, 
     At the site the patient and UID columns hold the originals by design and are not scanned; once
     released they are pseudonyms (a ``2.25`` UID by construction) and are checked against the site's
     identifiers only. Every other string is scanned for identifier patterns and the site's identifiers;
-    numbers are matched against the site's identifiers (a patient ID planted as a measurement).
+    a number is refused when, written whole, it is one of the site's identifiers (a patient ID planted as
+    a measurement); a fractional number is never an identifier (a volume of 101.37 is not study 101).
     """
     if not isinstance(records, list):
         return
@@ -441,7 +450,7 @@ def scan_records(records: Any, analysis: AnalysisSpec, known: KnownIdentifiers, 
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, (int, float)):
-                if known.found_in(repr(value)):
+                if known.is_number_of(value):
                     raise EgressRefused("identifier", f"{where}: a number is a known identifier of this site")
                 continue
             for inner, text in iter_strings(value, (), where):
