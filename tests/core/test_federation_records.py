@@ -38,7 +38,7 @@ from airflow_provider_kaapana.core.federation.statistics import (
     PayloadSchema,
     canonical_json_bytes,
 )
-from airflow_provider_kaapana.exceptions import EgressRefused, PayloadSchemaError
+from airflow_provider_kaapana.exceptions import AuditLogError, EgressRefused, PayloadSchemaError
 
 KEY = b"site-alpha-deid-key-0123456789abcdef"
 OTHER_KEY = b"site-beta--deid-key-0123456789abcdef"
@@ -254,6 +254,11 @@ def test_every_records_hash_is_in_the_audit_log(tmp_path):
     raw["record_sha256"][2] = "0" * 64
     log.write_text(json.dumps(raw) + "\n")
     with pytest.raises(Exception, match="records do not match"):
+        read_audit_log(log)
+    # nor does a records payload whose per-record hashes were deleted
+    del raw["record_sha256"]
+    log.write_text(json.dumps(raw) + "\n")
+    with pytest.raises(AuditLogError, match="line 1: the payload holds records but no record_sha256"):
         read_audit_log(log)
 
 
