@@ -474,3 +474,19 @@ def test_a_number_is_refused_only_when_it_is_a_whole_known_identifier(volume, re
         guard_egress(document, job=the_job, policy=POLICY, known_identifiers=known, deid_key=KEY)
     assert caught.value.code == "identifier"
     assert "records[2].volume_ml" in str(caught.value) and "101" not in str(caught.value)
+
+
+def test_measurements_are_ordered_by_segment_number_which_the_query_fetches():
+    from airflow_provider_kaapana.core.federation.measurements import (
+        MEASUREMENT_SOURCE_FIELDS,
+        compute_segment_measurements,
+    )
+
+    assert "kaapana.segments.segment_number" in MEASUREMENT_SOURCE_FIELDS
+    document = seg_document(1)
+    document["kaapana"]["segments"] = [
+        {"segment_number": number, "label": "liver", "empty": False, "volume_ml": volume}
+        for number, volume in ((10, 1010.0), ("2", 1002.0), (None, 1099.0))
+    ]
+    rows = compute_segment_measurements([document], "liver")
+    assert [r["volume_ml"] for r in rows] == [1002.0, 1010.0, 1099.0]
