@@ -485,8 +485,9 @@ def release_records(
     Each record goes through :func:`.records.deidentify_record` (the de-identification core, the schema's
     fixed profile, the site's ``key``). Records whose group over *every* quasi-identifier the analysis
     offers (age band and sex, whichever the job asked for) holds fewer than ``k`` distinct patients are
-    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so one job asking for the
-    age band and another for the sex must not add up to a smaller group. The released rows carry only
+    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so for two jobs over the
+    same cohort one asking for the age band and another for the sex do not add up to a smaller group
+    (jobs over different cohorts can: that residual risk is the guide's). The released rows carry only
     the non-quasi columns and the quasi-identifiers the job names; when fewer than ``k`` patients remain,
     nothing is released.
     """
