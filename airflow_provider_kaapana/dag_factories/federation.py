@@ -31,7 +31,7 @@ from airflow_provider_kaapana.core.federation.exchange import (
 from airflow_provider_kaapana.core.federation.jobs import DEFAULT_K_MIN, MAX_K, SITE_NAME_RE
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.dag_factories.run_conf import check_run_conf
-from airflow_provider_kaapana.hooks.federation import DEID_KEY_CONN_ID
+from airflow_provider_kaapana.hooks.deid import DEFAULT_KEY_CONN_ID
 from airflow_provider_kaapana.operators.federation import (
     SEARCH_CONN_ID,
     SEARCH_INDEX,
@@ -60,7 +60,7 @@ class FederationSettings:
     search_conn_id: str = SEARCH_CONN_ID
     index: str = SEARCH_INDEX
     # the site's de-identification key (record-level analyses only)
-    deid_key_conn_id: str = DEID_KEY_CONN_ID
+    deid_key_conn_id: str = DEFAULT_KEY_CONN_ID
     poll_interval_seconds: float = 10.0
     # > 0: each poll run keeps looking (every poll_look_seconds) for this long before it ends
     poll_window_seconds: float = 0.0

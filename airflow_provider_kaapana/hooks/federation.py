@@ -8,9 +8,6 @@ answers them over REST API v2 (:class:`~airflow_provider_kaapana.core.net.airflo
 ``FederationCoordinatorHook`` (``kaapana_federation_coordinator``, at the coordinator): the private
 key that opens the sites' sealed answers, in the password field.
 
-:func:`site_deid_key`: the site's de-identification key (the password of its ``kaapana_deid_key``
-connection, the one ``DicomDeidentifyOperator`` uses), for record-level payloads; never in a job.
-
 Neither ever logs the password or a key.
 """
 
@@ -37,7 +34,6 @@ from airflow_provider_kaapana.core.net.retry import RetryPolicy
 from airflow_provider_kaapana.exceptions import FederationError, InvalidPolicyError
 
 CONN_TYPE = "kaapana_federation"
-DEID_KEY_CONN_ID = "kaapana_deid_key"  # operators.dicom_deidentify.DEFAULT_KEY_CONN_ID
 COORDINATOR_CONN_TYPE = "kaapana_federation_coordinator"
 PENDING_STATES = ("awaiting_input", "running", "queued", "scheduled")
 # Airflow 3.3.2: an answer that lands in the moment after a HITL task parked, before the coordinator's
@@ -56,15 +52,6 @@ def _as_bool(value: Any, default: bool) -> bool:
     if text in _TRUE | {"false", "0", "no", "off"}:
         return text in _TRUE
     raise InvalidPolicyError(f"not a boolean: {str(value)[:16]!r}")
-
-
-def site_deid_key(key_conn_id: str = DEID_KEY_CONN_ID) -> bytes:
-    """The site's de-identification key: the password of ``key_conn_id``, UTF-8 (as the
-    de-identification operator reads it, so both give the same pseudonyms). Never logged."""
-    password = BaseHook.get_connection(key_conn_id).password
-    if not password:
-        raise FederationError(f"connection {key_conn_id!r} holds no password (the de-identification key)")
-    return password.encode("utf-8")
 
 
 @dataclass(frozen=True)

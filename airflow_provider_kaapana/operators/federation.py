@@ -23,12 +23,9 @@ from airflow_provider_kaapana.core.federation.guard import GuardResult, verify_r
 from airflow_provider_kaapana.core.federation.jobs import FederatedJob
 from airflow_provider_kaapana.core.workspace import DEFAULT_WORKSPACE_BASE
 from airflow_provider_kaapana.exceptions import InvalidJobError
-from airflow_provider_kaapana.hooks.federation import (
-    DEID_KEY_CONN_ID,
-    FederationCoordinatorHook,
-    FederationHook,
-    site_deid_key,
-)
+from airflow_provider_kaapana.hooks import deid as deid_hook
+from airflow_provider_kaapana.hooks.deid import DEFAULT_KEY_CONN_ID
+from airflow_provider_kaapana.hooks.federation import FederationCoordinatorHook, FederationHook
 from airflow_provider_kaapana.operators.base import KaapanaBaseOperator
 
 # Every task process parses its DAG file, so this module keeps its import cost small: the search
@@ -199,7 +196,7 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
         federation_conn_id: str = FederationHook.default_conn_name,
         search_conn_id: str = SEARCH_CONN_ID,
         index: str = SEARCH_INDEX,
-        key_conn_id: str = DEID_KEY_CONN_ID,
+        key_conn_id: str = DEFAULT_KEY_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -223,7 +220,7 @@ class FederatedAnalysisOperator(KaapanaBaseOperator):
         client = SearchHook(self.search_conn_id).get_conn()
         documents = site_documents(job, spec.parameters, client, self.index)
         record_level = get_payload_schema(spec.payload_schema).record_level
-        key = site_deid_key(self.key_conn_id) if record_level else None
+        key = deid_hook.site_key(self.key_conn_id) if record_level else None
         outcome = analyse(job, policy, documents, deid_key=key)
         self.log.info(
             "%s on %d series: %s (k=%s, %d cells suppressed, withheld: %s) %s",

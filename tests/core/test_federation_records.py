@@ -38,7 +38,7 @@ from airflow_provider_kaapana.core.federation.statistics import (
     PayloadSchema,
     canonical_json_bytes,
 )
-from airflow_provider_kaapana.exceptions import EgressRefused, PayloadSchemaError
+from airflow_provider_kaapana.exceptions import AuditLogError, EgressRefused, PayloadSchemaError
 
 KEY = b"site-alpha-deid-key-0123456789abcdef"
 OTHER_KEY = b"site-beta--deid-key-0123456789abcdef"
@@ -255,6 +255,11 @@ def test_every_records_hash_is_in_the_audit_log(tmp_path):
     log.write_text(json.dumps(raw) + "\n")
     with pytest.raises(Exception, match="records do not match"):
         read_audit_log(log)
+    # nor does a records payload whose per-record hashes were deleted
+    del raw["record_sha256"]
+    log.write_text(json.dumps(raw) + "\n")
+    with pytest.raises(AuditLogError, match="line 1: the payload holds records but no record_sha256"):
+        read_audit_log(log)
 
 
 def test_the_job_cannot_switch_the_rule_off():
@@ -394,3 +399,94 @@ def test_sealed_round_trip_from_the_sites_audit_log_to_the_coordinators_report(t
         hashlib.sha256(canonical_json_bytes({k: v for k, v in r.items() if k != "site"})).hexdigest()
         for r in rows
     ] == list(line.record_sha256)
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise"])
+def test_a_non_conformant_original_uid_is_released_without_reaching_the_logs(caplog, recwarn, mode):
+    from pydicom import config
+
+    bad_uid = "1.2.03.4"  # a leading-zero component: not a valid UI value
+    documents = site_documents()
+    documents[0]["StudyInstanceUID"] = bad_uid
+    old = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.RAISE if mode == "raise" else config.WARN
+    try:
+        with caplog.at_level("DEBUG"):
+            result = guarded(documents)
+    finally:
+        config.settings.writing_validation_mode = old
+    assert bad_uid not in caplog.text
+    assert all(bad_uid not in str(warning.message) for warning in recwarn)
+    expected = deidentified(documents[1]).StudyInstanceUID
+    assert expected in {r["study_uid"] for r in result.document["records"]}
+    assert bad_uid not in json.dumps(result.document)
+    assert len({r["study_uid"] for r in result.document["records"]}) == len(documents)
+
+
+def test_an_unexpected_failure_building_a_record_is_refused_naming_the_field_only(monkeypatch):
+    from airflow_provider_kaapana.core.federation import records as records_module
+
+    documents = site_documents()
+    real = records_module._element
+
+    def failing(keyword, value):
+        if keyword == "SeriesInstanceUID":
+            raise ValueError(f"cannot use {value}")
+        return real(keyword, value)
+
+    monkeypatch.setattr(records_module, "_element", failing)
+    with pytest.raises(EgressRefused) as caught:
+        guarded(documents)
+    assert caught.value.code == "deidentification"
+    assert "records[0]: series_uid" in str(caught.value)
+    assert "1.2.826" not in str(caught.value)
+
+
+def test_an_unexpected_deidentification_failure_is_refused_without_its_message(monkeypatch):
+    from airflow_provider_kaapana.core.deid import deidentify as deidentify_module
+
+    def failing(dataset, profile, key):
+        raise ValueError(f"bad {dataset.StudyInstanceUID}")
+
+    monkeypatch.setattr(deidentify_module, "deidentify", failing)
+    with pytest.raises(EgressRefused) as caught:
+        guarded(site_documents())
+    assert caught.value.code == "deidentification"
+    assert str(caught.value) == "records[0]: cannot be de-identified (ValueError)"
+
+
+@pytest.mark.parametrize(("volume", "refused"), [(101.37, False), (3.101, False), (101, True), (101.0, True)])
+def test_a_number_is_refused_only_when_it_is_a_whole_known_identifier(volume, refused):
+    the_job = job()
+    documents = site_documents()
+    documents[0]["StudyID"] = "101"
+    documents[1]["AccessionNumber"] = "101"
+    document = segment_measurements(
+        documents, job_id=the_job.job_id, site="alpha", parameters=the_job.parameters
+    )
+    document["records"][2]["volume_ml"] = volume
+    known = collect_known_identifiers(documents)
+    if not refused:
+        result = guard_egress(document, job=the_job, policy=POLICY, known_identifiers=known, deid_key=KEY)
+        assert volume in [r["volume_ml"] for r in result.document["records"]]
+        return
+    with pytest.raises(EgressRefused) as caught:
+        guard_egress(document, job=the_job, policy=POLICY, known_identifiers=known, deid_key=KEY)
+    assert caught.value.code == "identifier"
+    assert "records[2].volume_ml" in str(caught.value) and "101" not in str(caught.value)
+
+
+def test_measurements_are_ordered_by_segment_number_which_the_query_fetches():
+    from airflow_provider_kaapana.core.federation.measurements import (
+        MEASUREMENT_SOURCE_FIELDS,
+        compute_segment_measurements,
+    )
+
+    assert "kaapana.segments.segment_number" in MEASUREMENT_SOURCE_FIELDS
+    document = seg_document(1)
+    document["kaapana"]["segments"] = [
+        {"segment_number": number, "label": "liver", "empty": False, "volume_ml": volume}
+        for number, volume in ((10, 1010.0), ("2", 1002.0), (None, 1099.0))
+    ]
+    rows = compute_segment_measurements([document], "liver")
+    assert [r["volume_ml"] for r in rows] == [1002.0, 1010.0, 1099.0]

@@ -252,3 +252,29 @@ def test_a_record_level_analysis_is_pseudonymised_with_the_sites_own_key(monkeyp
     assert [r["patient"] for r in rows if r["volume_ml"] == 1502.0] == [expected]
     text = json.dumps(outcome)
     assert "ALPHA0" not in text and DEID_KEY not in text and "1.2.826.0.1.3680043" not in text
+
+
+def test_the_analysis_reads_the_site_key_as_the_deid_operator_does(monkeypatch):
+    """One reader of the key (hooks.deid.site_key): extra ``key`` accepted, a short key refused."""
+    from airflow_provider_kaapana.core.federation.measurements import SEGMENT_MEASUREMENTS_V1
+    from airflow_provider_kaapana.hooks.deid import DEFAULT_KEY_CONN_ID
+    from airflow_provider_kaapana.operators.federation import FederatedAnalysisOperator
+
+    job = FederatedJob.for_run(
+        SEGMENT_MEASUREMENTS_V1,
+        "manual__1",
+        parameters={"label": "liver"},
+        k=3,
+        created="2026-12-01T10:00:00Z",
+    )
+    assert FederatedAnalysisOperator(task_id="a").key_conn_id == DEFAULT_KEY_CONN_ID
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAAPANA_DEID_KEY", json.dumps({"conn_type": "generic", "extra": {"key": DEID_KEY}})
+    )
+    assert run_analysis(monkeypatch, job, measurement_documents())["status"] == "ok"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KAAPANA_DEID_KEY", json.dumps({"conn_type": "generic", "password": "short"})
+    )
+    with pytest.raises(Exception, match="kaapana_deid_key") as caught:
+        run_analysis(monkeypatch, job, measurement_documents())
+    assert "short" not in str(caught.value)

@@ -10,6 +10,7 @@ offending value.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,13 @@ class KnownIdentifiers:
     def extended(self, identifiers: Iterable[Any]) -> KnownIdentifiers:
         """These identifiers and ``identifiers``."""
         return KnownIdentifiers([*self._values, *identifiers])
+
+    def is_number_of(self, number: float) -> bool:
+        """Whether ``number`` written whole (an integer, or a float without a fractional part) is one
+        of the identifiers: ``101.37`` is not the study ID ``101``, ``101`` and ``101.0`` are."""
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            return False
+        return str(int(number)) in self._values
 
     def found_in(self, text: str) -> bool:
         """Whether any known identifier occurs in ``text`` between token boundaries."""
@@ -419,7 +427,8 @@ def scan_records(records: Any, analysis: AnalysisSpec, known: KnownIdentifiers, 
     At the site the patient and UID columns hold the originals by design and are not scanned; once
     released they are pseudonyms (a ``2.25`` UID by construction) and are checked against the site's
     identifiers only. Every other string is scanned for identifier patterns and the site's identifiers;
-    numbers are matched against the site's identifiers (a patient ID planted as a measurement).
+    a number is refused when, written whole, it is one of the site's identifiers (a patient ID planted as
+    a measurement); a fractional number is never an identifier (a volume of 101.37 is not study 101).
     """
     if not isinstance(records, list):
         return
@@ -441,7 +450,7 @@ def scan_records(records: Any, analysis: AnalysisSpec, known: KnownIdentifiers, 
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, (int, float)):
-                if known.found_in(repr(value)):
+                if known.is_number_of(value):
                     raise EgressRefused("identifier", f"{where}: a number is a known identifier of this site")
                 continue
             for inner, text in iter_strings(value, (), where):
@@ -476,8 +485,9 @@ def release_records(
     Each record goes through :func:`.records.deidentify_record` (the de-identification core, the schema's
     fixed profile, the site's ``key``). Records whose group over *every* quasi-identifier the analysis
     offers (age band and sex, whichever the job asked for) holds fewer than ``k`` distinct patients are
-    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so one job asking for the
-    age band and another for the sex must not add up to a smaller group. The released rows carry only
+    dropped (``suppressed``): rows of two jobs join on the patient pseudonym, so for two jobs over the
+    same cohort one asking for the age band and another for the sex do not add up to a smaller group
+    (jobs over different cohorts can: that residual risk is the guide's). The released rows carry only
     the non-quasi columns and the quasi-identifiers the job names; when fewer than ``k`` patients remain,
     nothing is released.
     """
@@ -493,6 +503,10 @@ def release_records(
             rows.append(deidentify_record(record, analysis.columns, profile, key))
         except DeidentificationError as exc:  # names the attribute, never the value
             raise EgressRefused("deidentification", f"records[{i}]: {exc}") from None
+        except Exception as exc:  # its message may quote an original: only the type leaves
+            raise EgressRefused(
+                "deidentification", f"records[{i}]: cannot be de-identified ({type(exc).__name__})"
+            ) from None
     patient = next(c.name for c in columns if c.role is ColumnRole.PATIENT)
     small = small_groups(rows, quasi_columns(analysis.columns), patient, k)
     actions = [

@@ -11,6 +11,7 @@ intensity (HU). The payload is ``kaapana.federated.records/v1``; see :mod:`.reco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -67,7 +68,7 @@ SEGMENT_MEASUREMENTS_V1 = AnalysisSpec(
 # The index fields this analysis reads, besides those of the segmentation statistics.
 MEASUREMENT_SOURCE_FIELDS: tuple[str, ...] = (
     *SEGMENTATION_SOURCE_FIELDS,
-    "kaapana.segments.code.meaning",
+    "kaapana.segments.segment_number",
     "PatientSex",
     "kaapana.patient_age_years",
 )
@@ -76,6 +77,16 @@ MEASUREMENT_SOURCE_FIELDS: tuple[str, ...] = (
 def _text(document: Mapping[str, Any], name: str) -> str | None:
     value = _get(document, name)
     return str(value).strip() or None if value is not None else None
+
+
+def _segment_order(segment: Mapping[str, Any]) -> tuple[float, str]:
+    """Segment 2 before segment 10 (the number as the index holds it: int or text); unnumbered last."""
+    number = segment.get("segment_number")
+    try:
+        key = float(number) if not isinstance(number, bool) else math.inf
+    except (TypeError, ValueError):
+        key = math.inf
+    return (key if math.isfinite(key) else math.inf, str(segment.get("label") or ""))
 
 
 def compute_segment_measurements(documents: Iterable[Mapping[str, Any]], label: str) -> list[dict[str, Any]]:
@@ -91,10 +102,7 @@ def compute_segment_measurements(documents: Iterable[Mapping[str, Any]], label: 
         patient = _text(document, "PatientID")
         if patient is None:
             continue
-        segments = sorted(
-            _segments(document), key=lambda s: (str(s.get("segment_number") or ""), str(s.get("label") or ""))
-        )
-        for segment in segments:
+        for segment in sorted(_segments(document), key=_segment_order):
             if segment.get("empty") or not _matches(segment, wanted):
                 continue
             volume = _finite(segment.get("volume_ml"))

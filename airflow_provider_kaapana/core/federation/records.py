@@ -29,7 +29,7 @@ from airflow_provider_kaapana.core.federation.statistics import (
     normalise_label,
     register_payload_schema,
 )
-from airflow_provider_kaapana.exceptions import PayloadSchemaError
+from airflow_provider_kaapana.exceptions import DeidentificationError, PayloadSchemaError
 
 if TYPE_CHECKING:
     from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
@@ -128,6 +128,18 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()[:MAX_TEXT_CHARS]
 
 
+def _element(keyword: str, value: str) -> Any:
+    """The data element of ``keyword`` holding ``value``, not validated: pydicom's value validation
+    would log (or raise with) a non-conformant original, a UID for instance, verbatim."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return DataElement(tag, dictionary_VR(tag), value, validation_mode=config.IGNORE)
+
+
 def deidentify_record(
     record: Mapping[str, Any],
     columns: Sequence[ColumnSpec],
@@ -139,6 +151,8 @@ def deidentify_record(
     from the result; quasi-identifiers coarsened, labels normalised, measurements kept as numbers.
 
     Only ``columns`` are released. A column whose attribute the profile removes comes back null.
+    Raises :class:`DeidentificationError` naming the column, never the value, for a value that cannot be
+    put in the dataset.
     """
     from pydicom.dataset import Dataset
 
@@ -154,7 +168,12 @@ def deidentify_record(
         elif value is not None:
             value = _text(value)
         if value not in (None, ""):
-            setattr(source, column.keyword, value)
+            try:
+                source.add(_element(column.keyword, value))
+            except Exception as exc:  # the message may quote the value
+                raise DeidentificationError(
+                    f"{column.name}: cannot be put in a dataset as {column.keyword} ({type(exc).__name__})"
+                ) from None
     if "PatientID" not in source:
         source.PatientID = ""  # deidentify gives it the pseudonym of the empty ID
     out = deidentify(source, profile, key)
