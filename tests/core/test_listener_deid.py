@@ -236,6 +236,19 @@ def test_key_from_an_airflow_connection_is_the_key_of_the_file(tmp_path, monkeyp
     assert secret not in caplog.text and "ZQXSHORTKEY" not in caplog.text
 
 
+def test_key_connection_without_airflow_is_a_clear_error(monkeypatch, capsys):
+    """Without Airflow, ``--deid-key-conn`` is a KaapanaError (exit 2, one line), not a traceback."""
+    from airflow_provider_kaapana.commands import listen
+    from airflow_provider_kaapana.exceptions import KaapanaError
+
+    monkeypatch.setitem(sys.modules, "airflow.sdk", None)  # as if Airflow were not installed
+    args = _listen_args("--deid-key-conn", "deid_site_key", "--deid-route", "R=")
+    with pytest.raises(KaapanaError, match="'deid_site_key'.*needs Apache Airflow.*--deid-key-file"):
+        listen._intake_deidentification(args)
+    assert listen.run(args) == 2
+    assert "needs Apache Airflow installed (airflow.sdk cannot be imported)" in capsys.readouterr().out
+
+
 def _kaapana(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "airflow_provider_kaapana", *argv],
