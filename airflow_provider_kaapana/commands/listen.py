@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="JSON list of the private attributes routes with retain-safe-private keep "
-        "(default: PS3.15 Table E.3.10-1)",
+        "(default: PS3.15 Table E.3.10-1); refused when no route has that option",
     )
     deid.add_argument(
         "--deid-option",
@@ -223,6 +223,16 @@ def _intake_deidentification(args: argparse.Namespace) -> IntakeDeidentification
         raise ValueError(
             "give --deid-route, or the older --deid-option/--deid-called-ae (one route), not both"
         )
+    route_names = [
+        [n.strip() for n in text.partition("=")[2].split(",") if n.strip()] for text in args.deid_route or []
+    ]
+    if args.deid_safe_private and not any(
+        "retain-safe-private" in names for names in (route_names or [args.deid_option or []])
+    ):
+        # as kaapana deid --safe-private: a list no profile uses is a mistake, not silently dropped
+        raise ValueError(
+            f"--deid-safe-private {args.deid_safe_private} needs a route with the option retain-safe-private"
+        )
     safe = read_safe_private(args.deid_safe_private) if args.deid_safe_private else frozenset()
 
     def safe_for(names: list[str]) -> frozenset[tuple[str, int, int]]:
@@ -230,10 +240,10 @@ def _intake_deidentification(args: argparse.Namespace) -> IntakeDeidentification
         return safe if "retain-safe-private" in names else frozenset()
 
     if args.deid_route:
-        routes = []
-        for text in args.deid_route:
-            names = [n.strip() for n in text.partition("=")[2].split(",") if n.strip()]
-            routes.append(IntakeRoute.parse(text, safe_private=safe_for(names)))
+        routes = [
+            IntakeRoute.parse(text, safe_private=safe_for(names))
+            for text, names in zip(args.deid_route, route_names, strict=True)
+        ]
         return IntakeDeidentification(_site_key(args), tuple(routes))
     profile = DeidentificationProfile.from_names(args.deid_option, safe_private=safe_for(args.deid_option))
     return IntakeDeidentification.for_called_aes(profile, _site_key(args), args.deid_called_ae)

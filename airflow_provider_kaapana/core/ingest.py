@@ -31,24 +31,6 @@ INVALID_DIR = ".invalid"  # beside the series folder in the workspace: files tha
 
 NOTHING_TO_INGEST = "nothing to ingest: give series_dir (a folder) or batches (the listener's)"
 
-#: The keys of a listener-triggered run's conf (:meth:`SeriesBatch.conf`, and :func:`run_conf` for
-#: several batches): the ingest DAG accepts them beside its form's parameters.
-LISTENER_CONF_KEYS: tuple[str, ...] = (
-    "study_instance_uid",
-    "series_instance_uid",
-    "series_dir",
-    "batch_manifest",
-    "batch",
-    "files",
-    "calling_ae",
-    "called_ae",
-    "instance_count",
-    "received_at",
-    "batches",
-    "series_count",
-)
-
-
 # --- landing zone -> workspace --------------------------------------------------------------------
 
 

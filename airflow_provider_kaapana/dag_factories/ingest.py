@@ -17,6 +17,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaapana.core import ingest
+from airflow_provider_kaapana.core.listener.server import LISTENER_CONF_KEYS
 from airflow_provider_kaapana.core.net.send import SEND_METHODS
 from airflow_provider_kaapana.core.params import parse_bool
 from airflow_provider_kaapana.core.workspace import run_workspace
@@ -101,7 +102,7 @@ def create_ingest_dag(
             workspace_base=s.workspace_base,
             validate=True,
             # unknown conf keys fail the run at once; the listener's batch keys are known
-            pre_execute=partial(check_run_conf, also_accepted=ingest.LISTENER_CONF_KEYS),
+            pre_execute=partial(check_run_conf, also_accepted=LISTENER_CONF_KEYS),
         ).output
         store = DicomSendOperator(
             task_id="store",

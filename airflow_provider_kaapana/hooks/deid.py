@@ -20,7 +20,13 @@ DEFAULT_KEY_CONN_ID = "kaapana_deid_key"
 
 
 def _connection(conn_id: str) -> Any:  # noqa: ANN401 - Airflow's Connection
-    from airflow.sdk import BaseHook
+    try:
+        from airflow.sdk import BaseHook
+    except ImportError as exc:  # kaapana listen --deid-key-conn in an install without Airflow
+        raise KaapanaError(
+            f"connection {conn_id!r} (the de-identification key, --deid-key-conn) needs Apache Airflow "
+            f"installed ({exc.name or 'airflow'} cannot be imported), or use --deid-key-file for development"
+        ) from None
 
     try:
         return BaseHook.get_connection(conn_id)

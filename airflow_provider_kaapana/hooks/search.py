@@ -6,8 +6,8 @@ needs to be installed). The client follows the server: ``opensearch-py`` for Ope
 ``elasticsearch`` client for Elasticsearch, decided by the connection (type or ``flavor`` extra) or by
 one ``GET /`` the first time a client is needed — never at DAG parse time. Neither client is a
 requirement of the package: each comes with an extra (``opensearch``, ``elasticsearch8``,
-``elasticsearch9``), and a missing one, or an Elasticsearch client of another major than the
-server's, is an error naming the extra to install.
+``elasticsearch9``), and a missing one, or an Elasticsearch client of a major the server
+refuses (above its own, or more than one below), is an error naming the extra to install.
 """
 
 from __future__ import annotations

@@ -258,7 +258,11 @@ class Redis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(self.port, self.proc, timeout)
+        try:
+            _wait_port(self.port, self.proc, timeout)
+        except BaseException:  # not answering in time: not left running either
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

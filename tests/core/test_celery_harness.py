@@ -96,6 +96,22 @@ def test_own_redis_and_postgres_started_and_ended_by_pid():
     assert not folder.exists()  # data and socket removed with the cluster
 
 
+def test_redis_that_does_not_answer_in_time_is_stopped(monkeypatch):
+    from airflow_provider_kaapana.testing import local_services
+
+    def never_open(port, proc, timeout):
+        raise local_services.ServiceError(f"port {port} did not open within {timeout} s")
+
+    monkeypatch.setattr(local_services, "_wait_port", never_open)
+    redis = local_services.Redis()
+    try:
+        with pytest.raises(local_services.ServiceError, match="did not open"):
+            redis.start()
+        assert redis.proc is not None and redis.proc.poll() is not None  # redis-server not left running
+    finally:
+        redis.stop()  # this test leaves none behind either way
+
+
 def test_missing_redis_server_names_the_debian_package(monkeypatch):
     from airflow_provider_kaapana.testing import local_services
 

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_kaapana.core.ingest import batch_confs, landing_series
 from airflow_provider_kaapana.core.listener.server import (
+    LISTENER_CONF_KEYS,
     AirflowTrigger,
     DicomListener,
     SeriesBatch,
@@ -154,6 +155,15 @@ def test_a_failed_run_is_retried_as_the_same_run_also_after_a_restart(
     # triggering the same batches again is no second run
     batches = [SeriesBatch.load(m) for m in json.loads(manifests[0].read_text())["run_batches"]]
     assert trigger.trigger_batches(batches)["already_triggered"] is True and handler.runs == {run_id}
+
+
+def test_listener_conf_keys_are_the_keys_of_the_confs_the_listener_builds():
+    batches = [
+        SeriesBatch("1.2", f"1.2.{n}", f"/l/1.2/1.2.{n}", 1, ["a.dcm"], "MOD", "KAAPANA", 3.0) for n in (3, 4)
+    ]
+    lone, several = run_conf(batches[:1]), run_conf(batches)
+    assert set(lone) | set(several) == set(LISTENER_CONF_KEYS)
+    assert len(set(LISTENER_CONF_KEYS)) == len(LISTENER_CONF_KEYS)
 
 
 def test_batch_confs_refuses_two_batches_of_one_series():

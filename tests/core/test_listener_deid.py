@@ -205,6 +205,32 @@ def test_old_flags_form_one_route_and_do_not_mix_with_routes(tmp_path):
             _intake_deidentification(_listen_args(*argv))
 
 
+def test_a_safe_private_list_without_a_route_that_retains_safe_private_is_refused(tmp_path):
+    """As ``kaapana deid --safe-private`` without the option: the list is not silently dropped."""
+    from airflow_provider_kaapana.commands.listen import _intake_deidentification
+
+    key_file = tmp_path / "site.key"
+    key_file.write_bytes(KEY)
+    safe_file = tmp_path / "safe.json"
+    safe_file.write_text(json.dumps([{"creator": "ACME", "group": "0009", "element": "10"}]))
+    keyed = ("--deid-key-file", str(key_file), "--deid-safe-private", str(safe_file))
+    for argv in (
+        ("--deid-route", "RESEARCH=clean-descriptors", "--deid-route", "TEACHING="),
+        ("--deid-option", "clean-descriptors"),
+        (),  # the old default: every association, basic profile
+    ):
+        with pytest.raises(
+            ValueError, match=r"--deid-safe-private .*safe\.json needs a route with .*retain-safe-private"
+        ):
+            _intake_deidentification(_listen_args(*keyed, *argv))
+    deid = _intake_deidentification(
+        _listen_args(*keyed, "--deid-route", "RESEARCH=retain-safe-private", "--deid-route", "TEACHING=")
+    )
+    assert [r.profile.safe_private for r in deid.routes] == [frozenset({("ACME", 0x0009, 0x10)}), frozenset()]
+    legacy = _intake_deidentification(_listen_args(*keyed, "--deid-option", "retain-safe-private"))
+    assert legacy.routes[0].profile.safe_private == frozenset({("ACME", 0x0009, 0x10)})
+
+
 def test_key_from_an_airflow_connection_is_the_key_of_the_file(tmp_path, monkeypatch, caplog):
     from airflow_provider_kaapana.commands.listen import _intake_deidentification
     from airflow_provider_kaapana.exceptions import KaapanaError
@@ -234,6 +260,19 @@ def test_key_from_an_airflow_connection_is_the_key_of_the_file(tmp_path, monkeyp
             _intake_deidentification(_listen_args("--deid-key-conn", "deid_missing", "--deid-route", "R="))
     assert "ZQXSHORTKEY" not in str(short.value) and "at least 32 bytes" in str(short.value)
     assert secret not in caplog.text and "ZQXSHORTKEY" not in caplog.text
+
+
+def test_key_connection_without_airflow_is_a_clear_error(monkeypatch, capsys):
+    """Without Airflow, ``--deid-key-conn`` is a KaapanaError (exit 2, one line), not a traceback."""
+    from airflow_provider_kaapana.commands import listen
+    from airflow_provider_kaapana.exceptions import KaapanaError
+
+    monkeypatch.setitem(sys.modules, "airflow.sdk", None)  # as if Airflow were not installed
+    args = _listen_args("--deid-key-conn", "deid_site_key", "--deid-route", "R=")
+    with pytest.raises(KaapanaError, match="'deid_site_key'.*needs Apache Airflow.*--deid-key-file"):
+        listen._intake_deidentification(args)
+    assert listen.run(args) == 2
+    assert "needs Apache Airflow installed (airflow.sdk cannot be imported)" in capsys.readouterr().out
 
 
 def _kaapana(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:

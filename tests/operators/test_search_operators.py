@@ -114,6 +114,25 @@ def test_elasticsearch_client_of_another_major_is_refused_naming_the_extra(monke
     assert ok and message.startswith(f"elasticsearch {client_version.split('.')[0]}.1.0 at "), message
 
 
+def test_elasticsearch_client_one_major_below_the_server_is_accepted(monkeypatch, es_server):
+    """A server accepts ``compatible-with`` of its own major and the one before: an 8.x client works
+    with a 9.x server; a 9.x client with an 8.x server, or an 8.x client with a 10.x server, does not."""
+    import elasticsearch
+
+    _conn_env(monkeypatch, "search_es_below", host=es_server.url, conn_type="elasticsearch")
+    monkeypatch.setattr(elasticsearch, "__versionstr__", "8.19.0")
+    es_server.root_answer = elasticsearch_root("9.1.0")
+    ok, message = SearchHook(search_conn_id="search_es_below").test_connection()
+    assert ok and message.startswith("elasticsearch 9.1.0 at "), message
+    es_server.root_answer = elasticsearch_root("10.0.0")
+    ok, message = SearchHook(search_conn_id="search_es_below").test_connection()
+    assert not ok and "is version 10.0.0 but the installed elasticsearch client is 8.19.0" in message
+    monkeypatch.setattr(elasticsearch, "__versionstr__", "9.1.0")
+    es_server.root_answer = elasticsearch_root("8.17.3")
+    ok, message = SearchHook(search_conn_id="search_es_below").test_connection()
+    assert not ok and "is version 8.17.3 but the installed elasticsearch client is 9.1.0" in message
+
+
 def test_elasticsearch_server_without_the_client_names_the_extra(monkeypatch, es_server):
     es_server.root_answer = elasticsearch_root("8.19.0")
     monkeypatch.setitem(sys.modules, "elasticsearch", None)  # not installed: a plain install has none

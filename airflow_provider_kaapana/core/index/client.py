@@ -96,11 +96,12 @@ def elasticsearch_extra_hint(server_version: str | None) -> str:
 
 
 def check_elasticsearch_client(url: str, server_version: str, client_version: str) -> None:
-    """Refuse an ``elasticsearch`` client whose major differs from the server's: the client sends
-    ``compatible-with=<its major>`` on every request, which a server of another major refuses with an
-    error that does not say why. :class:`SearchIndexError` naming both versions and the extra to install."""
+    """Refuse an ``elasticsearch`` client the server will not talk to: the client sends
+    ``compatible-with=<its major>`` on every request, and a server accepts only its own major and the
+    one before (an 8.x client works with a 9.x server); any other it refuses with an error that does
+    not say why. :class:`SearchIndexError` naming both versions and the extra to install."""
     server_major, client_major = _major(server_version), _major(client_version)
-    if server_major is None or client_major is None or server_major == client_major:
+    if server_major is None or client_major is None or server_major - 1 <= client_major <= server_major:
         return
     raise SearchIndexError(
         f"Elasticsearch server {url} is version {server_version} but the installed elasticsearch client "
@@ -265,8 +266,8 @@ def _elasticsearch_client_class(
     url: str, info: dict[str, Any] | None, ask_server: Callable[[], dict[str, Any]]
 ) -> Any:
     """The installed ``elasticsearch.Elasticsearch``, once the server (``GET /``, asked here unless
-    ``info`` holds its answer) is known to speak its major version; a missing client or another major
-    is a :class:`SearchIndexError` naming the extra to install."""
+    ``info`` holds its answer) is known to speak its major version; a missing client or a major the
+    server refuses is a :class:`SearchIndexError` naming the extra to install."""
     try:
         import elasticsearch
     except ImportError as exc:

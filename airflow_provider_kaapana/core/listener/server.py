@@ -158,6 +158,25 @@ def run_id_of(batches: list[SeriesBatch]) -> str:
     return f"kaapana_listen__{len(batches)}series__{int(created * 1000)}__{digest}"
 
 
+#: The keys of a listener-triggered run's conf (:meth:`SeriesBatch.conf`, and :func:`run_conf` for
+#: several batches), kept here beside the two that build it: the ingest DAG accepts them beside its
+#: form's parameters, so a key added there and not here would fail every listener-triggered ingest.
+LISTENER_CONF_KEYS: tuple[str, ...] = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "series_dir",
+    "batch_manifest",
+    "batch",
+    "files",
+    "calling_ae",
+    "called_ae",
+    "instance_count",
+    "received_at",
+    "batches",
+    "series_count",
+)
+
+
 def run_conf(batches: list[SeriesBatch]) -> dict[str, Any]:
     """The DAG run conf announcing ``batches``: a lone batch's :meth:`SeriesBatch.conf` (as always),
     several as ``{"batches": [conf, ...], "series_count", "instance_count"}``."""
