@@ -221,20 +221,26 @@ def run_analysis(monkeypatch, analysis_job, documents):
     return operator.execute({"params": {"job": analysis_job.to_dict(), "request": request.to_dict()}})
 
 
-def test_a_record_level_analysis_is_pseudonymised_with_the_sites_own_key(monkeypatch):
-    from pydicom.dataset import Dataset
-
-    from airflow_provider_kaapana.core.deid.deidentify import deidentify
-    from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+def measurement_job() -> FederatedJob:
+    """A segment-measurements job (record-level) for the liver, k = 3."""
     from airflow_provider_kaapana.core.federation.measurements import SEGMENT_MEASUREMENTS_V1
 
-    job = FederatedJob.for_run(
+    return FederatedJob.for_run(
         SEGMENT_MEASUREMENTS_V1,
         "manual__1",
         parameters={"label": "liver"},
         k=3,
         created="2026-12-01T10:00:00Z",
     )
+
+
+def test_a_record_level_analysis_is_pseudonymised_with_the_sites_own_key(monkeypatch):
+    from pydicom.dataset import Dataset
+
+    from airflow_provider_kaapana.core.deid.deidentify import deidentify
+    from airflow_provider_kaapana.core.deid.profile import DeidentificationProfile
+
+    job = measurement_job()
     documents = measurement_documents()
     # without the site's key connection the analysis fails (answered failed): nothing leaves
     monkeypatch.delenv("AIRFLOW_CONN_KAAPANA_DEID_KEY", raising=False)
@@ -256,17 +262,10 @@ def test_a_record_level_analysis_is_pseudonymised_with_the_sites_own_key(monkeyp
 
 def test_the_analysis_reads_the_site_key_as_the_deid_operator_does(monkeypatch):
     """One reader of the key (hooks.deid.site_key): extra ``key`` accepted, a short key refused."""
-    from airflow_provider_kaapana.core.federation.measurements import SEGMENT_MEASUREMENTS_V1
     from airflow_provider_kaapana.hooks.deid import DEFAULT_KEY_CONN_ID
     from airflow_provider_kaapana.operators.federation import FederatedAnalysisOperator
 
-    job = FederatedJob.for_run(
-        SEGMENT_MEASUREMENTS_V1,
-        "manual__1",
-        parameters={"label": "liver"},
-        k=3,
-        created="2026-12-01T10:00:00Z",
-    )
+    job = measurement_job()
     assert FederatedAnalysisOperator(task_id="a").key_conn_id == DEFAULT_KEY_CONN_ID
     monkeypatch.setenv(
         "AIRFLOW_CONN_KAAPANA_DEID_KEY", json.dumps({"conn_type": "generic", "extra": {"key": DEID_KEY}})

@@ -24,6 +24,7 @@ from airflow_provider_kaapana.core.federation.segmentation import (
     _finite,
     _matches,
     _segments,
+    required_label,
 )
 from airflow_provider_kaapana.core.federation.statistics import (
     AnalysisSpec,
@@ -133,9 +134,7 @@ def segment_measurements(
     parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The site's (not yet de-identified) record document for one segment-measurements job."""
-    label = (parameters or {}).get(LABEL_PARAMETER)
-    if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"segment_measurements needs the parameter {LABEL_PARAMETER!r} (a segment label)")
+    label = required_label(parameters, "segment_measurements")
     spec = SEGMENT_MEASUREMENTS_V1
     return {
         "schema": spec.payload_schema,

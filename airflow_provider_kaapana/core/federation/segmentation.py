@@ -157,6 +157,14 @@ def compute_segmentation_statistics(
     }
 
 
+def required_label(parameters: Mapping[str, Any] | None, analysis: str) -> str:
+    """The job's segment label parameter; ValueError naming ``analysis`` when it is missing or blank."""
+    label = (parameters or {}).get(LABEL_PARAMETER)
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"{analysis} needs the parameter {LABEL_PARAMETER!r} (a segment label)")
+    return label
+
+
 def segmentation_statistics(
     documents: Iterable[Mapping[str, Any]],
     *,
@@ -165,9 +173,7 @@ def segmentation_statistics(
     parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The site's result document for one segmentation-statistics job, before the egress guard."""
-    label = (parameters or {}).get(LABEL_PARAMETER)
-    if not isinstance(label, str) or not label.strip():
-        raise ValueError(f"segmentation_statistics needs the parameter {LABEL_PARAMETER!r} (a segment label)")
+    label = required_label(parameters, "segmentation_statistics")
     return result_document(
         job_id=job_id,
         analysis=SEGMENTATION_STATISTICS_V1,
