@@ -283,7 +283,13 @@ def _elasticsearch_client_class(
         try:
             info = ask_server()
         except SearchIndexError as exc:  # e.g. an API key without the monitor privilege: no GET /
-            log.warning("%s: the elasticsearch client's version is not checked against the server's", exc)
+            # a server that cannot be reached is reported once, by the first request (no warning here)
+            unreachable = isinstance(exc.__cause__, requests.ConnectionError | requests.Timeout)
+            log.log(
+                logging.DEBUG if unreachable else logging.WARNING,
+                "%s: the elasticsearch client's version is not checked against the server's",
+                exc,
+            )
             return elasticsearch.Elasticsearch
     if flavor_of(info) == "opensearch":
         log.warning("%s is OpenSearch: the connection asks for the elasticsearch client all the same", url)
