@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,17 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=5)
 
 
+def _ready_or_stopped(stop: Callable[[], None], *checks: Callable[[], None]) -> None:
+    """Run a started service's readiness checks; one that is not ready in time (or a Ctrl-C meanwhile)
+    stops it, so no server is left running behind a failed start."""
+    try:
+        for check in checks:
+            check()
+    except BaseException:
+        stop()
+        raise
+
+
 @dataclass
 class Orthanc:
     """A running Orthanc with the DICOMweb plugin: DIMSE on ``dicom_port``, REST + DICOMweb on ``http_port``."""
@@ -177,8 +189,11 @@ class Orthanc:
         self.proc = subprocess.Popen(
             [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
-        _wait_http(f"{self.url}/system", self.proc, timeout, self.auth)
-        _wait_port(self.dicom_port, self.proc, timeout)
+        _ready_or_stopped(
+            self.stop,
+            lambda: _wait_http(f"{self.url}/system", self.proc, timeout, self.auth),
+            lambda: _wait_port(self.dicom_port, self.proc, timeout),
+        )
         return self
 
     def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
@@ -225,7 +240,7 @@ class Osmem:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_http(self.url, self.proc, timeout)
+        _ready_or_stopped(self.stop, lambda: _wait_http(self.url, self.proc, timeout))
         return self
 
     def stop(self) -> None:
@@ -258,11 +273,7 @@ class Redis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            _wait_port(self.port, self.proc, timeout)
-        except BaseException:  # not answering in time: not left running either
-            self.stop()
-            raise
+        _ready_or_stopped(self.stop, lambda: _wait_port(self.port, self.proc, timeout))
         return self
 
     def stop(self) -> None:
@@ -372,11 +383,7 @@ class Postgres:
             cwd=self.folder,
         )
         log.close()
-        try:
-            self._wait_ready(time.monotonic() + timeout)
-        except BaseException:
-            self.stop()
-            raise
+        _ready_or_stopped(self.stop, lambda: self._wait_ready(time.monotonic() + timeout))
         return self
 
     def _wait_ready(self, deadline: float) -> None:

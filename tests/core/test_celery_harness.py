@@ -96,20 +96,24 @@ def test_own_redis_and_postgres_started_and_ended_by_pid():
     assert not folder.exists()  # data and socket removed with the cluster
 
 
-def test_redis_that_does_not_answer_in_time_is_stopped(monkeypatch):
+@pytest.mark.parametrize("name", ["Redis", "Orthanc", "Osmem"])
+def test_a_service_that_does_not_answer_in_time_is_stopped(monkeypatch, tmp_path, name):
     from airflow_provider_kaapana.testing import local_services
 
-    def never_open(port, proc, timeout):
-        raise local_services.ServiceError(f"port {port} did not open within {timeout} s")
+    def never_ready(*args, **kwargs):
+        raise local_services.ServiceError("did not answer in time")
 
-    monkeypatch.setattr(local_services, "_wait_port", never_open)
-    redis = local_services.Redis()
+    monkeypatch.setattr(local_services, "_wait_port", never_ready)
+    monkeypatch.setattr(local_services, "_wait_http", never_ready)
+    service = (
+        local_services.Orthanc(workdir=tmp_path) if name == "Orthanc" else getattr(local_services, name)()
+    )
     try:
-        with pytest.raises(local_services.ServiceError, match="did not open"):
-            redis.start()
-        assert redis.proc is not None and redis.proc.poll() is not None  # redis-server not left running
+        with pytest.raises(local_services.ServiceError, match="did not answer"):
+            service.start()
+        assert service.proc is not None and service.proc.poll() is not None  # not left running
     finally:
-        redis.stop()  # this test leaves none behind either way
+        service.stop()  # this test leaves none behind either way
 
 
 def test_missing_redis_server_names_the_debian_package(monkeypatch):
