@@ -193,12 +193,11 @@ def _site_key(args: argparse.Namespace) -> bytes:
     if args.deid_key_conn and args.deid_key_file:
         raise ValueError("give --deid-key-conn or --deid-key-file, not both")
     if args.deid_key_conn:
-        try:
-            # the one helper the DicomDeidentifyOperator uses too (an allowed exception to the
-            # commands-no-airflow contract: only this option needs Airflow)
-            from airflow_provider_kaapana.hooks.deid import site_key
-        except ImportError as exc:
-            raise ValueError(f"--deid-key-conn needs Airflow installed ({exc.name} is missing)") from None
+        # the one helper the DicomDeidentifyOperator uses too (an allowed exception to the
+        # commands-no-airflow contract: only this option needs Airflow; without Airflow it raises a
+        # KaapanaError that says so)
+        from airflow_provider_kaapana.hooks.deid import site_key
+
         return site_key(args.deid_key_conn)
     from pathlib import Path
 
